@@ -17,6 +17,7 @@ from clicks2pref.data.sources import DataConfig
 from clicks2pref.models.generate import GenerationConfig
 from clicks2pref.models.registry import ModelConfig
 from clicks2pref.stages.collect import CollectConfig
+from clicks2pref.stages.rm import RewardModelConfig
 
 
 @dataclass
@@ -48,6 +49,7 @@ class Config:
     prompt: Dict[str, PromptTemplate] = field(default_factory=dict)
     policy: PolicyConfig = field(default_factory=PolicyConfig)
     collect: CollectConfig = field(default_factory=CollectConfig)
+    reward_model: RewardModelConfig = field(default_factory=RewardModelConfig)
     trainer: Dict[str, Any] = field(default_factory=dict)   # a Lightning Trainer `_target_` spec
     logger: Dict[str, Any] = field(default_factory=dict)    # name -> Lightning logger `_target_` spec
     paths: PathsConfig = field(default_factory=PathsConfig)

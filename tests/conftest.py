@@ -52,3 +52,16 @@ def minilm_simulator():
     sim_cfg = OmegaConf.to_object(cfg.simulator)
     assert isinstance(sim_cfg, SimulatorConfig)
     return build_simulator(sim_cfg)
+
+
+@pytest.fixture(scope="session")
+def smoke_collect(tmp_path_factory):
+    """Click logs from a real `collect` run at smoke sizes (SmolLM2 + lexical simulator), made once.
+
+    Returns (cfg, result): result["logs"] is the glob of the four weeks of logs.
+    """
+    from clicks2pref.__main__ import run_stage
+
+    out = tmp_path_factory.mktemp("smoke_collect")
+    cfg = compose_config(["experiment=smoke", "logger=csv"], out)
+    return cfg, run_stage(cfg)

@@ -51,18 +51,18 @@ def test_oracle_equals_hand_computed_ctr():
 
 
 def test_quality_penalties_enter_the_logit():
-    q = QualityConfig(not_question=-2.0, bad_length=-1.0)
+    q = QualityConfig(not_question_penalty=-2.0, bad_length_penalty=-1.0)
     sim = toy_sim(quality=q)
     # Not a question (no '?' and no question word) and too short: both penalties.
     a = sim.attraction("toy", "a", ["delta echo"])
     assert a[0, 0] == pytest.approx(sig(4 * (2 / 3 - 0.5) - 2.0 - 1.0))  # Jaccard 2/3
     # A copy of the question just asked, and a duplicate within the panel.
     a = sim.attraction("toy", "a", ["alpha bravo charlie?", "delta echo foxtrot?", "delta echo foxtrot?"][:2])
-    assert a[0, 0] == pytest.approx(sig(4 * (0 - 0.5) + q.copy))
+    assert a[0, 0] == pytest.approx(sig(4 * (0 - 0.5) + q.copy_penalty))
     sim3 = ClickSimulator(SimulatorConfig(examination=[0.9, 0.6, 0.4], alpha=4.0, beta=0.5), LexicalSimilarity(),
                           toy_world())
     a = sim3.attraction("toy", "a", ["delta echo foxtrot?", "delta echo foxtrot?"])
-    assert a[0, 1] == pytest.approx(sig(4 * 0.5 + q.duplicate))
+    assert a[0, 1] == pytest.approx(sig(4 * 0.5 + q.duplicate_penalty))
 
 
 def test_empirical_ctr_matches_oracle_within_001(minilm_simulator):

@@ -214,3 +214,38 @@ def load_sentence_embedder(name: str = MINILM, device: str = "cpu"):
         return SentenceTransformer(source, device=device, local_files_only=Path(source).exists())
     except OSError as e:
         raise ModelNotFoundError(f"cannot load sentence embedder '{name}': {str(e).splitlines()[0]}") from None
+
+
+def load_backbone(cfg: ModelConfig, cache_dir: str | os.PathLike, seed: int = 0):
+    """(encoder, tokenizer) for a reward model: the transformer without its LM head, options applied.
+
+    Decoders load as `AutoModel` (the LM head's weights are skipped), MiniLM as its BERT encoder,
+    tiny-llama as the body of the same random model `load_causal_lm` builds. LoRA adapters use PEFT's
+    feature-extraction task, so the wrapped model's forward returns hidden states.
+    """
+    from transformers import AutoModel
+
+    tok = load_tokenizer(cfg, cache_dir)
+    if cfg.name == TINY_LLAMA:
+        model = tiny_llama(cfg, len(tok), tok.pad_token_id, seed).model
+    else:
+        kwargs: dict[str, Any] = dict(dtype=_torch_dtype(cfg.dtype), trust_remote_code=cfg.trust_remote_code,
+                                      revision=cfg.revision)
+        qc = quantization_config(cfg.quantization, cfg.dtype)
+        if qc is not None:
+            kwargs["quantization_config"] = qc
+        model = _from_pretrained(AutoModel, resolve(cfg.name, cache_dir), **kwargs)
+    if cfg.quantization is not None and cfg.lora is not None:
+        from peft import prepare_model_for_kbit_training
+
+        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=cfg.gradient_checkpointing)
+    elif cfg.gradient_checkpointing:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    if cfg.lora is not None:
+        from peft import LoraConfig as PeftLoraConfig, get_peft_model
+
+        lora = PeftLoraConfig(r=cfg.lora.r, lora_alpha=cfg.lora.lora_alpha, lora_dropout=cfg.lora.lora_dropout,
+                              target_modules=list(cfg.lora.target_modules), bias=cfg.lora.bias,
+                              task_type="FEATURE_EXTRACTION")
+        model = get_peft_model(model, lora)
+    return model, tok

@@ -19,6 +19,11 @@ from omegaconf import OmegaConf
 # The config subtrees each stage's output depends on (a stage's own inputs' keys are folded in).
 STAGE_INPUTS = {
     "collect": ("seed", "simulator", "prompt", "policy", "collect", "data.split", "data.format"),
+    # rm: its own settings, the logs it reads (collect's inputs when data.logs is null), the reference
+    # policy of the perplexity deciles, and the Trainer keys that change what is trained
+    "rm": ("seed", "simulator", "prompt", "policy", "collect", "data", "reward_model", "trainer.max_steps",
+           "trainer.limit_train_batches", "trainer.limit_val_batches", "trainer.accumulate_grad_batches",
+           "trainer.gradient_clip_val", "trainer.precision", "trainer.fast_dev_run", "trainer.overfit_batches"),
 }
 
 

@@ -10,7 +10,7 @@ import json
 import logging
 import random
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
@@ -35,28 +35,19 @@ def sample_contexts(pairs: list, n: int, rng: random.Random) -> list:
     return rng.sample(pairs, len(pairs)) + rng.choices(pairs, k=n - len(pairs))
 
 
-def template_table(model, tok, sim, templates: dict, contexts: list, cfg, rng: random.Random) -> list[dict]:
+def template_table(model, tok, sim, templates: dict, contexts: list, cfg) -> list[dict]:
     """Oracle CTR (bootstrap CI) and format pass rate of every template on the same contexts."""
-    from clicks2pref.data.parsing import parse_suggestions
-    from clicks2pref.data.prompts import build_messages
-    from clicks2pref.eval.ctr import bootstrap_mean
-    from clicks2pref.models.generate import generate
+    from clicks2pref.eval.policy import evaluate_policy
 
-    k = len(cfg.simulator.examination)
-    conversations = [sim.context(t, f, rng) for t, f in contexts]
     rows = []
-    for i, (name, template) in enumerate(templates.items()):
+    for name, template in templates.items():
         start = time.time()
-        outs = generate(model, tok, [build_messages(template, c) for c in conversations], cfg.policy.generation,
-                        seed=cfg.seed + i)
-        parsed = [parse_suggestions(o, k) for o in outs]
-        ctr = sim.oracle_ctr_many([(t, f, p.suggestions) for (t, f), p in zip(contexts, parsed)])
-        est = bootstrap_mean(ctr, cfg.collect.bootstrap_samples, cfg.collect.ci_level, cfg.seed)
-        rows.append({"template": name, "oracle_ctr": est.mean, "ci_low": est.low, "ci_high": est.high,
-                     "format_rate": sum(p.well_formed for p in parsed) / len(parsed), "n_contexts": est.n,
-                     "example": outs[0]})
-        log.info("template %-10s oracle CTR %s format %.2f (%.0fs)", name, est, rows[-1]["format_rate"],
-                 time.time() - start)
+        m = evaluate_policy(model, tok, template, sim, contexts, cfg.policy.generation, cfg.seed,
+                            cfg.collect.bootstrap_samples, cfg.collect.ci_level)
+        rows.append({"template": name, **{k: m[k] for k in ("oracle_ctr", "ci_low", "ci_high", "format_rate",
+                                                            "n_contexts")}, "example": m["outputs"][0]})
+        log.info("template %-10s oracle CTR %.4f [%.4f, %.4f] format %.2f (%.0fs)", name, m["oracle_ctr"],
+                 m["ci_low"], m["ci_high"], m["format_rate"], time.time() - start)
     return rows
 
 
@@ -119,8 +110,8 @@ def run(cfg, loggers=()) -> dict:
     log.info("collect: %d topics, contexts train/val/test %d/%d/%d, policy %s", len(sim.world),
              len(splits["train"]), len(splits["val"]), len(splits["test"]), cfg.policy.model.name)
 
-    rows = template_table(model, tok, sim, cfg.prompt, sample_contexts(splits["val"], cfg.collect.contexts_per_template,
-                                                                       rng), cfg, rng)
+    contexts = sample_contexts(splits["val"], cfg.collect.contexts_per_template, rng)
+    rows = template_table(model, tok, sim, cfg.prompt, contexts, cfg)
     best = max(rows, key=lambda r: r["oracle_ctr"])["template"]
     policy = cfg.collect.policy_name or f"prompt_{best}"
     columns = ["template", "oracle_ctr", "ci_low", "ci_high", "format_rate", "n_contexts"]

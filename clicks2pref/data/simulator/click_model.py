@@ -111,8 +111,12 @@ class ClickSimulator:
 
 def build_simulator(cfg: SimulatorConfig, world: Optional[dict[str, Topic]] = None) -> ClickSimulator:
     """The simulator with the configured similarity backend."""
+    from omegaconf import OmegaConf
+
     from clicks2pref.data.simulator.similarity import EmbeddingSimilarity, LexicalSimilarity
 
+    if OmegaConf.is_config(cfg):
+        cfg = OmegaConf.to_object(cfg)
     if cfg.similarity == "lexical":
         sim = LexicalSimilarity()
     elif cfg.similarity == "minilm":

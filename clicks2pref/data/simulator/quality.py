@@ -14,14 +14,14 @@ QUESTION_WORDS = frozenset("what how why when where which who whom whose is are 
 class QualityConfig:
     min_words: int = 3
     max_words: int = 15
-    not_question: float = -2.0
-    bad_length: float = -2.0
+    not_question_penalty: float = -2.0
+    bad_length_penalty: float = -2.0
     copy_threshold: float = 0.9
-    copy: float = -4.0
+    copy_penalty: float = -4.0
     duplicate_threshold: float = 0.9
-    duplicate: float = -4.0
+    duplicate_penalty: float = -4.0
     min_letter_ratio: float = 0.6
-    garbage: float = -6.0
+    garbage_penalty: float = -6.0
 
 
 def is_question(text: str) -> bool:
@@ -46,13 +46,13 @@ def quality_logits(suggestions: list[str], sim_to_asked: np.ndarray, sim_within:
     for k, s in enumerate(suggestions):
         n = len(s.split())
         if letter_ratio(s) < cfg.min_letter_ratio:
-            out[k] += cfg.garbage
+            out[k] += cfg.garbage_penalty
         if not is_question(s):
-            out[k] += cfg.not_question
+            out[k] += cfg.not_question_penalty
         if n < cfg.min_words or n > cfg.max_words:
-            out[k] += cfg.bad_length
+            out[k] += cfg.bad_length_penalty
         if sim_to_asked[k] > cfg.copy_threshold:
-            out[k] += cfg.copy
+            out[k] += cfg.copy_penalty
         if k and np.max(sim_within[k, :k]) > cfg.duplicate_threshold:
-            out[k] += cfg.duplicate
+            out[k] += cfg.duplicate_penalty
     return out

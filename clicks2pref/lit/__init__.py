@@ -1,0 +1,1 @@
+"""LightningModules and the data loaders that feed them."""

@@ -1,0 +1,171 @@
+"""Lightning training of one reward model (GaRM or BTRM) on click preference pairs (SPEC 5.3).
+
+A batch is a few whole panels: every distinct suggestion in it is scored once and the pairs index
+into those scores, so the six users who saw one panel cost one forward pass per suggestion.
+`training_step` reads in order: score → gather chosen / rejected → loss (clicks2pref.objectives) →
+skip and count a non-finite loss. Logged under `rm/<kind>/` every step: `train_loss`, `train_acc`,
+`sigma_mean` and `sigma_std` (GaRM; σ over the batch's suggestions), `grad_norm` (before clipping);
+per validation: `val_loss`, `val_acc`, `val_ece` (15 bins).
+"""
+from __future__ import annotations
+
+import logging
+from typing import Sequence
+
+import pytorch_lightning as pl
+import torch
+from torch.utils.data import DataLoader
+
+from clicks2pref.data.pairs import context_key, group_pairs
+from clicks2pref.errors import NonFiniteLossError
+from clicks2pref.eval.calibration import btrm_confidence, expected_calibration_error, garm_confidence
+from clicks2pref.objectives.bradley_terry import bt_loss
+from clicks2pref.objectives.gaussian import garm_loss
+
+log = logging.getLogger(__name__)
+
+
+class PairCollator:
+    """Groups of pairs → the model's padded inputs for their distinct suggestions + pair indices."""
+
+    def __init__(self, model):
+        self.model = model
+
+    def __call__(self, groups: Sequence[list[dict]]) -> dict:
+        index: dict[tuple[str, str], int] = {}
+        items: list[tuple[list[dict], str]] = []
+
+        def slot(context, text) -> int:
+            key = (context_key(context), text)
+            if key not in index:
+                index[key] = len(items)
+                items.append((context, text))
+            return index[key]
+
+        pairs = [p for g in groups for p in g]
+        chosen = [slot(p["context"], p["chosen"]) for p in pairs]
+        rejected = [slot(p["context"], p["rejected"]) for p in pairs]
+        batch = self.model.collate(items)
+        batch["chosen"], batch["rejected"] = torch.tensor(chosen), torch.tensor(rejected)
+        return batch
+
+
+def pair_loader(model, pairs: list[dict], groups_per_batch: int, shuffle: bool, seed: int = 0) -> DataLoader:
+    """Batches of `groups_per_batch` panels (see `clicks2pref.data.pairs.group_pairs`)."""
+    generator = torch.Generator().manual_seed(seed) if shuffle else None
+    return DataLoader(group_pairs(pairs), batch_size=groups_per_batch, shuffle=shuffle, generator=generator,
+                      collate_fn=PairCollator(model), num_workers=0)
+
+
+class RewardModule(pl.LightningModule):
+    def __init__(self, model, loss_cfg, optim_cfg, max_nonfinite_steps: int = 10, n_bins: int = 15):
+        super().__init__()
+        self.model, self.loss_cfg, self.optim_cfg = model, loss_cfg, optim_cfg
+        self.kind, self.prefix = model.kind, f"rm/{model.kind}"
+        self.max_nonfinite_steps, self.n_bins = max_nonfinite_steps, n_bins
+        self.nonfinite_steps = 0
+        self.max_grad_norm = 0.0
+        self.strict_loading = False  # checkpoints hold the trainable weights only (on_save_checkpoint)
+        self._val: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor, int]] = []
+
+    # --- the maths of one batch -------------------------------------------------------------------
+
+    def loss(self, out: dict, chosen, rejected) -> tuple[torch.Tensor, dict]:
+        cfg = self.loss_cfg
+        if self.kind == "btrm":
+            r_c, r_r = out["reward"][chosen], out["reward"][rejected]
+            margin = None if cfg.margin is None else torch.full_like(r_c, cfg.margin)
+            return bt_loss(r_c, r_r, margin, cfg.center_rewards_coefficient), {}
+        mu, sigma = out["mu"], out["sigma"]
+        kwargs = {"z_clamp": cfg.z_clamp} if cfg.likelihood == "probit" else {"num_samples": cfg.mc_samples}
+        return garm_loss(mu[chosen], sigma[chosen], mu[rejected], sigma[rejected],
+                         lam=getattr(cfg.variance_reg, "lambda"), likelihood=cfg.likelihood,
+                         regularizer=cfg.variance_reg.kind, **kwargs)
+
+    def confidence(self, out: dict, chosen, rejected) -> tuple[torch.Tensor, torch.Tensor]:
+        """(confidence of the picked side, picked the chosen one) per pair."""
+        if self.kind == "btrm":
+            return btrm_confidence(out["reward"][chosen], out["reward"][rejected])
+        mu, sigma = out["mu"], out["sigma"]
+        return garm_confidence(mu[chosen], sigma[chosen], mu[rejected], sigma[rejected])
+
+    # --- training --------------------------------------------------------------------------------
+
+    def training_step(self, batch, batch_idx):
+        out = self.model(batch["input_ids"], batch["attention_mask"])
+        loss, parts = self.loss(out, batch["chosen"], batch["rejected"])
+        if not torch.isfinite(loss):
+            self.nonfinite_steps += 1
+            self.log(f"{self.prefix}/nonfinite_steps", float(self.nonfinite_steps), on_step=True, on_epoch=False)
+            log.warning("%s: non-finite loss at step %d, skipped (%d of at most %d)", self.prefix,
+                        self.global_step, self.nonfinite_steps, self.max_nonfinite_steps)
+            if self.nonfinite_steps >= self.max_nonfinite_steps:
+                raise NonFiniteLossError(
+                    f"reward model {self.kind}: {self.nonfinite_steps} non-finite losses (the limit is "
+                    f"reward_model.max_nonfinite_steps={self.max_nonfinite_steps}); lower reward_model.optim.lr, "
+                    f"raise reward_model.loss.variance_reg.lambda or check the pairs")
+            return None
+        n = len(batch["chosen"])
+        _, correct = self.confidence(out, batch["chosen"], batch["rejected"])
+        metrics = {"train_loss": loss.detach(), "train_acc": correct.float().mean(),
+                   **{f"train_{k}": v for k, v in parts.items()}}
+        if self.kind == "garm":
+            sigma = out["sigma"].detach()
+            metrics.update(sigma_mean=sigma.mean(), sigma_std=sigma.std(unbiased=False), mu_std=out["mu"].detach().std(unbiased=False))
+        self.log_dict({f"{self.prefix}/{k}": v for k, v in metrics.items()}, on_step=True, on_epoch=False, batch_size=n)
+        return loss
+
+    def on_before_optimizer_step(self, optimizer):
+        grads = [p.grad for p in self.parameters() if p.grad is not None]
+        norm = torch.nn.utils.get_total_norm(grads, 2.0) if grads else torch.zeros(())
+        self.max_grad_norm = max(self.max_grad_norm, float(norm))
+        self.log(f"{self.prefix}/grad_norm", norm, on_step=True, on_epoch=False)
+
+    # --- validation ------------------------------------------------------------------------------
+
+    def validation_step(self, batch, batch_idx):
+        out = self.model(batch["input_ids"], batch["attention_mask"])
+        loss, _ = self.loss(out, batch["chosen"], batch["rejected"])
+        conf, correct = self.confidence(out, batch["chosen"], batch["rejected"])
+        self._val.append((conf.detach().cpu(), correct.cpu(), loss.detach().cpu(), len(conf)))
+
+    def on_validation_epoch_end(self):
+        if not self._val or self.trainer.sanity_checking:
+            self._val.clear()
+            return
+        conf = torch.cat([v[0] for v in self._val]).double()
+        correct = torch.cat([v[1] for v in self._val])
+        n = torch.tensor([v[3] for v in self._val], dtype=torch.float64)
+        loss = (torch.stack([v[2] for v in self._val]).double() * n).sum() / n.sum()
+        self._val.clear()
+        self.log_dict({f"{self.prefix}/val_loss": loss.float(), f"{self.prefix}/val_acc": correct.double().mean().float(),
+                       f"{self.prefix}/val_ece": expected_calibration_error(conf, correct, self.n_bins).float()})
+
+    # --- optimisation and checkpoints ---------------------------------------------------------------
+
+    def configure_optimizers(self):
+        cfg = self.optim_cfg
+        head = [p for p in self.model.head.parameters() if p.requires_grad]
+        body = [p for p in self.model.backbone.parameters() if p.requires_grad]
+        groups = [{"params": head, "lr": cfg.head_lr}] + ([{"params": body, "lr": cfg.lr}] if body else [])
+        optimizer = torch.optim.AdamW(groups, weight_decay=cfg.weight_decay)
+        total = max(int(self.trainer.estimated_stepping_batches), 1)
+        warmup = int(cfg.warmup_ratio * total)
+
+        def factor(step: int) -> float:  # linear warm-up, then linear decay to 0 (TRL's default schedule)
+            if step < warmup:
+                return (step + 1) / warmup
+            return max(0.0, (total - step) / max(total - warmup, 1))
+
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+    def on_save_checkpoint(self, checkpoint):
+        """Keep only trainable weights: a LoRA run's checkpoint is the adapter and head, not the base."""
+        trainable = {f"model.{n}" for n, p in self.model.named_parameters() if p.requires_grad}
+        checkpoint["state_dict"] = {k: v for k, v in checkpoint["state_dict"].items() if k in trainable}
+        checkpoint["nonfinite_steps"], checkpoint["max_grad_norm"] = self.nonfinite_steps, self.max_grad_norm
+
+    def on_load_checkpoint(self, checkpoint):
+        self.nonfinite_steps = checkpoint.get("nonfinite_steps", 0)
+        self.max_grad_norm = checkpoint.get("max_grad_norm", 0.0)

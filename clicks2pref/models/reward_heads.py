@@ -1,0 +1,224 @@
+"""Reward models on any registry backbone: BTRM (one scalar) and GaRM (μ and σ) per suggestion (SPEC 5.3).
+
+The input is one suggestion in its conversation. For chat models it is the backbone tokenizer's chat
+template over the logged context plus the suggestion as the assistant's reply, read at the last
+non-pad token (`pooling: last`, which is `<|im_end|>` closing the suggestion). For an encoder such as
+MiniLM, which has no chat template, it is plain "user: ... assistant: ... [SEP] suggestion" text,
+read by mean pooling over tokens (`pooling: mean`), the way sentence-transformers trained it.
+Over-long inputs lose the start of the context, never the suggestion.
+
+`save_reward_model` / `load_reward_model` store a trained model as `reward_model.json` plus
+safetensors (the LoRA adapter, or the whole backbone when it was fully fine-tuned, and the head):
+the GRPO stage loads it with `load_reward_model(path)`.
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Optional, Sequence
+
+import torch
+from torch import Tensor, nn
+
+from clicks2pref.errors import ModelNotFoundError
+from clicks2pref.objectives.gaussian import sigma_from_raw
+
+KINDS = ("garm", "btrm")
+POOLINGS = ("last", "mean")
+
+
+@dataclass
+class HeadConfig:
+    pooling: str = "last"  # last (last non-pad token; decoders) | mean (over tokens; encoders such as MiniLM)
+    sigma_min: float = 0.01  # GaRM σ = softplus(raw) + sigma_min
+    sigma_init: float = 1.0  # GaRM σ before training (the raw bias is set to give it)
+    init_std: float = 0.005  # std of the head's initial weights
+    max_length: int = 128  # tokens per (context, suggestion) input
+
+
+class RewardModel(nn.Module):
+    """Backbone + linear head. `forward` returns {"reward"} (btrm) or {"mu", "sigma"} (garm) per input."""
+
+    def __init__(self, backbone: nn.Module, tokenizer, kind: str, head: HeadConfig):
+        super().__init__()
+        if kind not in KINDS:
+            raise ValueError(f"unknown reward model kind {kind!r}; accepted: {', '.join(KINDS)}")
+        if head.pooling not in POOLINGS:
+            raise ValueError(f"unknown pooling {head.pooling!r}; accepted: {', '.join(POOLINGS)}")
+        self.backbone, self.tokenizer, self.kind, self.cfg = backbone, tokenizer, kind, head
+        hidden = backbone.config.hidden_size
+        self.head = nn.Linear(hidden, 2 if kind == "garm" else 1)
+        nn.init.normal_(self.head.weight, std=head.init_std)
+        nn.init.zeros_(self.head.bias)
+        if kind == "garm":  # softplus⁻¹(σ_init − σ_min)
+            target = max(head.sigma_init - head.sigma_min, 1e-4)
+            with torch.no_grad():
+                self.head.bias[1] = target + math.log(-math.expm1(-target))
+        self.chat = getattr(tokenizer, "chat_template", None) is not None
+        self._cache: dict[tuple[str, str], list[int]] = {}
+
+    # --- text -> tokens ---------------------------------------------------------------------------
+
+    def encode(self, context: list[dict], suggestion: str) -> list[int]:
+        """Token ids of one (context, suggestion) input, at most `max_length`, the context cut from the left."""
+        key = (json.dumps(context, ensure_ascii=False), suggestion)
+        if key not in self._cache:
+            prefix, suffix, tail = self._segments(context, suggestion)
+            head = self._head_tokens()
+            room = max(self.cfg.max_length - len(head) - len(tail), 1)
+            suffix = suffix[-room:]  # a suggestion longer than everything keeps its end (closing token)
+            keep = room - len(suffix)
+            prefix = prefix[max(len(prefix) - keep, 0):] if keep > 0 else []
+            self._cache[key] = head + prefix + suffix + tail
+        return self._cache[key]
+
+    def _head_tokens(self) -> list[int]:
+        return [] if self.chat or self.tokenizer.cls_token_id is None else [self.tokenizer.cls_token_id]
+
+    def _segments(self, context: list[dict], suggestion: str) -> tuple[list[int], list[int], list[int]]:
+        tok = self.tokenizer
+        if self.chat:
+            messages = [{"role": t["role"], "content": t["content"]} for t in context]
+            full = tok.apply_chat_template(messages + [{"role": "assistant", "content": suggestion}], tokenize=False)
+            prefix = tok.apply_chat_template(messages, tokenize=False)
+            full = full.rstrip()
+            if not full.startswith(prefix):  # a template that rewrites earlier turns: tokenize it whole
+                return [], tok(full, add_special_tokens=False)["input_ids"], []
+            return (tok(prefix, add_special_tokens=False)["input_ids"],
+                    tok(full[len(prefix):], add_special_tokens=False)["input_ids"], [])
+        text = " ".join(f"{t['role']}: {t['content']}" for t in context)
+        sep = [tok.sep_token_id] if tok.sep_token_id is not None else []
+        return (tok(text, add_special_tokens=False)["input_ids"] + sep,
+                tok(suggestion, add_special_tokens=False)["input_ids"], sep)
+
+    def collate(self, items: Sequence[tuple[list[dict], str]]) -> dict[str, Tensor]:
+        """Right-padded `input_ids` and `attention_mask` for (context, suggestion) items."""
+        ids = [self.encode(c, s) for c, s in items]
+        width = max(len(x) for x in ids)
+        pad = self.tokenizer.pad_token_id
+        return {"input_ids": torch.tensor([x + [pad] * (width - len(x)) for x in ids]),
+                "attention_mask": torch.tensor([[1] * len(x) + [0] * (width - len(x)) for x in ids])}
+
+    # --- scoring ------------------------------------------------------------------------------------
+
+    def forward(self, input_ids: Tensor, attention_mask: Tensor) -> dict[str, Tensor]:
+        hidden = self.backbone(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+        mask = attention_mask.to(hidden.dtype)
+        if self.cfg.pooling == "last":  # last position whose mask is 1, whatever the padding side
+            positions = torch.arange(mask.shape[1], device=mask.device)
+            last = (positions * attention_mask).argmax(dim=1)
+            pooled = hidden[torch.arange(hidden.shape[0], device=hidden.device), last]
+        else:
+            pooled = (hidden * mask.unsqueeze(-1)).sum(1) / mask.sum(1, keepdim=True).clamp(min=1)
+        out = self.head(pooled.to(self.head.weight.dtype))
+        if self.kind == "btrm":
+            return {"reward": out[:, 0]}
+        return {"mu": out[:, 0], "sigma": sigma_from_raw(out[:, 1], self.cfg.sigma_min)}
+
+    @torch.no_grad()
+    def score(self, contexts: Sequence[list[dict]], suggestions: Sequence[str], batch_size: int = 32
+              ) -> dict[str, Tensor]:
+        """Per-suggestion outputs in input order (batched by length), in eval mode."""
+        items = list(zip(contexts, suggestions))
+        order = sorted(range(len(items)), key=lambda i: len(self.encode(*items[i])))
+        was_training = self.training
+        self.eval()
+        device = self.head.weight.device
+        parts: dict[str, list[Tensor]] = {}
+        for start in range(0, len(order), batch_size):
+            batch = self.collate([items[i] for i in order[start:start + batch_size]])
+            for k, v in self(**{k: t.to(device) for k, t in batch.items()}).items():
+                parts.setdefault(k, []).append(v.float().cpu())
+        self.train(was_training)
+        inverse = torch.empty(len(order), dtype=torch.long)
+        inverse[torch.tensor(order, dtype=torch.long)] = torch.arange(len(order))
+        return {k: torch.cat(v)[inverse] for k, v in parts.items()} if order else {}
+
+    def rewards(self, contexts: Sequence[list[dict]], suggestions: Sequence[str], kappa: float = 0.0,
+                batch_size: int = 32) -> Tensor:
+        """Scalar reward per suggestion: BTRM's r, or GaRM's μ − κσ (SPEC 5.5, `rewards.garm.kappa`)."""
+        out = self.score(contexts, suggestions, batch_size)
+        return out["reward"] if self.kind == "btrm" else out["mu"] - kappa * out["sigma"]
+
+
+# --- build, save, load --------------------------------------------------------------------------------
+
+
+def build_reward_model(kind: str, backbone_cfg, head: HeadConfig, cache_dir, seed: int = 0) -> RewardModel:
+    """A fresh reward model: registry backbone (LoRA or full fine-tuning as configured) + new head."""
+    from clicks2pref.models.registry import load_backbone
+
+    backbone, tok = load_backbone(backbone_cfg, cache_dir, seed=seed)
+    if backbone_cfg.lora is None:
+        for p in backbone.parameters():
+            p.requires_grad_(True)
+    return RewardModel(backbone, tok, kind, head)
+
+
+def _plain(cfg) -> dict:
+    from omegaconf import OmegaConf
+
+    if OmegaConf.is_config(cfg):
+        return OmegaConf.to_container(cfg, resolve=True)
+    return asdict(cfg) if hasattr(cfg, "__dataclass_fields__") else dict(cfg)
+
+
+def save_reward_model(model: RewardModel, path, backbone_cfg, seed: int = 0, extra: Optional[dict] = None) -> Path:
+    """Write `reward_model.json`, `head.safetensors`, and `adapter.safetensors` (LoRA) or
+    `backbone.safetensors` (full fine-tuning) into the folder `path`."""
+    from safetensors.torch import save_file
+
+    path = Path(path)
+    path.mkdir(parents=True, exist_ok=True)
+    backbone_dict = _plain(backbone_cfg)
+    lora = backbone_dict.get("lora") is not None
+    if lora:
+        from peft import get_peft_model_state_dict
+
+        weights = get_peft_model_state_dict(model.backbone)
+    else:
+        weights = model.backbone.state_dict()
+    save_file({k: v.detach().contiguous().cpu() for k, v in weights.items()},
+              path / ("adapter.safetensors" if lora else "backbone.safetensors"))
+    save_file({k: v.detach().contiguous().cpu() for k, v in model.head.state_dict().items()}, path / "head.safetensors")
+    meta = {"kind": model.kind, "backbone": backbone_dict, "head": asdict(model.cfg), "seed": seed,
+            "weights": "adapter" if lora else "backbone", **(extra or {})}
+    (path / "reward_model.json").write_text(json.dumps(meta, indent=2))
+    return path
+
+
+def load_reward_model(path, cache_dir: Optional[str] = None, device: str = "cpu") -> RewardModel:
+    """A reward model saved by `save_reward_model`, in eval mode on `device`.
+
+    `cache_dir` is the registry's model cache (default: $CLICKS2PREF_CACHE or ~/.cache/clicks2pref),
+    where the base weights of a LoRA model come from.
+    """
+    from safetensors.torch import load_file
+
+    from clicks2pref.models.registry import LoraConfig, ModelConfig
+
+    path = Path(path)
+    if not (path / "reward_model.json").is_file():
+        raise ModelNotFoundError(f"'{path}' holds no reward_model.json; pass a folder written by stage=rm "
+                                 f"(artifacts/rm/<key>/<kind>)")
+    meta = json.loads((path / "reward_model.json").read_text())
+    backbone = dict(meta["backbone"])
+    backbone["lora"] = LoraConfig(**backbone["lora"]) if backbone.get("lora") else None
+    backbone_cfg = ModelConfig(**backbone)
+    cache_dir = cache_dir or os.environ.get("CLICKS2PREF_CACHE", "~/.cache/clicks2pref")
+    model = build_reward_model(meta["kind"], backbone_cfg, HeadConfig(**meta["head"]), cache_dir, meta.get("seed", 0))
+    if meta["weights"] == "adapter":
+        from peft import set_peft_model_state_dict
+
+        result = set_peft_model_state_dict(model.backbone, load_file(path / "adapter.safetensors"))
+        unexpected = list(getattr(result, "unexpected_keys", []))
+        if unexpected:
+            raise ModelNotFoundError(f"'{path}/adapter.safetensors' does not fit the backbone "
+                                     f"(unexpected {unexpected[:3]}); was it saved with another backbone?")
+    else:
+        model.backbone.load_state_dict(load_file(path / "backbone.safetensors"))
+    model.head.load_state_dict(load_file(path / "head.safetensors"))
+    return model.to(device).eval()
