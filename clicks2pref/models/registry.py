@@ -174,13 +174,15 @@ def load_causal_lm(cfg: ModelConfig, cache_dir: str | os.PathLike, seed: int = 0
     """(model, tokenizer) with the config's dtype, quantization, LoRA and checkpointing applied."""
     from transformers import AutoModelForCausalLM
 
+    qc = quantization_config(cfg.quantization, cfg.dtype)
     tok = load_tokenizer(cfg, cache_dir)
     if cfg.name == TINY_LLAMA:
+        if qc is not None:
+            raise ModelNotFoundError("tiny-llama is built in memory and cannot be quantised; save it and load the path")
         model = tiny_llama(cfg, len(tok), tok.pad_token_id, seed)
     else:
         kwargs: dict[str, Any] = dict(dtype=_torch_dtype(cfg.dtype), trust_remote_code=cfg.trust_remote_code,
                                       revision=cfg.revision)
-        qc = quantization_config(cfg.quantization, cfg.dtype)
         if qc is not None:
             kwargs["quantization_config"] = qc
         model = _from_pretrained(AutoModelForCausalLM, resolve(cfg.name, cache_dir), **kwargs)
