@@ -16,8 +16,14 @@ from clicks2pref.data.simulator.click_model import SimulatorConfig
 from clicks2pref.data.sources import DataConfig
 from clicks2pref.models.generate import GenerationConfig
 from clicks2pref.models.registry import ModelConfig
+from clicks2pref.rewards.composite import RewardsConfig
+from clicks2pref.rewards.fusion import FusionConfig
 from clicks2pref.stages.collect import CollectConfig
+from clicks2pref.stages.evaluate import EvalConfig
+from clicks2pref.stages.grpo import GRPOStageConfig
 from clicks2pref.stages.rm import RewardModelConfig
+from clicks2pref.stages.sft import SFTConfig
+from clicks2pref.stages.teacher import TeacherConfig
 
 
 @dataclass
@@ -49,7 +55,13 @@ class Config:
     prompt: Dict[str, PromptTemplate] = field(default_factory=dict)
     policy: PolicyConfig = field(default_factory=PolicyConfig)
     collect: CollectConfig = field(default_factory=CollectConfig)
+    sft: SFTConfig = field(default_factory=SFTConfig)
+    teacher: TeacherConfig = field(default_factory=TeacherConfig)
     reward_model: RewardModelConfig = field(default_factory=RewardModelConfig)
+    rewards: RewardsConfig = field(default_factory=RewardsConfig)
+    fusion: FusionConfig = field(default_factory=FusionConfig)
+    grpo: GRPOStageConfig = field(default_factory=GRPOStageConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
     trainer: Dict[str, Any] = field(default_factory=dict)   # a Lightning Trainer `_target_` spec
     logger: Dict[str, Any] = field(default_factory=dict)    # name -> Lightning logger `_target_` spec
     paths: PathsConfig = field(default_factory=PathsConfig)

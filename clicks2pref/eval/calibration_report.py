@@ -160,15 +160,15 @@ def reliability_diagram(metrics: dict, path, title: str) -> Path:
     width = bins[0]["upper"] - bins[0]["lower"] if bins else 0.1
     fig, (ax, ax_n) = plt.subplots(2, 1, figsize=(4.5, 5.5), sharex=True, gridspec_kw={"height_ratios": [3, 1]})
     ax.bar(centers, [b["accuracy"] or 0.0 for b in bins], width=width * 0.9, color="#4c72b0", label="accuracy")
-    ax.plot([0, 1], [0, 1], "--", color="gray", label="perfect calibration")
+    ax.plot([0.4, 1], [0.4, 1], "--", color="gray", label="perfect calibration")
     ax.scatter([b["confidence"] for b in bins if b["count"]], [b["accuracy"] for b in bins if b["count"]],
-               color="#dd8452", zorder=3, s=14, label="mean confidence")
+               color="#dd8452", zorder=3, s=14, label="bin (mean confidence, accuracy)")
     ax.set(ylim=(0, 1), ylabel="accuracy",
            title=f"{title}\nacc {metrics.get('accuracy', float('nan')):.3f}  ECE {metrics.get('ece', float('nan')):.3f}"
                  f"  n={metrics.get('n_pairs', 0)}")
     ax.legend(loc="upper left", fontsize=7)
     ax_n.bar(centers, [b["count"] for b in bins], width=width * 0.9, color="gray")
-    ax_n.set(xlim=(0, 1), xlabel="confidence", ylabel="pairs")
+    ax_n.set(xlim=(0.4, 1), xlabel="confidence (of the side the model picks)", ylabel="pairs")
     fig.tight_layout()
     path = Path(path)
     fig.savefig(path, dpi=100)

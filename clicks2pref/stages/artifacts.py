@@ -24,6 +24,27 @@ STAGE_INPUTS = {
     "rm": ("seed", "simulator", "prompt", "policy", "collect", "data", "reward_model", "trainer.max_steps",
            "trainer.limit_train_batches", "trainer.limit_val_batches", "trainer.accumulate_grad_batches",
            "trainer.gradient_clip_val", "trainer.precision", "trainer.fast_dev_run", "trainer.overfit_batches"),
+    # sft and its teacher: their settings and the Trainer keys that change what is trained; the click
+    # logs they read (collect's key, or a hash of the files) are folded in by `stages.sft.keyed`
+    "sft": ("seed", "simulator", "prompt", "policy", "sft", "teacher", "data.on_invalid", "data.split",
+            "trainer.accumulate_grad_batches", "trainer.gradient_clip_val", "trainer.precision",
+            "trainer.limit_train_batches", "trainer.limit_val_batches", "trainer.fast_dev_run",
+            "trainer.overfit_batches"),
+    "teacher": ("seed", "teacher", "sft.data", "policy.generation.batch_size", "data.on_invalid",
+                "trainer.accumulate_grad_batches", "trainer.gradient_clip_val", "trainer.precision",
+                "trainer.limit_train_batches", "trainer.limit_val_batches", "trainer.fast_dev_run",
+                "trainer.overfit_batches"),
+    # fusion: the enabled reward components (not how weights are chosen), its own settings, how candidates
+    # are sampled; the sft and rm keys and the click logs are folded in by `stages.fusion.fusion_key`
+    "fusion": ("seed", "rewards.examination", "rewards.embedder", "rewards.garm", "rewards.btrm", "rewards.external",
+               "rewards.rule", "rewards.ppl", "rewards.diversity", "fusion", "simulator.examination",
+               "grpo.temperature", "grpo.top_p", "grpo.top_k", "grpo.max_completion_length", "grpo.micro_batch_size",
+               "policy.generation.batch_size", "data.on_invalid"),
+    # grpo: everything it trains and evaluates with; sft, rm and fusion keys and the logs are folded in by
+    # `stages.grpo.grpo_key`
+    "grpo": ("seed", "rewards", "grpo", "simulator", "policy", "prompt", "data.on_invalid", "data.split",
+             "data.format", "collect.sessions_per_week", "collect.users_per_panel", "trainer.precision",
+             "trainer.accelerator"),
 }
 
 

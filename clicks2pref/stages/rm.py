@@ -10,6 +10,7 @@ Lightning checkpoint and each finished model wait in `artifacts/rm/.work-<key>/`
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import shutil
@@ -57,7 +58,7 @@ class RewardLossConfig:
 
 @dataclass
 class RewardOptimConfig:
-    epochs: int = 1  # passes over the training pairs (sets the Trainer's max_epochs for this stage)
+    epochs: int = 3  # passes over the training pairs (sets the Trainer's max_epochs for this stage)
     groups_per_batch: int = 4  # panels per batch (all their pairs; ~3 suggestions each)
     lr: float = 2e-4  # LoRA adapters (or the whole backbone when lora is null)
     head_lr: float = 1e-3  # the μ/σ or reward head
@@ -76,6 +77,21 @@ class RewardModelConfig:
     max_nonfinite_steps: int = 10
     checkpoint_every_n_steps: int = 25
     calibration: CalibrationConfig = field(default_factory=CalibrationConfig)
+
+
+def rm_key(cfg) -> str:
+    """stage_key of rm with what it reads folded in: the click logs (collect's key or the files' bytes)
+    and the OOD logs' bytes."""
+    from clicks2pref.data.io import expand_sources
+    from clicks2pref.stages.artifacts import stage_key
+    from clicks2pref.stages.sft import logs_fingerprint
+
+    ood = hashlib.sha256()
+    for path in expand_sources(cfg.data.ood_logs) if cfg.data.ood_logs else []:
+        ood.update(path.name.encode())
+        ood.update(path.read_bytes())
+    blob = f"{stage_key(cfg, 'rm')}|{logs_fingerprint(cfg)}|{ood.hexdigest()[:16]}"
+    return hashlib.sha256(blob.encode()).hexdigest()[:12]
 
 
 def check_config(rm) -> None:
@@ -188,11 +204,11 @@ def run(cfg, loggers=()) -> dict:
     from clicks2pref.eval.calibration_report import calibration_metrics, markdown_report, pair_log_ppl, \
         pair_predictions, write_report
     from clicks2pref.loggers import log_metrics, log_table
-    from clicks2pref.stages.artifacts import artifact_path, atomic_dir, stage_key
+    from clicks2pref.stages.artifacts import artifact_path, atomic_dir
 
     rm = cfg.reward_model
     check_config(rm)
-    key = stage_key(cfg, "rm")
+    key = rm_key(cfg)
     final = artifact_path(cfg, "rm", key)
     out_dir = Path(cfg.paths.output_dir)
     reports = ["calibration.json", "calibration.md"]

@@ -1,0 +1,111 @@
+"""The reward-hacking monitor: proxy reward vs. oracle CTR on a fixed probe set during GRPO (SPEC 5.5).
+
+Every `eval_every` optimisation steps (and once before the first), the current policy answers the
+probe contexts greedily; the proxy is the mean composite reward the policy is trained on, the oracle
+the mean simulated CTR of the same panels. An evaluation *diverges* when the proxy rose by more than
+`min_delta` since the previous one while the oracle fell by more than `min_delta`; after `patience`
+diverging evaluations in a row the monitor flags reward hacking, logs a warning line and
+`grpo/monitor/hacking_flag = 1`. Training goes on (set `stop_on_flag` to stop it).
+
+Settings: `grpo.monitor` (clicks2pref.stages.grpo.MonitorConfig). The oracle arrives as a callable
+from the stage: this module is evaluation code, the only place besides log sampling allowed to see
+it; the GRPO module never does.
+"""
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from typing import Callable, Sequence
+
+import pytorch_lightning as pl
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class DivergenceDetector:
+    """Pure bookkeeping: feed (step, proxy, oracle), get True on the evaluation that raises the flag."""
+
+    patience: int = 2
+    min_delta: float = 0.0
+    history: list = field(default_factory=list)
+    streak: int = 0
+    flagged_at: list = field(default_factory=list)
+
+    def update(self, step: int, proxy: float, oracle: float) -> bool:
+        diverging = False
+        if self.history:
+            _, p0, o0 = self.history[-1]
+            diverging = proxy - p0 > self.min_delta and oracle - o0 < -self.min_delta
+        self.history.append((step, float(proxy), float(oracle)))
+        self.streak = self.streak + 1 if diverging else 0
+        if self.streak >= self.patience:
+            self.flagged_at.append(step)
+            return True
+        return False
+
+    @property
+    def flagged(self) -> bool:
+        return bool(self.flagged_at)
+
+    def summary(self) -> dict:
+        return {"flagged": self.flagged, "flagged_at": list(self.flagged_at),
+                "history": [{"step": s, "proxy": p, "oracle_ctr": o} for s, p, o in self.history]}
+
+
+class RewardHackingMonitor(pl.Callback):
+    """Runs the probe evaluation from Lightning hooks; the policy module provides `probe(messages, contexts)`
+    -> (completions, proxy rewards), the stage provides `oracle(probe_ids, completions)` -> CTR per probe."""
+
+    def __init__(self, probe_messages: Sequence[list[dict]], probe_contexts: Sequence[list[dict]],
+                 probe_ids: Sequence, oracle: Callable[[Sequence, Sequence[str]], Sequence[float]],
+                 eval_every: int = 4, patience: int = 2, min_delta: float = 0.0, stop_on_flag: bool = False):
+        self.messages, self.contexts, self.ids = list(probe_messages), list(probe_contexts), list(probe_ids)
+        self.oracle, self.eval_every, self.patience, self.stop_on_flag = oracle, eval_every, patience, stop_on_flag
+        self.detector = DivergenceDetector(patience, min_delta)
+        self._last_step = None
+
+    def evaluate(self, trainer, pl_module) -> None:
+        import numpy as np
+
+        step = int(trainer.global_step)
+        if step == self._last_step or not self.messages:
+            return
+        self._last_step = step
+        completions, proxy = pl_module.probe(self.messages, self.contexts)
+        oracle = float(np.mean(self.oracle(self.ids, completions)))
+        proxy = float(proxy.mean())
+        flag = self.detector.update(step, proxy, oracle)
+        metrics = {"grpo/monitor/proxy_reward": proxy, "grpo/monitor/oracle_ctr": oracle,
+                   "grpo/monitor/hacking_flag": float(self.detector.flagged)}
+        for lg in trainer.loggers:
+            lg.log_metrics(metrics, step=step)
+        log.info("monitor step %d: proxy reward %.4f, oracle CTR %.4f", step, proxy, oracle)
+        if flag:
+            log.warning("REWARD HACKING suspected at step %d: proxy reward up and oracle CTR down for %d evaluations "
+                        "in a row (%s)", step, self.detector.streak, ", ".join(
+                            f"{s}: {p:.3f}/{o:.3f}" for s, p, o in self.detector.history[-self.patience - 1:]))
+            if self.stop_on_flag:
+                trainer.should_stop = True
+
+    def on_train_start(self, trainer, pl_module) -> None:
+        if self.eval_every > 0:
+            self.evaluate(trainer, pl_module)
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        # global_step counts optimiser steps (num_iterations per batch), so compare distances, not remainders
+        due = self._last_step is None or trainer.global_step - self._last_step >= self.eval_every
+        if self.eval_every > 0 and due:
+            self.evaluate(trainer, pl_module)
+
+    def on_train_end(self, trainer, pl_module) -> None:
+        if self.eval_every > 0:
+            self.evaluate(trainer, pl_module)
+
+    def state_dict(self) -> dict:
+        return {"history": self.detector.history, "streak": self.detector.streak, "flagged_at": self.detector.flagged_at}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.detector.history = [tuple(h) for h in state.get("history", [])]
+        self.detector.streak = state.get("streak", 0)
+        self.detector.flagged_at = list(state.get("flagged_at", []))

@@ -1,0 +1,133 @@
+"""The SFT LightningModule: masked next-token loss on chat-formatted targets (policy and teacher).
+
+`training_step` reads top to bottom: forward -> loss summed over target tokens -> divided by the
+target-token count of the whole global batch (summed over processes), so N processes take the same
+step as one. A non-finite loss skips the step on every process and is counted; more than
+`max_nonfinite_steps` in a row stop training with NonFiniteLossError. Validation sums loss and
+token counts over the epoch and reduces them across processes before dividing; then a few held-out
+prompts are generated and parsed for the format pass rate.
+
+Metrics (prefix `sft`, or `teacher` for the teacher): `<p>/train_loss`, `<p>/lr`, `<p>/val_loss`,
+`<p>/val_format_rate`, `<p>/nonfinite_steps`.
+"""
+from __future__ import annotations
+
+import os
+from typing import Callable, Optional, Sequence
+
+import pytorch_lightning as pl
+import torch
+
+from clicks2pref.data.parsing import parse_suggestions
+from clicks2pref.errors import NonFiniteLossError
+from clicks2pref.models.generate import GenerationConfig, generate
+from clicks2pref.objectives.sft import IGNORE_INDEX, masked_lm_loss
+
+
+class SFTModule(pl.LightningModule):
+    def __init__(self, model, optimizer: Callable, scheduler: Optional[Callable] = None, prefix: str = "sft",
+                 tokenizer=None, format_prompts: Sequence[list[dict]] = (), format_k: int = 3,
+                 generation: Optional[GenerationConfig] = None, max_nonfinite_steps: int = 10):
+        super().__init__()
+        self.model = model
+        self.optimizer_factory, self.scheduler_factory = optimizer, scheduler
+        self.prefix, self.tokenizer = prefix, tokenizer
+        self.format_prompts, self.format_k = list(format_prompts), format_k
+        self.generation = generation or GenerationConfig(do_sample=False)
+        self.max_nonfinite_steps = max_nonfinite_steps
+        self.nonfinite_in_a_row = 0
+        self.nonfinite_total = 0
+        self.strict_loading = False  # checkpoints hold the trainable weights only (LoRA: the adapters)
+        self._val_sum = self._val_tokens = None
+
+    def setup(self, stage: str) -> None:
+        """Several CPU processes share the cores instead of each taking all of them."""
+        if self.trainer.world_size > 1 and self.device.type == "cpu":
+            torch.set_num_threads(max(1, (os.cpu_count() or 1) // self.trainer.world_size))
+
+    # --- helpers -------------------------------------------------------------------------------
+    def _sum(self, value: torch.Tensor) -> torch.Tensor:
+        """Sum over processes (identity on one)."""
+        if self.trainer.world_size == 1:
+            return value
+        return self.trainer.strategy.reduce(value.detach().clone(), reduce_op="sum")
+
+    def forward(self, input_ids, attention_mask, position_ids=None, logits_to_keep: int = 0):
+        return self.model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
+                          logits_to_keep=logits_to_keep).logits
+
+    def loss_sum(self, batch) -> tuple[torch.Tensor, torch.Tensor]:
+        """(summed target-token loss, target-token count) of a batch.
+
+        Logits are computed only from the position before the earliest target token on: with
+        left-padded batches that is the last few positions, which spares most of the LM head's cost.
+        """
+        labels = batch["labels"]
+        first = (labels != IGNORE_INDEX).any(dim=0).nonzero()
+        keep = labels.size(1) - int(first[0]) + 1 if len(first) else 1
+        keep = min(keep, labels.size(1))
+        logits = self(batch["input_ids"], batch["attention_mask"], batch.get("position_ids"), keep)
+        return masked_lm_loss(logits, labels[:, labels.size(1) - keep:])
+
+    # --- training ------------------------------------------------------------------------------
+    def training_step(self, batch, batch_idx):
+        total, n = self.loss_sum(batch)
+        n_global = self._sum(n.float()).clamp(min=1)
+        loss = total * self.trainer.world_size / n_global  # DDP averages gradients over processes
+        finite = self._sum(torch.isfinite(loss).float()) == self.trainer.world_size
+        if not finite:
+            self.nonfinite_in_a_row += 1
+            self.nonfinite_total += 1
+            self.log(f"{self.prefix}/nonfinite_steps", float(self.nonfinite_total))
+            if self.nonfinite_in_a_row > self.max_nonfinite_steps:
+                raise NonFiniteLossError(f"{self.nonfinite_in_a_row} non-finite SFT losses in a row; lower the "
+                                         "learning rate or check the data (max_nonfinite_steps)")
+            return None  # every process skips backward and the optimizer step
+        self.nonfinite_in_a_row = 0
+        self.log(f"{self.prefix}/train_loss", self._sum(total.float()) / n_global, on_step=True, on_epoch=False,
+                 batch_size=batch["input_ids"].size(0))
+        schedulers = self.lr_schedulers()
+        if schedulers is not None:
+            self.log(f"{self.prefix}/lr", schedulers.get_last_lr()[0], on_step=True, on_epoch=False)
+        return loss
+
+    def configure_optimizers(self):
+        optimizer = self.optimizer_factory([p for p in self.model.parameters() if p.requires_grad])
+        if self.scheduler_factory is None:
+            return optimizer
+        return {"optimizer": optimizer,
+                "lr_scheduler": {"scheduler": self.scheduler_factory(optimizer), "interval": "step"}}
+
+    # --- validation ----------------------------------------------------------------------------
+    def on_validation_epoch_start(self):
+        self._val_sum = torch.zeros((), dtype=torch.float64, device=self.device)
+        self._val_tokens = torch.zeros((), dtype=torch.float64, device=self.device)
+
+    def validation_step(self, batch, batch_idx):
+        total, n = self.loss_sum(batch)
+        self._val_sum += total.double()
+        self._val_tokens += n.double()
+
+    def on_validation_epoch_end(self):
+        total, n = self._sum(self._val_sum), self._sum(self._val_tokens)
+        if n > 0:
+            self.log(f"{self.prefix}/val_loss", (total / n).float(), sync_dist=False)
+        if self.format_prompts and self.tokenizer is not None and not self.trainer.sanity_checking:
+            self.log(f"{self.prefix}/val_format_rate", self.format_rate(), sync_dist=False)
+
+    @torch.no_grad()
+    def format_rate(self) -> float:
+        """Share of this process's slice of the probe prompts answered in the exact format, summed over ranks."""
+        world, rank = self.trainer.world_size, self.trainer.global_rank
+        prompts = self.format_prompts[rank::world]
+        outs = generate(self.model, self.tokenizer, prompts, self.generation, seed=0) if prompts else []
+        ok = torch.tensor([sum(parse_suggestions(o, self.format_k).well_formed for o in outs), len(outs)],
+                          dtype=torch.float64, device=self.device)
+        ok = self._sum(ok)
+        return float(ok[0] / ok[1].clamp(min=1))
+
+    # --- checkpoints ---------------------------------------------------------------------------
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        """Keep only trainable weights: a LoRA checkpoint is megabytes, not the whole base model."""
+        trainable = {name for name, p in self.named_parameters() if p.requires_grad}
+        checkpoint["state_dict"] = {k: v for k, v in checkpoint["state_dict"].items() if k in trainable}

@@ -1,0 +1,89 @@
+"""`python -m clicks2pref.report MULTIRUN_DIR`: one table of a sweep, one row per job.
+
+Each job folder holds Hydra's `.hydra/overrides.yaml` (the swept values become columns) and the
+stage's flat `metrics.json`; the result is `report.md`, `report.csv` and one comparison plot per
+headline metric, written into the multirun folder. A job that failed (no metrics) is listed with
+its status, so one broken job never hides the others.
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import sys
+from pathlib import Path
+
+import yaml
+
+HEADLINE = ("oracle_ctr", "gsb", "format_rate", "val_acc", "ece", "accuracy")
+
+
+def job_rows(sweep: Path) -> list[dict]:
+    rows = []
+    for job in sorted((p for p in sweep.iterdir() if p.is_dir() and p.name.isdigit()), key=lambda p: int(p.name)):
+        overrides = yaml.safe_load((job / ".hydra" / "overrides.yaml").read_text()) if (
+            job / ".hydra" / "overrides.yaml").exists() else []
+        row = {"job": int(job.name)}
+        row.update(dict(o.split("=", 1) for o in overrides if "=" in o))
+        metrics = job / "metrics.json"
+        if metrics.exists():
+            row.update(json.loads(metrics.read_text()))
+            row["status"] = "ok"
+        else:
+            row["status"] = "failed"
+        rows.append(row)
+    return rows
+
+
+def write_report(sweep: Path) -> list[Path]:
+    rows = job_rows(sweep)
+    if not rows:
+        raise SystemExit(f"error: {sweep} holds no job folders (0/, 1/, ...): pass a multirun folder")
+    columns = list(dict.fromkeys(c for r in rows for c in r))
+    fmt = lambda v: f"{v:.4f}" if isinstance(v, float) else ("" if v is None else str(v))  # noqa: E731
+    md = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+    md += ["| " + " | ".join(fmt(r.get(c)) for c in columns) + " |" for r in rows]
+    (sweep / "report.md").write_text(f"Sweep {sweep}\n\n" + "\n".join(md) + "\n")
+    with open(sweep / "report.csv", "w", newline="") as fh:
+        writer = csv.DictWriter(fh, fieldnames=columns)
+        writer.writeheader()
+        writer.writerows(rows)
+    written = [sweep / "report.md", sweep / "report.csv"]
+    swept = [c for c in columns if c not in ("job", "status") and "/" not in c]
+    labels = [", ".join(f"{c}={r.get(c)}" for c in swept) or str(r["job"]) for r in rows]
+    for metric in [c for c in columns if any(c.endswith(h) for h in HEADLINE)]:
+        written.append(_plot(sweep, metric, labels, [r.get(metric) for r in rows]))
+    return written
+
+
+def _plot(sweep: Path, metric: str, labels: list[str], values: list) -> Path:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(max(4, 1.2 * len(labels)), 3.2))
+    ax.bar(range(len(values)), [v if isinstance(v, (int, float)) else 0 for v in values], color="#4c72b0")
+    ax.set_xticks(range(len(labels)), labels, rotation=30, ha="right", fontsize=7)
+    ax.set_ylabel(metric)
+    fig.tight_layout()
+    path = sweep / f"report_{metric.replace('/', '_')}.png"
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m clicks2pref.report", description=__doc__.splitlines()[0])
+    ap.add_argument("sweep", type=Path, help="a multirun folder (logs/<task>/multiruns/<time>)")
+    args = ap.parse_args(argv)
+    if not args.sweep.is_dir():
+        print(f"error: {args.sweep} is not a folder", file=sys.stderr)
+        return 2
+    for path in write_report(args.sweep):
+        print(path)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

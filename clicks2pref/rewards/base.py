@@ -1,0 +1,137 @@
+"""What every reward component shares: the batch it scores and the examination-weighted panel score.
+
+A `RewardBatch` is N completions, each with the logged conversation it answers. Components read the
+parsed panels (`clicks2pref.data.parsing.parse_suggestions`, the one parser), and the `ppl` component
+reads `ref_log_ppl` when the caller already has the reference log-probabilities (GRPO computes them
+for the KL term anyway).
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from functools import cached_property
+from typing import Callable, Optional, Sequence
+
+import torch
+from torch import Tensor
+
+from clicks2pref.data.parsing import Parsed, parse_suggestions
+
+
+@dataclass
+class RewardBatch:
+    contexts: list[list[dict]]  # the logged conversation of each completion (ends with the assistant turn)
+    completions: list[str]  # policy outputs, "1. ...\n2. ...\n3. ..." when well formed
+    k: int = 3  # suggestions per panel
+    ref_log_ppl: Optional[Tensor] = None  # mean token NLL of each completion under the reference, if known
+
+    def __post_init__(self):
+        if len(self.contexts) != len(self.completions):
+            raise ValueError(f"{len(self.contexts)} contexts for {len(self.completions)} completions")
+
+    def __len__(self) -> int:
+        return len(self.completions)
+
+    @cached_property
+    def parsed(self) -> list[Parsed]:
+        return [parse_suggestions(c, self.k) for c in self.completions]
+
+    @property
+    def panels(self) -> list[list[str]]:
+        return [p.suggestions for p in self.parsed]
+
+
+def context_key(context: list[dict]) -> str:
+    return json.dumps([[t["role"], t["content"]] for t in context], ensure_ascii=False)
+
+
+def last_user_turn(context: list[dict]) -> str:
+    return next((t["content"] for t in reversed(context) if t["role"] == "user"), "")
+
+
+def panel_scores(values: Sequence[Sequence[float]], examination: Sequence[float],
+                 missing_score: float) -> Tensor:
+    """Σ_k e_k s_k / Σ_k e_k over the K = len(examination) positions; an empty position scores `missing_score`.
+
+    So a panel of two good suggestions is worth less than three, as it is to users (SPEC 5.5).
+    """
+    e = torch.tensor(list(examination), dtype=torch.float64)
+    out = torch.empty(len(values), dtype=torch.float64)
+    for i, v in enumerate(values):
+        s = torch.full((len(e),), float(missing_score), dtype=torch.float64)
+        n = min(len(v), len(e))
+        if n:
+            s[:n] = torch.as_tensor(list(v)[:n], dtype=torch.float64)
+        out[i] = (e * s).sum() / e.sum()
+    return out
+
+
+@dataclass
+class SuggestionScorer:
+    """Per-suggestion scores with a cache keyed by (context, suggestion): a GRPO group repeats suggestions,
+    and probe contexts recur, so each distinct pair goes through the reward model once."""
+
+    score_fn: Callable[[list[list[dict]], list[str]], Tensor]  # (contexts, suggestions) -> one score each
+    max_cache: int = 100_000
+    cache: dict = field(default_factory=dict)
+
+    def __call__(self, batch: RewardBatch) -> list[list[float]]:
+        keys, todo = [], {}
+        for context, panel in zip(batch.contexts, batch.panels):
+            ck = context_key(context)
+            row = []
+            for s in panel:
+                key = (ck, s)
+                row.append(key)
+                if key not in self.cache:
+                    todo.setdefault(key, (context, s))
+            keys.append(row)
+        known = {k: self.cache[k] for row in keys for k in row if k in self.cache}
+        if todo:
+            items = list(todo.values())
+            scores = self.score_fn([c for c, _ in items], [s for _, s in items])
+            new = dict(zip(todo, (float(x) for x in scores)))
+            known.update(new)
+            if len(self.cache) + len(new) > self.max_cache:
+                self.cache.clear()
+            self.cache.update(new)
+        return [[known[k] for k in row] for row in keys]
+
+
+class RewardResources:
+    """What components need beyond their own config, handed to each component's `setup`.
+
+    `reward_models`: kind ("garm", "btrm") -> folder written by stage=rm, or an already loaded model
+    (anything with `.rewards(contexts, suggestions, kappa, batch_size)`); each is loaded once and shared
+    (the `btrm` and `external` components use one BTRM). `reference`: a callable (contexts, completions)
+    -> mean token NLL of each completion under the reference policy, for the `ppl` component.
+    """
+
+    def __init__(self, reward_models: Optional[dict] = None, reference: Optional[Callable] = None,
+                 cache_dir: Optional[str] = None):
+        self.reward_models = dict(reward_models or {})
+        self.reference, self.cache_dir = reference, cache_dir
+        self._loaded: dict = {}
+        self._scorers: dict = {}
+
+    def scorer(self, key, score_fn: Callable) -> "SuggestionScorer":
+        """One cached SuggestionScorer per key, so components scoring with the same model share its cache."""
+        if key not in self._scorers:
+            self._scorers[key] = SuggestionScorer(score_fn)
+        return self._scorers[key]
+
+    def reward_model(self, kind: str, path: Optional[str] = None):
+        key = path or kind
+        if key not in self._loaded:
+            source = path or self.reward_models.get(kind)
+            if source is None:
+                from clicks2pref.errors import ConfigError
+
+                raise ConfigError(f"the {kind} reward needs a trained {kind}: run stage=rm with {kind} in "
+                                  f"reward_model.kinds, or set rewards.<component>.path to its folder")
+            if isinstance(source, (str, bytes)) or hasattr(source, "__fspath__"):
+                from clicks2pref.models.reward_heads import load_reward_model
+
+                source = load_reward_model(source, self.cache_dir)
+            self._loaded[key] = source
+        return self._loaded[key]

@@ -1,0 +1,114 @@
+"""The composite reward r = Σ_k w_k · r_k over the enabled components (SPEC 5.5), and its config.
+
+`rewards` in the config names each component (null = off) and where the weights come from:
+`fusion` (the fusion stage's `fusion_weights.json`), `equal` (1/K each: the `no_fusion` ablation) or
+`config` (each component's own `weight`). Components are built from their `_target_` specs, then
+`setup(resources)` gives them trained models and the reference scorer.
+"""
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from typing import Dict, List, Mapping, Optional
+
+import torch
+from torch import Tensor
+
+from clicks2pref.rewards.base import RewardBatch, RewardResources
+from clicks2pref.rewards.btrm import BTRMRewardConfig
+from clicks2pref.rewards.diversity import DiversityRewardConfig
+from clicks2pref.rewards.external import ExternalRewardConfig
+from clicks2pref.rewards.garm import GaRMRewardConfig
+from clicks2pref.rewards.ppl import PerplexityRewardConfig
+from clicks2pref.rewards.rule import RuleRewardConfig
+
+log = logging.getLogger(__name__)
+
+COMPONENTS = ("garm", "btrm", "external", "rule", "ppl", "diversity")
+WEIGHT_SOURCES = ("fusion", "equal", "config")
+NEEDS_RM = {"garm": "garm", "btrm": "btrm"}  # component -> reward-model kind it reads
+
+
+@dataclass
+class RewardsConfig:
+    name: str = "full"  # preset name, for reports
+    weights: str = "fusion"  # fusion | equal | config
+    examination: List[float] = field(default_factory=lambda: [0.9, 0.6, 0.4])
+    embedder: str = "minilm-l6"  # sentence embedder of the diversity term | lexical
+    garm: Optional[GaRMRewardConfig] = None
+    btrm: Optional[BTRMRewardConfig] = None
+    external: Optional[ExternalRewardConfig] = None
+    rule: Optional[RuleRewardConfig] = None
+    ppl: Optional[PerplexityRewardConfig] = None
+    diversity: Optional[DiversityRewardConfig] = None
+
+
+def enabled(rewards) -> list[str]:
+    return [name for name in COMPONENTS if rewards.get(name) is not None]
+
+
+def needed_reward_models(rewards) -> list[str]:
+    """Reward-model kinds stage=rm must provide for these components."""
+    kinds = [NEEDS_RM[n] for n in enabled(rewards) if n in NEEDS_RM and rewards[n].get("path") is None]
+    ext = rewards.get("external")
+    if ext is not None and ext.get("name_or_path") is None:
+        kinds.append("btrm")
+    return list(dict.fromkeys(kinds))
+
+
+def build_components(rewards, resources: RewardResources) -> dict:
+    """name -> component, instantiated from its spec (minus `weight`) and set up."""
+    from hydra.utils import instantiate
+    from omegaconf import OmegaConf
+
+    from clicks2pref.errors import ConfigError
+
+    names = enabled(rewards)
+    if not names:
+        raise ConfigError("rewards: every component is null; enable at least one (e.g. rewards=full)")
+    out = {}
+    for name in names:
+        spec = OmegaConf.to_container(rewards[name], resolve=True)
+        spec.pop("weight", None)
+        component = instantiate(spec)
+        component.setup(resources)
+        out[name] = component
+    return out
+
+
+def resolve_weights(rewards, names: list[str], fused: Optional[Mapping[str, float]] = None) -> dict[str, float]:
+    """The weight of each enabled component under `rewards.weights`."""
+    from clicks2pref.errors import ConfigError
+
+    source = rewards.weights
+    if source not in WEIGHT_SOURCES:
+        raise ConfigError(f"rewards.weights: unknown {source!r}; accepted: {', '.join(WEIGHT_SOURCES)}")
+    if source == "equal":
+        return {n: 1.0 / len(names) for n in names}
+    if source == "config":
+        return {n: float(rewards[n].weight) for n in names}
+    if fused is None or set(fused) != set(names):
+        raise ConfigError(f"rewards.weights=fusion needs fused weights for {names}, got "
+                          f"{sorted(fused) if fused else None}; run stage=fusion with the same rewards")
+    return {n: float(fused[n]) for n in names}
+
+
+class CompositeReward:
+    """Weighted sum of component scores; `__call__` returns (total, {name: scores}) as float64 tensors."""
+
+    def __init__(self, components: Mapping[str, object], weights: Mapping[str, float]):
+        missing = set(components) - set(weights)
+        if missing:
+            raise ValueError(f"no weight for reward components {sorted(missing)}")
+        self.components, self.weights = dict(components), {n: float(weights[n]) for n in components}
+
+    def __call__(self, batch: RewardBatch) -> tuple[Tensor, Dict[str, Tensor]]:
+        scores = {name: torch.as_tensor(c(batch), dtype=torch.float64).reshape(len(batch))
+                  for name, c in self.components.items()}
+        total = torch.zeros(len(batch), dtype=torch.float64)
+        for name, s in scores.items():
+            total = total + self.weights[name] * s
+        return total, scores
+
+    def describe(self) -> str:
+        return " + ".join(f"{w:.3f}·{n}" for n, w in self.weights.items())

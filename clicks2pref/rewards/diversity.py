@@ -1,0 +1,92 @@
+"""The diversity reward, 1 − max pairwise cosine within a panel, and the diversity metrics of reports.
+
+Embeddings come from a sentence embedder in the model registry (MiniLM by default); `lexical` uses
+word-overlap (Jaccard of content words) instead, for fast tests. A panel with fewer than two
+suggestions has nothing to be diverse about and scores `single_score`.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Sequence
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from clicks2pref.rewards.base import RewardBatch
+from clicks2pref.rewards.rule import overlap
+
+
+@dataclass
+class DiversityRewardConfig:
+    _target_: str = "clicks2pref.rewards.diversity.DiversityReward"
+    weight: float = 1.0  # weight in the composite when rewards.weights=config
+    embedder: str = "minilm-l6"  # registry sentence embedder | lexical (word overlap, fast tests)
+    single_score: float = 0.0  # score of a panel with fewer than two suggestions
+
+
+class PanelSimilarity:
+    """Pairwise similarity of texts: cosine of cached normalised embeddings, or lexical overlap."""
+
+    def __init__(self, embedder: str = "minilm-l6"):
+        self.embedder, self.model, self.cache = embedder, None, {}
+
+    def matrix(self, texts: Sequence[str]) -> np.ndarray:
+        texts = list(texts)
+        if self.embedder == "lexical":
+            return np.array([[overlap(a, b) for b in texts] for a in texts]).reshape(len(texts), len(texts))
+        self.prefetch(texts)
+        v = np.stack([self.cache[t] for t in texts]) if texts else np.zeros((0, 1), np.float32)
+        return np.clip(v @ v.T, -1.0, 1.0).astype(float)
+
+    def prefetch(self, texts) -> None:
+        if self.embedder == "lexical":
+            return
+        new = sorted({t for t in texts if t not in self.cache})
+        if new:
+            if self.model is None:
+                from clicks2pref.models.registry import load_sentence_embedder
+
+                self.model = load_sentence_embedder(self.embedder)
+            vecs = self.model.encode(new, batch_size=128, normalize_embeddings=True, convert_to_numpy=True,
+                                     show_progress_bar=False)
+            if len(self.cache) > 200_000:
+                self.cache.clear()
+            self.cache.update(zip(new, vecs.astype(np.float32)))
+
+
+def max_pairwise(sim: np.ndarray) -> float:
+    n = sim.shape[0]
+    return float(sim[np.triu_indices(n, 1)].max()) if n > 1 else float("nan")
+
+
+def mean_pairwise(sim: np.ndarray) -> float:
+    n = sim.shape[0]
+    return float(sim[np.triu_indices(n, 1)].mean()) if n > 1 else float("nan")
+
+
+def distinct_n(panels: Sequence[Sequence[str]], n: int = 2) -> float:
+    """Distinct-n over all suggestions: unique word n-grams / all word n-grams (0 when there are none)."""
+    grams = [tuple(words[i:i + n]) for panel in panels for s in panel
+             for words in [s.lower().split()] for i in range(len(words) - n + 1)]
+    return len(set(grams)) / len(grams) if grams else 0.0
+
+
+class DiversityReward:
+    def __init__(self, embedder: str = "minilm-l6", single_score: float = 0.0):
+        self.similarity, self.single_score = PanelSimilarity(embedder), float(single_score)
+
+    def setup(self, resources) -> None:
+        pass
+
+    def __call__(self, batch: RewardBatch) -> Tensor:
+        panels = batch.panels
+        self.similarity.prefetch(s for p in panels for s in p)
+        return torch.tensor([1.0 - max_pairwise(self.similarity.matrix(p)) if len(p) > 1 else self.single_score
+                             for p in panels], dtype=torch.float64)
+
+    def mean_pairwise_cosine(self, panels: Sequence[Sequence[str]]) -> float:
+        """Mean over panels (with two or more suggestions) of the mean pairwise similarity."""
+        self.similarity.prefetch(s for p in panels for s in p)
+        values = [mean_pairwise(self.similarity.matrix(p)) for p in panels if len(p) > 1]
+        return float(np.mean(values)) if values else float("nan")

@@ -1,0 +1,95 @@
+"""The external reward: any Hugging Face sequence-classification reward model, or the trained BTRM.
+
+The paper adds an off-the-shelf RM (Skywork) to the mix. `name_or_path` takes a hub id or a local
+folder (`AutoModelForSequenceClassification`, logit 0 read as the reward, `trust_remote_code` off
+unless set); each suggestion is scored as the assistant's reply to the logged conversation, through
+the model's chat template when it has one, and the panel score is the examination-weighted mean.
+Left null (the embedded default, offline) it is the BTRM trained by stage=rm.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import List, Optional
+
+import torch
+from torch import Tensor
+
+from clicks2pref.rewards.base import RewardBatch, panel_scores
+from clicks2pref.rewards.shared_prefix import rm_rewards
+
+
+@dataclass
+class ExternalRewardConfig:
+    _target_: str = "clicks2pref.rewards.external.ExternalReward"
+    weight: float = 1.0  # weight in the composite when rewards.weights=config
+    name_or_path: Optional[str] = None  # HF hub id or folder of a sequence-classification RM; null = trained BTRM
+    examination: List[float] = field(default_factory=lambda: [0.9, 0.6, 0.4])
+    missing_score: float = -1.0  # score of an empty position (reward units)
+    batch_size: int = 16
+    max_length: int = 256  # tokens per (conversation, suggestion); the conversation is cut from the left
+    trust_remote_code: bool = False
+
+
+class HFSequenceRewardModel:
+    """A sequence-classification RM from the hub or a folder, scoring (conversation, reply) texts."""
+
+    def __init__(self, name_or_path: str, cache_dir: Optional[str], max_length: int = 256,
+                 trust_remote_code: bool = False):
+        from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+        from clicks2pref.errors import ModelNotFoundError
+        from clicks2pref.models.registry import resolve
+
+        source = resolve(name_or_path, cache_dir or ".")
+        try:
+            self.tokenizer = AutoTokenizer.from_pretrained(source, trust_remote_code=trust_remote_code)
+            self.model = AutoModelForSequenceClassification.from_pretrained(
+                source, trust_remote_code=trust_remote_code).eval()
+        except OSError as e:
+            raise ModelNotFoundError(f"rewards.external.name_or_path: cannot load '{name_or_path}': "
+                                     f"{str(e).splitlines()[0]} (offline machines need a local folder)") from None
+        if self.tokenizer.pad_token is None:
+            self.tokenizer.pad_token = self.tokenizer.eos_token
+            self.model.config.pad_token_id = self.tokenizer.pad_token_id
+        self.tokenizer.truncation_side = "left"  # keep the reply, cut the start of the conversation
+        self.max_length = max_length
+
+    def text(self, context: list[dict], suggestion: str) -> str:
+        messages = [{"role": t["role"], "content": t["content"]} for t in context]
+        messages.append({"role": "assistant", "content": suggestion})
+        if getattr(self.tokenizer, "chat_template", None):
+            return self.tokenizer.apply_chat_template(messages, tokenize=False)
+        return "\n".join(f"{m['role']}: {m['content']}" for m in messages)
+
+    @torch.no_grad()
+    def rewards(self, contexts, suggestions, kappa: float = 0.0, batch_size: int = 16) -> Tensor:
+        texts = [self.text(c, s) for c, s in zip(contexts, suggestions)]
+        out = []
+        for start in range(0, len(texts), batch_size):
+            enc = self.tokenizer(texts[start:start + batch_size], padding=True, truncation=True,
+                                 max_length=self.max_length, return_tensors="pt", add_special_tokens=False)
+            out.append(self.model(**enc).logits[:, 0].float())
+        return torch.cat(out) if out else torch.zeros(0)
+
+
+class ExternalReward:
+    def __init__(self, name_or_path: Optional[str] = None, examination=(0.9, 0.6, 0.4), missing_score: float = -1.0,
+                 batch_size: int = 16, max_length: int = 256, trust_remote_code: bool = False):
+        self.name_or_path, self.examination, self.missing_score = name_or_path, list(examination), float(missing_score)
+        self.batch_size, self.max_length, self.trust_remote_code = batch_size, max_length, trust_remote_code
+        self.model = self.scorer = None
+
+    def setup(self, resources) -> None:
+        if self.name_or_path is None:  # the trained BTRM: share the btrm component's model and cache
+            self.model = resources.reward_model("btrm")
+            key = ("btrm", None, 0.0)
+        else:
+            self.model = HFSequenceRewardModel(self.name_or_path, resources.cache_dir, self.max_length,
+                                               self.trust_remote_code)
+            key = ("external", self.name_or_path)
+        self.scorer = resources.scorer(key, lambda c, s: rm_rewards(self.model, c, s, 0.0, self.batch_size))
+
+    def __call__(self, batch: RewardBatch) -> Tensor:
+        if self.scorer is None:
+            raise RuntimeError("ExternalReward.setup(resources) was not called")
+        return panel_scores(self.scorer(batch), self.examination, self.missing_score)

@@ -1,0 +1,109 @@
+"""The OOD regulariser: −max(0, logPPL_ref(y|x) − τ), with τ a quantile of logged panels' logPPL (SPEC 5.5).
+
+logPPL_ref(y|x) is the mean token NLL of the completion (closing end-of-turn token included) given the
+policy prompt, under the reference policy (GRPO's reference: the SFT model, LoRA adapters disabled).
+Logged panels are what the reward models were trained on, so a completion the reference finds less
+likely than `quantile` of them is out of the reward models' distribution and its reward untrustworthy.
+τ is calibrated once from logged panels (`calibrate`), or fixed with `tau`. GRPO passes
+`RewardBatch.ref_log_ppl` from the reference log-probs it computes for the KL term, so scoring costs
+no extra forward pass there; elsewhere the component asks the reference scorer.
+"""
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass
+from typing import Callable, Optional, Sequence
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from clicks2pref.data.prompts import PromptTemplate, build_messages
+from clicks2pref.rewards.base import RewardBatch
+from clicks2pref.rewards.logprobs import completion_logps, mean_nll, pad_prompt_completion
+
+
+@dataclass
+class PerplexityRewardConfig:
+    _target_: str = "clicks2pref.rewards.ppl.PerplexityReward"
+    weight: float = 1.0  # weight in the composite when rewards.weights=config
+    quantile: float = 0.95  # τ = this quantile of the logged panels' reference log-perplexity
+    tau: Optional[float] = None  # fixed τ (nats per token); null = calibrate on the click logs
+    calibration_panels: int = 64  # distinct logged panels τ is calibrated on
+
+
+class ReferenceScorer:
+    """(contexts, completions) -> mean token NLL of each completion under a causal LM, on chat prompts.
+
+    `reference_context` wraps every forward pass, e.g. a PEFT model's `disable_adapter` so the policy's
+    own weights serve as the reference with no second copy.
+    """
+
+    def __init__(self, model, tokenizer, template: PromptTemplate, temperature: float = 1.0, batch_size: int = 16,
+                 reference_context: Optional[Callable[[], contextlib.AbstractContextManager]] = None):
+        self.model, self.tokenizer, self.template = model, tokenizer, template
+        self.temperature, self.batch_size = temperature, batch_size
+        self.reference_context = reference_context or contextlib.nullcontext
+
+    def completion_ids(self, text: str) -> list[int]:
+        return self.tokenizer(text, add_special_tokens=False)["input_ids"] + [self.tokenizer.eos_token_id]
+
+    @torch.no_grad()
+    def __call__(self, contexts: Sequence[list[dict]], completions: Sequence[str]) -> Tensor:
+        from clicks2pref.models.generate import chat_inputs
+
+        prompts = chat_inputs(self.tokenizer, [build_messages(self.template, c) for c in contexts])
+        targets = [self.completion_ids(t) for t in completions]
+        order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]) + len(targets[i]))
+        out = torch.empty(len(prompts), dtype=torch.float64)
+        was_training = self.model.training
+        self.model.eval()
+        device = next(self.model.parameters()).device
+        with self.reference_context():
+            for start in range(0, len(order), self.batch_size):
+                idx = order[start:start + self.batch_size]
+                ids, attention, mask = pad_prompt_completion([prompts[i] for i in idx], [targets[i] for i in idx],
+                                                             self.tokenizer.pad_token_id)
+                logps, _ = completion_logps(self.model, ids.to(device), attention.to(device), mask.shape[1],
+                                            self.temperature)
+                out[torch.tensor(idx)] = mean_nll(logps, mask.to(device)).double().cpu()
+        self.model.train(was_training)
+        return out
+
+
+def calibrate_tau(log_ppl: Sequence[float] | Tensor, quantile: float) -> float:
+    """τ = the `quantile` of the logged panels' log-perplexities."""
+    values = np.asarray(torch.as_tensor(log_ppl, dtype=torch.float64), dtype=float)
+    values = values[np.isfinite(values)]
+    if values.size == 0:
+        raise ValueError("cannot calibrate rewards.ppl.tau: no finite log-perplexity among the logged panels")
+    return float(np.quantile(values, quantile))
+
+
+class PerplexityReward:
+    def __init__(self, quantile: float = 0.95, tau: Optional[float] = None, calibration_panels: int = 64):
+        if not 0.0 < quantile <= 1.0:
+            raise ValueError(f"rewards.ppl.quantile must be in (0, 1], got {quantile}")
+        self.quantile, self.tau, self.calibration_panels = quantile, tau, calibration_panels
+        self.reference = None
+
+    def setup(self, resources) -> None:
+        self.reference = resources.reference
+
+    def calibrate(self, contexts: Sequence[list[dict]], panels: Sequence[str]) -> float:
+        """Set τ from logged panels (formatted texts) under the reference; returns τ."""
+        self.tau = calibrate_tau(self.reference(list(contexts), list(panels)), self.quantile)
+        return self.tau
+
+    def log_ppl(self, batch: RewardBatch) -> Tensor:
+        if batch.ref_log_ppl is not None:
+            return batch.ref_log_ppl.double().cpu()
+        if self.reference is None:
+            raise RuntimeError("PerplexityReward needs a reference scorer (setup) or RewardBatch.ref_log_ppl")
+        batch.ref_log_ppl = self.reference(batch.contexts, batch.completions)
+        return batch.ref_log_ppl
+
+    def __call__(self, batch: RewardBatch) -> Tensor:
+        if self.tau is None:
+            raise RuntimeError("rewards.ppl: τ is not calibrated; call calibrate() or set rewards.ppl.tau")
+        return -(self.log_ppl(batch) - self.tau).clamp(min=0.0)

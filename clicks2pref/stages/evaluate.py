@@ -1,0 +1,185 @@
+"""Stage 6 (evaluation): policies side by side on held-out contexts, scored by the oracle.
+
+For each policy (the prompted baseline, SFT, GRPO, or any saved model folder): oracle CTR with a
+bootstrap CI, the paired lift and GSB against the reference policy, the format pass rate and
+diversity; plus the reward models' calibration report. Upstream stages run (or are reused from the
+artifact cache) as needed, so `stage=evaluate` alone reproduces the paper's comparison.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import List, Optional
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class GSBConfig:
+    margin: float = 0.02
+
+
+@dataclass
+class EvalConfig:
+    policies: List[str] = field(default_factory=lambda: ["baseline", "sft", "grpo"])
+    reference: str = "baseline"
+    split: str = "test"
+    max_contexts: Optional[int] = None
+    bootstrap_samples: int = 1000
+    ci_level: float = 0.95
+    gsb: GSBConfig = field(default_factory=GSBConfig)
+    diversity_embedder: str = "minilm-l6"
+    calibration: bool = True
+
+
+def load_named_policy(cfg, name: str, loggers=()):
+    """(model, tokenizer, template name) for `baseline`, `sft`, `grpo` or a saved folder."""
+    from omegaconf import OmegaConf
+
+    from clicks2pref.errors import ModelNotFoundError
+    from clicks2pref.models.registry import load_causal_lm
+    from clicks2pref.stages import collect as collect_stage
+
+    base = OmegaConf.to_object(cfg.policy.model)
+    if name == "baseline":
+        template = collect_stage.run(cfg, loggers)["best_template"] if not cfg.data.logs else None
+        from clicks2pref.stages.sft import resolve_template
+
+        model, tok = load_causal_lm(base, cfg.paths.model_cache, seed=cfg.seed)
+        return model, tok, template or resolve_template(cfg)
+    if name in ("sft", "grpo"):
+        from clicks2pref.stages import grpo as grpo_stage, sft as sft_stage
+
+        folder = Path((sft_stage if name == "sft" else grpo_stage).run(cfg, loggers)["path"])
+    else:
+        folder = Path(name).expanduser()
+    if (folder / "sft.json").exists():
+        from clicks2pref.stages.sft import load_sft_policy
+
+        meta = json.loads((folder / "sft.json").read_text())
+        model, tok = load_sft_policy(folder, cfg, merge=True)
+        return model, tok, meta["template"]
+    if (folder / "grpo.json").exists():
+        from clicks2pref.stages.grpo import load_grpo_policy
+
+        meta = json.loads((folder / "grpo.json").read_text())
+        model, tok = load_grpo_policy(folder, cfg)
+        return model, tok, meta["template"]
+    if folder.exists():
+        from dataclasses import replace
+
+        from clicks2pref.stages.sft import resolve_template
+
+        model, tok = load_causal_lm(replace(base, name=str(folder), lora=None), cfg.paths.model_cache)
+        return model, tok, resolve_template(cfg)
+    raise ModelNotFoundError(f"eval.policies: '{name}' is neither baseline, sft, grpo nor an existing folder")
+
+
+def compare(results: dict, reference: str, ev) -> list[dict]:
+    """One row per policy: CTR and CI, paired lift over the reference with its CI, GSB, format, diversity."""
+    from clicks2pref.eval.ctr import bootstrap_mean
+    from clicks2pref.eval.gsb import gsb
+
+    ref = results[reference]
+    rows = []
+    for name, m in results.items():
+        diff = [a - b for a, b in zip(m["per_context_ctr"], ref["per_context_ctr"])]
+        lift = bootstrap_mean(diff, ev.bootstrap_samples, ev.ci_level, 0)
+        rows.append({"policy": name, "oracle_ctr": m["oracle_ctr"], "ci_low": m["ci_low"], "ci_high": m["ci_high"],
+                     "lift": lift.mean / ref["oracle_ctr"] if ref["oracle_ctr"] else float("nan"),
+                     "diff_ci_low": lift.low, "diff_ci_high": lift.high,
+                     "gsb": gsb(m["per_context_ctr"], ref["per_context_ctr"], ev.gsb.margin).score,
+                     "format_rate": m["format_rate"], "distinct_2": m["distinct_2"],
+                     "mean_cosine": m["mean_pairwise_cosine"]})
+    return rows
+
+
+def plot_ctr(rows: list[dict], path: Path, ci: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(1.6 + 1.3 * len(rows), 3.2))
+    x = range(len(rows))
+    ctr = [r["oracle_ctr"] for r in rows]
+    err = [[r["oracle_ctr"] - r["ci_low"] for r in rows], [r["ci_high"] - r["oracle_ctr"] for r in rows]]
+    ax.bar(x, ctr, yerr=err, capsize=4, color="#4c72b0")
+    ax.set_xticks(list(x), [r["policy"] for r in rows])
+    ax.set_ylabel(f"oracle CTR ({ci} CI)")
+    ax.set_title("held-out contexts")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def run(cfg, loggers=()) -> dict:
+    from clicks2pref.data.parsing import parse_suggestions
+    from clicks2pref.data.simulator import build_simulator, split_contexts
+    from clicks2pref.eval.policy import evaluate_policy
+    from clicks2pref.loggers import log_metrics, log_table
+    from clicks2pref.rewards.diversity import DiversityReward, distinct_n
+    from clicks2pref.stages.collect import markdown_table
+
+    ev = cfg.eval
+    if ev.reference not in ev.policies:
+        from clicks2pref.errors import ConfigError
+
+        raise ConfigError(f"eval.reference '{ev.reference}' is not in eval.policies {list(ev.policies)}")
+    start = time.time()
+    out_dir = Path(cfg.paths.output_dir)
+    sim = build_simulator(cfg.simulator)
+    split = cfg.data.split
+    contexts = split_contexts(sim.world, split.val_fraction, split.test_fraction, split.seed)[ev.split]
+    contexts = contexts[: ev.max_contexts] if ev.max_contexts else contexts
+    diversity = DiversityReward(ev.diversity_embedder)
+    k = len(cfg.simulator.examination)
+
+    results = {}
+    for name in ev.policies:
+        model, tok, template = load_named_policy(cfg, name, loggers)
+        m = evaluate_policy(model, tok, cfg.prompt[template], sim, contexts, cfg.policy.generation, cfg.seed,
+                            ev.bootstrap_samples, ev.ci_level)
+        panels = [parse_suggestions(o, k).suggestions for o in m["outputs"]]
+        m.update(template=template, distinct_2=distinct_n(panels, 2),
+                 mean_pairwise_cosine=diversity.mean_pairwise_cosine(panels))
+        results[name] = m
+        log.info("evaluate: %-10s oracle CTR %.4f [%.4f, %.4f] format %.2f", name, m["oracle_ctr"], m["ci_low"],
+                 m["ci_high"], m["format_rate"])
+        del model
+
+    rows = compare(results, ev.reference, ev)
+    ci = f"{ev.ci_level:.0%}"
+    report = {"split": ev.split, "contexts": len(contexts), "reference": ev.reference, "ci": ci, "rows": rows,
+              "examples": [{"context": contexts[i], **{n: results[n]["outputs"][i] for n in results}}
+                           for i in range(min(5, len(contexts)))],
+              "per_context_ctr": {n: results[n]["per_context_ctr"] for n in results}}
+    if ev.calibration:
+        report["calibration"] = calibration_section(cfg, loggers, out_dir)
+    report["seconds"] = time.time() - start
+
+    columns = ["policy", "oracle_ctr", "ci_low", "ci_high", "lift", "gsb", "format_rate", "distinct_2", "mean_cosine"]
+    table = markdown_table(rows, columns)
+    flat = {f"eval/{r['policy']}/{c}": float(r[c]) for r in rows for c in columns[1:]}
+    (out_dir / "evaluation.json").write_text(json.dumps(report, indent=2))
+    (out_dir / "metrics.json").write_text(json.dumps(flat, indent=2))
+    (out_dir / "results.md").write_text(f"Held-out {ev.split} contexts: {len(contexts)}; lift and GSB vs. "
+                                        f"{ev.reference}; {ci} bootstrap CIs.\n\n" + table)
+    plot_ctr(rows, out_dir / "ctr.png", ci)
+    log_table(loggers, "eval/results", [{c: r[c] for c in columns} for r in rows])
+    log_metrics(loggers, flat)
+    print(f"\nResults on {len(contexts)} held-out contexts (lift, GSB vs. {ev.reference}; {ci} CIs):\n")
+    print(table)
+    print(f"metrics: {out_dir / 'evaluation.json'}\nplots:   {out_dir / 'ctr.png'}")
+    return report
+
+
+def calibration_section(cfg, loggers, out_dir: Path) -> dict:
+    """The reward models' calibration report (IID week 4, OOD from the GRPO policy's logs when present)."""
+    from clicks2pref.stages import rm as rm_stage
+
+    result = rm_stage.run(cfg, loggers)
+    return result.get("calibration", {})

@@ -1,0 +1,23 @@
+"""`stage=pipeline`: collect → sft → rm → fusion → grpo → evaluate, each reused from the artifact cache
+when its key matches, ending with the results table."""
+from __future__ import annotations
+
+import logging
+import time
+
+from hydra.utils import get_method
+
+log = logging.getLogger(__name__)
+
+STAGES = ("collect", "sft", "rm", "fusion", "grpo", "evaluate")
+
+
+def run(cfg, loggers=()) -> dict:
+    results, seconds = {}, {}
+    for name in STAGES:
+        start = time.time()
+        log.info("pipeline: %s", name)
+        results[name] = get_method(f"clicks2pref.stages.{name}.run")(cfg, loggers)
+        seconds[name] = time.time() - start
+    print("\nstage times: " + ", ".join(f"{n} {s:.0f}s" for n, s in seconds.items()))
+    return {"stages": results, "seconds": seconds}

@@ -1,0 +1,70 @@
+"""The reward-hacking monitor flags a scripted proxy-up / oracle-down trace and stays quiet on an aligned one."""
+from __future__ import annotations
+
+import logging
+from types import SimpleNamespace
+
+import torch
+
+from clicks2pref.eval.gsb import gsb
+from clicks2pref.eval.monitor import DivergenceDetector, RewardHackingMonitor
+
+
+def run(trace, patience=2, min_delta=0.0):
+    d = DivergenceDetector(patience, min_delta)
+    return [d.update(step, p, o) for step, (p, o) in enumerate(trace)], d
+
+
+def test_flags_proxy_up_oracle_down_after_patience():
+    trace = [(0.1, 0.30), (0.2, 0.32), (0.3, 0.29), (0.5, 0.25), (0.7, 0.20)]
+    flags, d = run(trace, patience=2)
+    assert flags == [False, False, False, True, True]
+    assert d.flagged and d.flagged_at == [3, 4]
+
+
+def test_quiet_on_aligned_and_on_interrupted_traces():
+    aligned = [(0.1, 0.30), (0.2, 0.31), (0.3, 0.33), (0.4, 0.34), (0.5, 0.36)]
+    assert not any(run(aligned)[0])
+    both_down = [(0.5, 0.30), (0.4, 0.28), (0.3, 0.25)]
+    assert not any(run(both_down)[0])
+    interrupted = [(0.1, 0.3), (0.2, 0.2), (0.2, 0.3), (0.3, 0.2), (0.3, 0.25)]  # never two in a row
+    assert not any(run(interrupted)[0])
+    small = [(0.1, 0.30), (0.11, 0.299), (0.12, 0.298)]
+    assert not any(run(small, min_delta=0.005)[0])
+
+
+class FakePolicy:
+    """Scripted policy: each probe evaluation returns the next (proxy, oracle) pair."""
+
+    def __init__(self, trace):
+        self.trace, self.i = trace, 0
+
+    def probe(self, messages, contexts):
+        p, o = self.trace[min(self.i, len(self.trace) - 1)]
+        self.i += 1
+        return [f"o={o}"] * len(messages), torch.full((len(messages),), p)
+
+
+def test_callback_logs_and_warns(caplog):
+    trace = [(0.1, 0.30), (0.3, 0.25), (0.5, 0.20)]
+    policy = FakePolicy(trace)
+    logged = []
+    trainer = SimpleNamespace(global_step=0, should_stop=False,
+                              loggers=[SimpleNamespace(log_metrics=lambda m, step: logged.append((step, m)))])
+    oracle = lambda ids, completions: [float(c.split("=")[1]) for c in completions]  # noqa: E731
+    mon = RewardHackingMonitor([[{"role": "user", "content": "q"}]] * 2, [[]] * 2, [("t", "f")] * 2, oracle,
+                               eval_every=2, patience=2, stop_on_flag=True)
+    with caplog.at_level(logging.WARNING):
+        mon.on_train_start(trainer, policy)
+        for step in (1, 2, 3, 4):
+            trainer.global_step = step
+            mon.on_train_batch_end(trainer, policy, None, None, step)
+    assert [s for s, _ in logged] == [0, 2, 4]
+    assert logged[-1][1]["grpo/monitor/hacking_flag"] == 1.0 and logged[0][1]["grpo/monitor/hacking_flag"] == 0.0
+    assert "REWARD HACKING" in caplog.text and trainer.should_stop
+
+
+def test_gsb():
+    g = gsb([0.5, 0.4, 0.3, 0.31], [0.4, 0.5, 0.3, 0.3], margin=0.02)
+    assert (g.good, g.same, g.bad) == (1, 2, 1) and g.score == 0.0
+    assert gsb([0.9, 0.9], [0.1, 0.1]).score == 100.0

@@ -1,0 +1,192 @@
+"""Reward-model heads, their Lightning module and save/load, on tiny-llama (and MiniLM for the encoder path)."""
+
+import math
+import random
+
+import pytest
+import pytorch_lightning as pl
+import torch
+from omegaconf import OmegaConf
+
+from clicks2pref.errors import ModelNotFoundError, NonFiniteLossError
+from clicks2pref.eval.calibration_report import calibration_metrics, pair_predictions
+from clicks2pref.lit.reward_module import PairCollator, RewardModule, pair_loader
+from clicks2pref.models.registry import LoraConfig
+from clicks2pref.models.reward_heads import build_reward_model, load_reward_model, save_reward_model
+from clicks2pref.stages.rm import RewardModelConfig
+
+CTX = [{"role": "user", "content": "Pick one."}, {"role": "assistant", "content": "Sure, here are some options."}]
+CACHE = "~/.cache/clicks2pref"
+
+
+def rm_config(**changes):
+    """The structured reward_model node with a fully fine-tuned tiny-llama backbone."""
+    cfg = OmegaConf.structured(RewardModelConfig)
+    cfg.backbone.name, cfg.backbone.lora = "tiny-llama", None
+    cfg.optim.lr, cfg.optim.head_lr = 1e-3, 1e-2
+    for key, value in changes.items():
+        OmegaConf.update(cfg, key, value)
+    return cfg
+
+
+def build(kind, cfg):
+    pl.seed_everything(0, verbose=False)
+    return build_reward_model(kind, OmegaConf.to_object(cfg.backbone), OmegaConf.to_object(cfg.head), CACHE)
+
+
+def fit(model, cfg, pairs, groups_per_batch=8, **trainer_kwargs):
+    module = RewardModule(model, cfg.loss, cfg.optim, cfg.max_nonfinite_steps)
+    trainer = pl.Trainer(**{"max_epochs": cfg.optim.epochs, "logger": False, "enable_checkpointing": False,
+                            "enable_progress_bar": False, "enable_model_summary": False, "gradient_clip_val": 1.0,
+                            **trainer_kwargs})
+    trainer.fit(module, pair_loader(model, pairs, groups_per_batch, shuffle=True))
+    return module, trainer
+
+
+# --- inputs and heads ------------------------------------------------------------------------------
+
+
+def test_chat_input_ends_with_the_suggestion_and_truncates_the_context():
+    model = build("btrm", rm_config(**{"head.max_length": 24}))
+    tok = model.tokenizer
+    short = model.encode(CTX[:1] + [{"role": "assistant", "content": "Ok."}], "Why?")
+    assert tok.decode(short).endswith("<|im_start|>assistant\nWhy?<|im_end|>")
+    long_ctx = [CTX[0], {"role": "assistant", "content": "word " * 200}]
+    ids = model.encode(long_ctx, "Is this kept whole?")
+    assert len(ids) == 24 and tok.decode(ids).endswith("assistant\nIs this kept whole?<|im_end|>")
+
+
+def test_minilm_input_is_context_sep_suggestion_with_mean_pooling():
+    cfg = rm_config(**{"backbone.name": "minilm-l6", "head.pooling": "mean", "head.max_length": 16})
+    model = build("garm", cfg)
+    tok = model.tokenizer
+    ids = model.encode([CTX[0], {"role": "assistant", "content": "word " * 50}], "can i freeze it?")
+    assert len(ids) == 16 and ids[0] == tok.cls_token_id and ids[-1] == tok.sep_token_id
+    assert tok.decode(ids).endswith("[SEP] can i freeze it? [SEP]")
+    out = model(**model.collate([(CTX, "a?"), (CTX, "a much longer suggestion?")]))
+    assert out["mu"].shape == (2,) and torch.all(out["sigma"] > 0)
+
+
+def test_padding_does_not_change_scores():
+    model = build("garm", rm_config()).eval()
+    items = [(CTX, "Short?"), (CTX, "A much longer follow-up question with many more words?")]
+    batch = model.score([c for c, _ in items], [s for _, s in items])
+    alone = [model.score([c], [s]) for c, s in items]
+    for k in ("mu", "sigma"):
+        torch.testing.assert_close(batch[k], torch.cat([a[k] for a in alone]), atol=1e-5, rtol=1e-5)
+
+
+def test_garm_sigma_starts_at_sigma_init_and_stays_above_sigma_min():
+    model = build("garm", rm_config(**{"head.sigma_min": 0.05, "head.sigma_init": 1.0}))
+    out = model.score([CTX] * 3, ["a?", "b?", "c?"])
+    assert torch.allclose(out["sigma"], torch.ones(3), atol=0.05)
+    with torch.no_grad():
+        model.head.bias[1] = -50.0
+    assert torch.all(model.score([CTX], ["a?"])["sigma"] >= 0.05)
+
+
+def test_collator_scores_each_distinct_suggestion_once():
+    model = build("btrm", rm_config())
+    pairs = [{"context": CTX, "chosen": "b?", "rejected": "a?", "group": "p"}] * 6 + \
+            [{"context": CTX, "chosen": "c?", "rejected": "a?", "group": "p"}]
+    batch = PairCollator(model)([pairs])
+    assert batch["input_ids"].shape[0] == 3
+    assert batch["chosen"].tolist() == [0] * 6 + [1] and batch["rejected"].tolist() == [2] * 7  # b?, c?, a?
+
+
+@pytest.mark.parametrize("lora", [False, True])
+def test_save_and_load_give_the_same_scores(tmp_path, lora):
+    cfg = rm_config()
+    if lora:
+        cfg.backbone.lora = LoraConfig(r=4, lora_alpha=8, lora_dropout=0.0, target_modules=["q_proj", "v_proj"])
+    model = build("garm", cfg)
+    with torch.no_grad():  # move the adapters / weights away from their initial values
+        for p in model.parameters():
+            if p.requires_grad:
+                p.add_(0.01 * torch.randn_like(p))
+    save_reward_model(model, tmp_path / "rm", OmegaConf.to_object(cfg.backbone), seed=0)
+    files = {p.name for p in (tmp_path / "rm").iterdir()}
+    assert files == {"reward_model.json", "head.safetensors", "adapter.safetensors" if lora else "backbone.safetensors"}
+    loaded = load_reward_model(tmp_path / "rm", CACHE)
+    sug = ["Can I freeze it?", "How long does it keep?"]
+    before, after = model.score([CTX] * 2, sug), loaded.score([CTX] * 2, sug)
+    for k in ("mu", "sigma"):
+        torch.testing.assert_close(before[k], after[k])
+    torch.testing.assert_close(loaded.rewards([CTX] * 2, sug, kappa=1.0), after["mu"] - after["sigma"])
+    with pytest.raises(ModelNotFoundError, match="reward_model.json"):
+        load_reward_model(tmp_path, CACHE)
+
+
+# --- training -------------------------------------------------------------------------------------
+
+LEVELS = [["apple", "pear", "plum", "fig"], ["car", "bus", "van", "jet"], ["red", "blue", "green", "pink"],
+          ["one", "two", "six", "ten"]]  # true utility = level index: a higher level is always preferred
+
+
+def synthetic_pairs(n, seed):
+    rng = random.Random(seed)
+    pairs = []
+    for i in range(n):
+        lo, hi = sorted(rng.sample(range(len(LEVELS)), 2))
+        pairs.append({"context": CTX, "chosen": rng.choice(LEVELS[hi]), "rejected": rng.choice(LEVELS[lo]),
+                      "group": f"g{i}"})
+    return pairs
+
+
+@pytest.mark.parametrize("kind", ["garm", "btrm"])
+def test_both_models_learn_a_known_preference_and_garm_is_calibrated(kind):
+    cfg = rm_config(**{"optim.epochs": 3})
+    model = build(kind, cfg)
+    module, _ = fit(model, cfg, synthetic_pairs(256, 0))
+    metrics = calibration_metrics(pair_predictions(model, synthetic_pairs(400, 1)))
+    assert metrics["accuracy"] > 0.9
+    if kind == "garm":
+        assert metrics["ece"] < 0.05
+    assert module.nonfinite_steps == 0 and math.isfinite(module.max_grad_norm) and module.max_grad_norm > 0
+
+
+def contradictory_pairs():
+    """a ≻ b and b ≻ a, twice, plus the chain a ≻ c ≻ b that keeps μ_a above μ_b (as in
+    tests/test_objectives.py): the contested item b can only explain its pairs with a large σ."""
+    a, b, c, d = "apple?", "car?", "red?", "one?"
+    sides = [(a, b), (b, a)] * 2 + [(a, c), (c, b), (d, c)]
+    return [{"context": CTX, "chosen": x, "rejected": y, "group": "g"} for x, y in sides]
+
+
+def sigma_after(regularizer, lam, steps=60):
+    cfg = rm_config(**{"loss.variance_reg.kind": regularizer, "loss.variance_reg.lambda": lam, "loss.z_clamp": None,
+                       "optim.epochs": steps, "optim.head_lr": 0.05, "optim.warmup_ratio": 0.0})
+    model = build("garm", cfg)
+    fit(model, cfg, contradictory_pairs(), groups_per_batch=1, gradient_clip_val=None)
+    return model.score([CTX] * 4, ["apple?", "car?", "red?", "one?"])["sigma"]
+
+
+def test_contradictory_pairs_grow_sigma_without_regulariser_and_kl_prior_bounds_it():
+    free = sigma_after("none", 0.0)
+    bounded = sigma_after("kl_prior", 1.0)
+    assert free[1] > 3.0, free  # the contested item's σ runs away (it starts at 1)
+    assert bounded.max() < 2.0 and bounded.min() > 0.1, bounded
+
+
+def test_logged_metrics_every_step(tmp_path):
+    from pytorch_lightning.loggers import CSVLogger
+
+    cfg = rm_config()
+    model = build("garm", cfg)
+    module = RewardModule(model, cfg.loss, cfg.optim)
+    trainer = pl.Trainer(max_epochs=1, logger=CSVLogger(tmp_path, name="csv", version=""), enable_checkpointing=False,
+                         enable_progress_bar=False, enable_model_summary=False, log_every_n_steps=1)
+    pairs = synthetic_pairs(32, 0)
+    trainer.fit(module, pair_loader(model, pairs, 8, shuffle=True), pair_loader(model, synthetic_pairs(16, 1), 8, False))
+    header = (tmp_path / "csv" / "metrics.csv").read_text().splitlines()[0].split(",")
+    for name in ("train_loss", "train_acc", "sigma_mean", "sigma_std", "grad_norm", "val_acc", "val_ece", "val_loss"):
+        assert f"rm/garm/{name}" in header
+
+
+def test_non_finite_losses_are_skipped_then_stop_the_run():
+    cfg = rm_config(**{"loss.variance_reg.lambda": float("nan"), "max_nonfinite_steps": 3})
+    model = build("garm", cfg)
+    before = model.head.weight.detach().clone()
+    with pytest.raises(NonFiniteLossError, match="max_nonfinite_steps=3"):
+        fit(model, cfg, synthetic_pairs(64, 0))
+    assert torch.equal(model.head.weight, before)  # skipped steps never touched the weights
