@@ -12,7 +12,8 @@ def instantiate_loggers(cfg: DictConfig | dict) -> list:
 
 
 def log_config(loggers: Sequence, cfg: DictConfig) -> None:
-    params = OmegaConf.to_container(cfg, resolve=True)
+    params = {k: OmegaConf.to_container(v, resolve=True) if OmegaConf.is_config(v) else v
+              for k, v in cfg.items() if k != "hydra"}
     for lg in loggers:
         lg.log_hyperparams(params)
 

@@ -239,3 +239,12 @@ def test_shared_prefix_scoring_equals_the_reward_models_own(tmp_path):
         rm.cfg.max_length = 60  # too short for these conversations: falls back to the model's own truncation
         torch.testing.assert_close(rm_rewards(rm, contexts, suggestions, kappa=1.0),
                                    rm.rewards(contexts, suggestions, kappa=1.0).float(), rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("override", ["rewards.garm.kapa=1", "grpo.group_sise=4", "fusion.C=big",
+                                      "rewards=no_such_preset", "grpo.monitor.patience=two", "rewards.rule.min_words=2.5"])
+def test_typos_in_the_reward_grpo_and_fusion_groups_fail_at_composition(tmp_path, override):
+    from hydra.errors import ConfigCompositionException
+
+    with pytest.raises(ConfigCompositionException):
+        compose_config(["stage=grpo", override], tmp_path)

@@ -58,9 +58,11 @@ def test_tiny_sft_lowers_val_loss_and_saves_a_loadable_policy(smoke_collect, tmp
         loaded = model(input_ids=ids).logits
     assert loaded.shape[-1] == len(tok) and torch.isfinite(loaded).all()
     # cache: the same config reuses the artifact
+    start = time.time()
     again = run_sft(TINY + [f"data.logs={collect['logs']}", "sft.eval.enabled=true", "sft.eval.max_contexts=4",
-                            "sft.eval.bootstrap_samples=50"], tmp_path / "again")
+                            "sft.eval.bootstrap_samples=50"], tmp_path)
     assert again["key"] == result["key"] and again["train"] == json.loads(json.dumps(train))
+    assert time.time() - start < 20
 
 
 def test_lora_policy_round_trips_through_load_sft_policy(smoke_collect, tmp_path):

@@ -5,10 +5,10 @@ the messages with the generation prompt, followed by the target and the end-of-t
 exactly how the policy's reply looks at generation time. Examples longer than `max_length` are
 dropped and counted (cutting a prompt would train on a conversation that never happens).
 
-Sharding is explicit so one process and N processes see the same global batches: training uses a
-`DistributedSampler` over the whole set (the same permutation for any world size; each global batch
-of `batch_size` is split across ranks), validation gives each rank every N-th example without the
-padding a stock `DistributedSampler` adds, so validation loss sums exactly to the one-process value.
+Sharding is explicit so one process and N processes see the same global batches: training draws
+global batches of `batch_size` from one seeded permutation per epoch and splits each across ranks
+(`GlobalBatchSampler`); validation gives each rank every N-th example without the padding a stock
+`DistributedSampler` adds, so the summed validation loss equals the one-process value.
 """
 from __future__ import annotations
 
@@ -53,6 +53,31 @@ def collate(batch: list[dict], pad_id: int) -> dict[str, torch.Tensor]:
     return {"input_ids": ids, "attention_mask": attention, "position_ids": positions, "labels": labels}
 
 
+class GlobalBatchSampler(DistributedSampler):
+    """Shuffled global batches of `batch_size`, the same for any number of processes, each split across ranks.
+
+    Every epoch draws one permutation (seed + epoch); consecutive runs of `batch_size` indices form the
+    global batches, an incomplete last one is dropped, and rank r takes every N-th index of each. A set
+    smaller than one batch is repeated to fill one.
+    """
+
+    def __init__(self, dataset, batch_size: int, num_replicas: int, rank: int, seed: int):
+        super().__init__(dataset, num_replicas=num_replicas, rank=rank, shuffle=True, seed=seed)
+        self.global_batch = batch_size
+
+    def __iter__(self):
+        g = torch.Generator()
+        g.manual_seed(self.seed + self.epoch)
+        perm = torch.randperm(len(self.dataset), generator=g).tolist()
+        while perm and len(perm) < self.global_batch:
+            perm += torch.randperm(len(self.dataset), generator=g).tolist()
+        for start in range(0, len(perm) - self.global_batch + 1, self.global_batch):
+            yield from perm[start:start + self.global_batch][self.rank::self.num_replicas]
+
+    def __len__(self) -> int:
+        return max(1, len(self.dataset) // self.global_batch) * (self.global_batch // self.num_replicas)
+
+
 class ShardSampler(DistributedSampler):
     """Rank r of N gets examples r, r+N, ... in order, with no padding (validation)."""
 
@@ -91,8 +116,11 @@ class SFTDataModule(pl.LightningDataModule):
             log.warning("sft data: dropped %d of %d examples longer than max_length=%d", self.dropped,
                         len(train) + len(val), max_length)
         if not self.train_set:
-            raise ConfigError(f"no training example fits max_length={max_length} tokens (of {len(train)}); "
-                              "raise sft.train.max_length or check the click logs")
+            raise ConfigError(f"no training example fits max_length={max_length} tokens (of {len(train)}); raise "
+                              "train.max_length or check the click logs")
+        if len(self.train_set) < batch_size:
+            log.warning("sft data: %d training examples, fewer than one batch of %d; they are repeated",
+                        len(self.train_set), batch_size)
 
     def _world(self) -> tuple[int, int]:
         trainer = self.trainer
@@ -103,7 +131,7 @@ class SFTDataModule(pl.LightningDataModule):
         if self.batch_size % world:
             raise ConfigError(f"train.batch_size={self.batch_size} is the global batch and must divide evenly "
                               f"over {world} processes")
-        sampler = DistributedSampler(self.train_set, num_replicas=world, rank=rank, shuffle=True, seed=self.seed)
+        sampler = GlobalBatchSampler(self.train_set, self.batch_size, world, rank, self.seed)
         return DataLoader(self.train_set, batch_size=self.batch_size // world, sampler=sampler,
                           collate_fn=_Collate(self.pad_id))
 

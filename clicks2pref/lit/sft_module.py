@@ -27,7 +27,8 @@ from clicks2pref.objectives.sft import IGNORE_INDEX, masked_lm_loss
 class SFTModule(pl.LightningModule):
     def __init__(self, model, optimizer: Callable, scheduler: Optional[Callable] = None, prefix: str = "sft",
                  tokenizer=None, format_prompts: Sequence[list[dict]] = (), format_k: int = 3,
-                 generation: Optional[GenerationConfig] = None, max_nonfinite_steps: int = 10):
+                 generation: Optional[GenerationConfig] = None, max_nonfinite_steps: int = 10,
+                 validate_at_start: bool = False, validate_at_end: bool = True):
         super().__init__()
         self.model = model
         self.optimizer_factory, self.scheduler_factory = optimizer, scheduler
@@ -38,7 +39,9 @@ class SFTModule(pl.LightningModule):
         self.nonfinite_in_a_row = 0
         self.nonfinite_total = 0
         self.strict_loading = False  # checkpoints hold the trainable weights only (LoRA: the adapters)
+        self.validate_at_start, self.validate_at_end = validate_at_start, validate_at_end
         self._val_sum = self._val_tokens = None
+        self._last_val_step = -1
 
     def setup(self, stage: str) -> None:
         """Several CPU processes share the cores instead of each taking all of them."""
@@ -114,6 +117,41 @@ class SFTModule(pl.LightningModule):
             self.log(f"{self.prefix}/val_loss", (total / n).float(), sync_dist=False)
         if self.format_prompts and self.tokenizer is not None and not self.trainer.sanity_checking:
             self.log(f"{self.prefix}/val_format_rate", self.format_rate(), sync_dist=False)
+        self._last_val_step = self.trainer.global_step
+
+    def on_train_start(self):
+        """Validation before the first step (`<p>/val_loss_before`); skipped when resuming."""
+        if self.validate_at_start and self.trainer.global_step == 0:
+            self.validate_outside_loop("_before")
+
+    def on_train_end(self):
+        """Validation after the last step, unless the periodic validation just ran there."""
+        if self.validate_at_end and self._last_val_step != self.trainer.global_step:
+            self.validate_outside_loop("")
+
+    @torch.no_grad()
+    def validate_outside_loop(self, suffix: str) -> None:
+        """The validation metrics computed here, outside Lightning's loop (so a spawned DDP fit needs no
+        second `trainer.validate` launch); stored in `trainer.callback_metrics` and sent to the loggers."""
+        datamodule = self.trainer.datamodule
+        loader = datamodule.val_dataloader() if datamodule is not None else None
+        if loader is None or len(loader.dataset) == 0:
+            return
+        was_training = self.training
+        self.eval()
+        total = torch.zeros((), dtype=torch.float64, device=self.device)
+        n = torch.zeros((), dtype=torch.float64, device=self.device)
+        for batch in loader:
+            t, c = self.loss_sum({k: v.to(self.device) for k, v in batch.items()})
+            total, n = total + t.double(), n + c.double()
+        metrics = {f"{self.prefix}/val_loss{suffix}": float(self._sum(total) / self._sum(n).clamp(min=1))}
+        if self.format_prompts and self.tokenizer is not None:
+            metrics[f"{self.prefix}/val_format_rate{suffix}"] = self.format_rate()
+        self.train(was_training)
+        self.trainer.callback_metrics.update({k: torch.tensor(v) for k, v in metrics.items()})
+        if self.trainer.is_global_zero:
+            for logger in self.trainer.loggers:
+                logger.log_metrics(metrics, step=self.trainer.global_step)
 
     @torch.no_grad()
     def format_rate(self) -> float:

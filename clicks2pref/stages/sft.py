@@ -17,6 +17,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import os
 import shutil
 import time
 from dataclasses import asdict, dataclass, field, replace
@@ -33,12 +34,12 @@ METHODS = ("full", "lora", "qlora")
 
 @dataclass
 class SFTTrainConfig:
-    max_steps: int = 40  # optimizer steps
-    batch_size: int = 8  # global batch (split evenly over processes)
+    max_steps: int = 24  # optimizer steps
+    batch_size: int = 4  # global batch (split evenly over processes)
     max_length: int = 256  # longer examples (prompt + target) are dropped and counted
-    val_every_n_steps: int = 20  # validation loss and format rate every N steps (and at the end)
+    val_every_n_steps: int = 24  # validation loss and format rate every N steps (and at the end)
     validate_before: bool = True  # also measure validation loss before the first step
-    ckpt_every_n_steps: int = 10  # Lightning checkpoint (trainable weights + optimizer) for resuming
+    ckpt_every_n_steps: int = 6  # Lightning checkpoint (trainable weights + optimizer) for resuming
     format_probe: int = 8  # held-out prompts generated at each validation for the format rate; 0 = off
     max_nonfinite_steps: int = 10  # consecutive NaN/inf losses tolerated (each skips its step)
     optimizer: Dict[str, Any] = field(default_factory=lambda: {"_target_": "torch.optim.AdamW", "_partial_": True,
@@ -153,7 +154,7 @@ def fit_causal_lm(cfg, model, tok, train: list[dict], val: list[dict], tcfg, wor
     gen = GenerationConfig(max_new_tokens=max_new_tokens, do_sample=False, batch_size=cfg.policy.generation.batch_size)
     module = SFTModule(model, instantiate(tcfg.optimizer), instantiate(tcfg.scheduler) if tcfg.scheduler else None,
                        prefix=prefix, tokenizer=tok, format_prompts=probe, format_k=format_k, generation=gen,
-                       max_nonfinite_steps=tcfg.max_nonfinite_steps)
+                       max_nonfinite_steps=tcfg.max_nonfinite_steps, validate_at_start=tcfg.validate_before)
     checkpoint = ModelCheckpoint(dirpath=work / "ckpt", save_last=True, save_top_k=0,
                                  every_n_train_steps=tcfg.ckpt_every_n_steps)
     has_val = bool(dm.val_set)
@@ -163,23 +164,39 @@ def fit_causal_lm(cfg, model, tok, train: list[dict], val: list[dict], tcfg, wor
                           max_epochs=-1, num_sanity_val_steps=0, **schedule, _convert_="object")
     last = work / "ckpt" / "last.ckpt"
     resume = ckpt_path or (str(last) if last.exists() else None)
-    stats: dict = {"data": dm.stats(), "resumed_from": resume}
-    metric = lambda name: float(trainer.callback_metrics[name]) if name in trainer.callback_metrics else None  # noqa: E731
     if resume:
         log.info("%s: resuming from %s", prefix, resume)
-    elif has_val and tcfg.validate_before:
-        trainer.validate(module, datamodule=dm, verbose=False)
-        stats["val_loss_before"] = metric(f"{prefix}/val_loss")
-        stats["val_format_rate_before"] = metric(f"{prefix}/val_format_rate")
+    share_csv_header(loggers)
     trainer.fit(module, datamodule=dm, ckpt_path=resume, weights_only=True)
-    if has_val and (tcfg.val_every_n_steps <= 0 or tcfg.max_steps % tcfg.val_every_n_steps):
-        trainer.validate(module, datamodule=dm, verbose=False)
-    stats.update({"steps": tcfg.max_steps, "train_loss": metric(f"{prefix}/train_loss"),
-                  "val_loss": metric(f"{prefix}/val_loss"), "val_format_rate": metric(f"{prefix}/val_format_rate"),
-                  "seconds": time.time() - start})
+    share_csv_header(loggers)  # spawned workers wrote the file: the main process's writer learns its columns
+    metric = lambda name: float(trainer.callback_metrics[name]) if name in trainer.callback_metrics else None  # noqa: E731
+    stats = {"data": dm.stats(), "resumed_from": resume, "steps": tcfg.max_steps,
+             **{k: metric(f"{prefix}/{k}") for k in ("train_loss", "val_loss_before", "val_loss",
+                                                     "val_format_rate_before", "val_format_rate")},
+             "seconds": time.time() - start}
     log.info("%s: %d steps in %.0fs; val loss %s -> %s, val format rate %s", prefix, tcfg.max_steps, stats["seconds"],
              _fmt(stats.get("val_loss_before")), _fmt(stats["val_loss"]), _fmt(stats["val_format_rate"]))
     return stats
+
+
+def share_csv_header(loggers) -> None:
+    """Let a spawned process append to a CSVLogger file another fit already wrote.
+
+    Each spawned DDP launch pickles the logger with an empty list of known columns; when its metrics
+    add columns, Lightning rewrites the file with only its own and fails on the old ones. Seeding the
+    list with the file's header (here, before the launch) makes it rewrite with the union.
+    """
+    import csv
+
+    from pytorch_lightning.loggers import CSVLogger
+
+    for lg in loggers:
+        if isinstance(lg, CSVLogger):
+            writer = lg.experiment
+            if os.path.isfile(writer.metrics_file_path):
+                with open(writer.metrics_file_path, newline="") as f:
+                    header = next(csv.reader(f), [])
+                writer.metrics_keys = sorted(set(writer.metrics_keys) | set(header))
 
 
 def _fmt(v) -> str:
@@ -196,7 +213,6 @@ def evaluate(cfg, policy, tok, template) -> dict:
     from clicks2pref.data.simulator import build_simulator, split_contexts
     from clicks2pref.eval.ctr import bootstrap_mean
     from clicks2pref.eval.policy import evaluate_policy
-    from clicks2pref.models.registry import load_causal_lm
 
     ev = cfg.sft.eval
     start = time.time()
@@ -207,17 +223,14 @@ def evaluate(cfg, policy, tok, template) -> dict:
     gen = cfg.policy.generation
 
     def one(model) -> dict:
-        m = evaluate_policy(model, tok, template, sim, contexts, gen, cfg.seed, ev.bootstrap_samples, ev.ci_level)
-        return m
+        return evaluate_policy(model, tok, template, sim, contexts, gen, cfg.seed, ev.bootstrap_samples, ev.ci_level)
 
     out = {"contexts": len(contexts), "split": ev.split}
     sft = one(policy)
     out["sft"] = {k: sft[k] for k in ("oracle_ctr", "ci_low", "ci_high", "format_rate")}
     out["examples"] = [{"context": contexts[i], "sft": sft["outputs"][i]} for i in range(min(3, len(contexts)))]
     if ev.baseline:
-        base_model, _ = load_causal_lm(cfg.policy.model, cfg.paths.model_cache, seed=cfg.seed)
-        base = one(base_model)
-        del base_model
+        base = baseline_eval(cfg, template, one)
         out["baseline"] = {k: base[k] for k in ("oracle_ctr", "ci_low", "ci_high", "format_rate")}
         diff = [a - b for a, b in zip(sft["per_context_ctr"], base["per_context_ctr"])]
         lift = bootstrap_mean(diff, ev.bootstrap_samples, ev.ci_level, cfg.seed)
@@ -227,6 +240,28 @@ def evaluate(cfg, policy, tok, template) -> dict:
             ex["baseline"] = b
     out["seconds"] = time.time() - start
     return out
+
+
+def baseline_eval(cfg, template, evaluate_model) -> dict:
+    """The prompted base policy's evaluation, cached beside the SFT artifacts (a sweep computes it once)."""
+    from omegaconf import OmegaConf
+
+    from clicks2pref.data.io import atomic_write_text
+    from clicks2pref.models.registry import load_causal_lm
+
+    parts = {k: OmegaConf.to_container(OmegaConf.select(cfg, k), resolve=True)
+             for k in ("simulator", "policy", "data.split", "sft.eval")}
+    parts.update(seed=cfg.seed, template=OmegaConf.to_container(template, resolve=True)
+                 if OmegaConf.is_config(template) else vars(template))
+    key = hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:12]
+    path = Path(cfg.paths.artifacts_dir) / "sft" / f"baseline-{key}.json"
+    if cfg.cache and path.exists():
+        log.info("sft: reusing the baseline evaluation %s", path)
+        return json.loads(path.read_text())
+    model, _ = load_causal_lm(cfg.policy.model, cfg.paths.model_cache, seed=cfg.seed)
+    result = evaluate_model(model)
+    atomic_write_text(json.dumps(result), path)
+    return result
 
 
 # --- the policy artifact -------------------------------------------------------------------------

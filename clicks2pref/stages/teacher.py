@@ -31,13 +31,13 @@ class TeacherConfig:
     model: Optional[ModelConfig] = None  # the teacher model; null = no teacher
     method: str = "lora"  # full | lora | qlora
     lora: LoraConfig = field(default_factory=LoraConfig)
-    system: Optional[str] = None  # teacher prompt: system turn
-    instruction: str = "Write one short follow-up question I am likely to ask next. Reply with one line numbered 1."
+    system: Optional[str] = "You predict the user's next question."  # teacher prompt: system turn
+    instruction: str = "My next question, as one line numbered 1."
     train: SFTTrainConfig = field(default_factory=SFTTrainConfig)
-    num_candidates: int = 6  # questions sampled per context
+    num_candidates: int = 5  # questions sampled per context
     keep_clicked: bool = False  # also keep the clicked suggestions as candidates (ranked first)
     generation: GenerationConfig = field(default_factory=lambda: GenerationConfig(
-        max_new_tokens=28, temperature=1.0, top_p=0.95, do_sample=True, batch_size=16))
+        max_new_tokens=24, temperature=1.0, top_p=0.95, do_sample=True, batch_size=16))
 
 
 def parse_candidate(text: str) -> str:
@@ -70,15 +70,61 @@ def teacher_template(tcfg):
     return PromptTemplate(instruction=tcfg.instruction, system=tcfg.system)
 
 
+def sample_shared_prefix(model, tok, messages: list[list[dict]], gen: GenerationConfig, n: int,
+                         seed: int) -> list[str]:
+    """n sampled completions per conversation (grouped per conversation, in input order).
+
+    Each prompt is encoded once and its key/value cache repeated n times, instead of encoding every
+    prompt n times as `num_return_sequences` does: on a CPU the prompts cost more than the short
+    completions, so this is several times faster for the same samples.
+    """
+    import inspect
+
+    import torch
+    from transformers import DynamicCache
+
+    from clicks2pref.models.generate import chat_inputs
+
+    ids = chat_inputs(tok, messages)
+    order = sorted(range(len(ids)), key=lambda i: len(ids[i]))
+    out: list[list[str]] = [[] for _ in ids]
+    torch.manual_seed(seed)
+    was_training = model.training
+    model.eval()
+    pad = tok.pad_token_id
+    forward = (model.get_base_model() if hasattr(model, "get_base_model") else model).forward
+    cache_arg = "cache" if "cache" in inspect.signature(forward).parameters else "past_key_values"
+    with torch.no_grad():
+        for start in range(0, len(order), gen.batch_size):
+            batch = order[start:start + gen.batch_size]
+            width = max(len(ids[i]) for i in batch)
+            input_ids = torch.tensor([[pad] * (width - len(ids[i])) + ids[i] for i in batch], device=model.device)
+            attention = torch.tensor([[0] * (width - len(ids[i])) + [1] * len(ids[i]) for i in batch],
+                                     device=model.device)
+            positions = (attention.cumsum(dim=1) - 1).clamp(min=0)
+            cache = DynamicCache()
+            model(input_ids=input_ids[:, :-1], attention_mask=attention[:, :-1], position_ids=positions[:, :-1],
+                  use_cache=True, **{cache_arg: cache})
+            cache.batch_repeat_interleave(n)
+            seqs = model.generate(input_ids=input_ids.repeat_interleave(n, 0),
+                                  attention_mask=attention.repeat_interleave(n, 0), max_new_tokens=gen.max_new_tokens,
+                                  do_sample=True, temperature=gen.temperature, top_p=gen.top_p, pad_token_id=pad,
+                                  **{cache_arg: cache})
+            texts = tok.batch_decode(seqs[:, width:], skip_special_tokens=True)
+            for j, text in enumerate(texts):
+                out[batch[j // n]].append(text.strip())
+    model.train(was_training)
+    return [t for group in out for t in group]
+
+
 def sample_candidates(model, tok, groups: list[dict], tcfg, seed: int) -> list[list[dict]]:
     """`num_candidates` teacher samples per group, parsed and ranked."""
     from clicks2pref.data.prompts import build_messages
-    from clicks2pref.models.generate import generate
 
     template = teacher_template(tcfg)
     n = tcfg.num_candidates
-    outs = generate(model, tok, [build_messages(template, g["context"]) for g in groups], tcfg.generation,
-                    num_return_sequences=n, seed=seed)
+    outs = sample_shared_prefix(model, tok, [build_messages(template, g["context"]) for g in groups],
+                                tcfg.generation, n, seed)
     return [rank_samples([parse_candidate(o) for o in outs[i * n:(i + 1) * n]]) for i in range(len(groups))]
 
 

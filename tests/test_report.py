@@ -1,0 +1,72 @@
+"""The sweep report and the analysis notebooks, run on real report files."""
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+from clicks2pref.report import job_rows, main as report_main
+
+NOTEBOOKS = Path(__file__).resolve().parents[1] / "notebooks"
+
+
+def fake_sweep(root: Path) -> Path:
+    """A multirun folder as Hydra writes it: three jobs, the last one failed before writing metrics."""
+    sweep = root / "multiruns" / "2026-01-01_00-00-00"
+    for n, (rewards, ctr) in enumerate([("full", 0.31), ("no_ppl", 0.22), ("no_rule", None)]):
+        job = sweep / str(n)
+        (job / ".hydra").mkdir(parents=True)
+        (job / ".hydra" / "overrides.yaml").write_text(f"- rewards={rewards}\n- experiment=table4\n")
+        if ctr is not None:
+            (job / "metrics.json").write_text(json.dumps({"grpo/eval/grpo_oracle_ctr": ctr, "grpo/eval/gsb": 10.0 * n}))
+    return sweep
+
+
+def test_report_has_one_row_per_job_with_swept_values_and_failures(tmp_path, capsys):
+    sweep = fake_sweep(tmp_path)
+    rows = job_rows(sweep)
+    assert [r["rewards"] for r in rows] == ["full", "no_ppl", "no_rule"]
+    assert [r["status"] for r in rows] == ["ok", "ok", "failed"]
+    assert report_main([str(sweep)]) == 0
+    md = (sweep / "report.md").read_text()
+    assert "| 0 | full | table4 | 0.3100 |" in md and "failed" in md
+    assert (sweep / "report.csv").read_text().count("\n") == 4
+    assert (sweep / "report_grpo_eval_grpo_oracle_ctr.png").stat().st_size > 0
+    assert report_main([str(tmp_path / "nope")]) == 2
+
+
+def run_notebook(name: str, env: dict) -> None:
+    import nbformat
+    from nbclient import NotebookClient
+
+    nb = nbformat.read(NOTEBOOKS / name, as_version=4)
+    old = {k: os.environ.get(k) for k in env}
+    os.environ.update(env)
+    try:
+        NotebookClient(nb, timeout=300, kernel_name="python3").execute()
+    finally:
+        for k, v in old.items():
+            os.environ.pop(k) if v is None else os.environ.__setitem__(k, v)
+    errors = [o for c in nb.cells if c.cell_type == "code" for o in c.outputs if o.output_type == "error"]
+    assert not errors
+
+
+@pytest.mark.parametrize("kinds", [("garm", "btrm")])
+def test_notebooks_run_on_report_files(tmp_path, kinds):
+    pytest.importorskip("nbclient")
+    from clicks2pref.eval.calibration_report import calibration_metrics, write_report
+
+    g = torch.Generator().manual_seed(0)
+    report = {"kinds": {}}
+    for kind in kinds:
+        conf = 0.5 + 0.5 * torch.rand(400, generator=g)
+        correct = torch.rand(400, generator=g) < conf
+        report["kinds"][kind] = {"splits": {s: calibration_metrics({"confidence": conf, "correct": correct},
+                                                                   log_ppl=torch.rand(400, generator=g))
+                                            for s in ("iid", "ood")}}
+    write_report(report, tmp_path / "rm")
+    run_notebook("calibration.ipynb", {"RUN_DIR": str(tmp_path / "rm")})
+    run_notebook("ablations.ipynb", {"SWEEP_DIR": str(fake_sweep(tmp_path))})
