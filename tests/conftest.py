@@ -65,3 +65,15 @@ def smoke_collect(tmp_path_factory):
     out = tmp_path_factory.mktemp("smoke_collect")
     cfg = compose_config(["experiment=smoke", "logger=csv"], out)
     return cfg, run_stage(cfg)
+
+
+# Stage tests that train and sample real models: minutes each on 2 cores, so they run with
+# `make test-full` (pytest -m "") and not in the default run.
+SLOW_MODULES = {"test_pairs", "test_reward_model", "test_rm_stage", "test_assembly", "test_sft_data", "test_sft_stage",
+                "test_rewards", "test_fusion", "test_monitor", "test_grpo_module", "test_grpo_stage"}
+
+
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        if item.module.__name__.rsplit(".", 1)[-1] in SLOW_MODULES:
+            item.add_marker(pytest.mark.slow)

@@ -8,19 +8,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from omegaconf import open_dict
-
 from tests.conftest import compose_config
 
 # position_filter=none: the smoke logs hold few clicks below position 1, so skip_above leaves ~1 test pair
-def stage_config(overrides, output_dir):
-    """compose_config without the `hydra` node, as a task function receives it (log_config resolves it all)."""
-    cfg = compose_config(overrides, output_dir)
-    with open_dict(cfg):
-        cfg.pop("hydra")
-    return cfg
-
-
 TINY_RM = ["stage=rm", "experiment=smoke", "policy=tiny", "reward_model=tiny", "reward_model.optim.epochs=2",
            "reward_model.checkpoint_every_n_steps=2", "reward_model.pairs.position_filter=none"]
 
@@ -34,7 +24,7 @@ def rm_run(smoke_collect, tmp_path_factory):
     logs = collected["logs"]
     ood = str(Path(logs).parent / "week4.jsonl")
     out = tmp_path_factory.mktemp("rm_stage")
-    cfg = stage_config(TINY_RM + [f"data.logs={logs}", f"data.ood_logs={ood}"], out)
+    cfg = compose_config(TINY_RM + [f"data.logs={logs}", f"data.ood_logs={ood}"], out)
     return cfg, run_stage(cfg), out
 
 
@@ -86,7 +76,7 @@ def test_second_run_reuses_the_artifact(rm_run, tmp_path):
     from clicks2pref.__main__ import run_stage
 
     cfg, result, _ = rm_run
-    again = stage_config(TINY_RM + [f"data.logs={cfg.data.logs}", f"data.ood_logs={cfg.data.ood_logs}",
+    again = compose_config(TINY_RM + [f"data.logs={cfg.data.logs}", f"data.ood_logs={cfg.data.ood_logs}",
                                       f"paths.artifacts_dir={cfg.paths.artifacts_dir}", "logger=[]"], tmp_path)
     assert run_stage(again) == result
     assert (tmp_path / "calibration.md").exists()
@@ -101,7 +91,7 @@ def test_interrupted_kinds_are_resumed_from_the_work_folder(rm_run, tmp_path):
 
     cfg, result, _ = rm_run
     overrides = TINY_RM + [f"data.logs={cfg.data.logs}", "logger=[]", "reward_model.kinds=[btrm]"]
-    fresh = stage_config(overrides, tmp_path)
+    fresh = compose_config(overrides, tmp_path)
     key = rm_key(fresh)
     work = Path(fresh.paths.artifacts_dir) / "rm" / f".work-{key}" / "btrm"
     work.mkdir(parents=True)

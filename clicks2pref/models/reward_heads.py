@@ -35,6 +35,7 @@ class HeadConfig:
     pooling: str = "last"  # last (last non-pad token; decoders) | mean (over tokens; encoders such as MiniLM)
     sigma_min: float = 0.01  # GaRM σ = softplus(raw) + sigma_min
     sigma_init: float = 1.0  # GaRM σ before training (the raw bias is set to give it)
+    normalize: bool = True  # RMS-normalise the pooled feature (no weights): same head scale on any backbone
     init_std: float = 0.005  # std of the head's initial weights
     max_length: int = 128  # tokens per (context, suggestion) input
 
@@ -113,7 +114,10 @@ class RewardModel(nn.Module):
             pooled = hidden[torch.arange(hidden.shape[0], device=hidden.device), last]
         else:
             pooled = (hidden * mask.unsqueeze(-1)).sum(1) / mask.sum(1, keepdim=True).clamp(min=1)
-        out = self.head(pooled.to(self.head.weight.dtype))
+        pooled = pooled.to(self.head.weight.dtype)
+        if self.cfg.normalize:  # SmolLM2's last hidden states have norm ~50, MiniLM's ~5: same head, same lr
+            pooled = pooled * torch.rsqrt(pooled.pow(2).mean(-1, keepdim=True) + 1e-6)
+        out = self.head(pooled)
         if self.kind == "btrm":
             return {"reward": out[:, 0]}
         return {"mu": out[:, 0], "sigma": sigma_from_raw(out[:, 1], self.cfg.sigma_min)}
@@ -209,7 +213,8 @@ def load_reward_model(path, cache_dir: Optional[str] = None, device: str = "cpu"
     backbone["lora"] = LoraConfig(**backbone["lora"]) if backbone.get("lora") else None
     backbone_cfg = ModelConfig(**backbone)
     cache_dir = cache_dir or os.environ.get("CLICKS2PREF_CACHE", "~/.cache/clicks2pref")
-    model = build_reward_model(meta["kind"], backbone_cfg, HeadConfig(**meta["head"]), cache_dir, meta.get("seed", 0))
+    head = HeadConfig(**{"normalize": False, **meta["head"]})  # models saved before `normalize` existed
+    model = build_reward_model(meta["kind"], backbone_cfg, head, cache_dir, meta.get("seed", 0))
     if meta["weights"] == "adapter":
         from peft import set_peft_model_state_dict
 

@@ -10,12 +10,16 @@ import sys
 from pathlib import Path
 
 
+SKIP = ("experiment", "paths.", "data.", "logger", "hydra.")  # overrides that only say where things are
+
+
 def rows(multirun: Path) -> list[str]:
     out = ["| overrides | model | IID acc | IID ECE | OOD acc | OOD ECE | val acc | σ mean (IID) | max grad norm | train s |",
            "|---|---|---|---|---|---|---|---|---|---|"]
     for report in sorted(multirun.glob("*/calibration.json"), key=lambda p: int(p.parent.name)):
         overrides = (report.parent / ".hydra" / "overrides.yaml").read_text().splitlines()
-        swept = ", ".join(o.lstrip("- ").split(".")[-1] for o in overrides if "experiment=" not in o)
+        pairs = [o.lstrip("- ").split("=", 1) for o in overrides]
+        swept = ", ".join(f"{k.split('.')[-1]}={v}" for k, v in pairs if not k.startswith(SKIP)) or "default"
         for kind, res in json.loads(report.read_text())["kinds"].items():
             s = res["splits"]
 
