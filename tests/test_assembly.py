@@ -91,7 +91,8 @@ def test_minilm_assembly_rejects_paraphrases():
 
     cfg = AssemblyConfig()  # MiniLM, max_cosine 0.85
     emb = build_embedder(cfg)
-    cands = ["How long does fresh basil last in the fridge?", "How many days will fresh basil keep in the refrigerator?",
+    cands = ["How long does fresh basil last in the fridge?",
+             "How many days will fresh basil keep in the refrigerator?",
              "Can I freeze basil leaves?", "Is basil safe for cats?"]
     picks, rejected = assemble_panel(cands, None, emb, cfg)
     assert len(picks) == 3 and cands[1] not in picks and rejected["cosine"] == 1

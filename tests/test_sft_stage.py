@@ -130,6 +130,31 @@ def test_ddp_cpu_matches_one_process(smoke_collect, tmp_path):
     assert one["val_loss"] == pytest.approx(two["val_loss"], rel=1e-4, abs=1e-4)
 
 
+def test_nonfinite_losses_skip_steps_then_stop_training(tmp_path):
+    import pytorch_lightning as pl
+    import torch
+
+    from clicks2pref.errors import NonFiniteLossError
+    from clicks2pref.lit.sft_datamodule import SFTDataModule
+    from clicks2pref.lit.sft_module import SFTModule
+    from clicks2pref.models.registry import ModelConfig, load_causal_lm
+
+    model, tok = load_causal_lm(ModelConfig(name="tiny-llama"), "~/.cache/clicks2pref", seed=0)
+    with torch.no_grad():
+        model.model.norm.weight.fill_(float("nan"))
+    examples = [{"messages": [{"role": "user", "content": f"question {i}?"}], "target": "1. Why?"} for i in range(8)]
+    dm = SFTDataModule(tok, examples, [], batch_size=2, max_length=64)
+    module = SFTModule(model, torch.optim.AdamW, max_nonfinite_steps=2)
+    trainer = pl.Trainer(accelerator="cpu", max_steps=10, logger=False, enable_checkpointing=False,
+                         enable_progress_bar=False, enable_model_summary=False, limit_val_batches=0,
+                         default_root_dir=tmp_path)
+    before = {n: p.detach().clone() for n, p in model.named_parameters() if "norm" not in n}
+    with pytest.raises(NonFiniteLossError):
+        trainer.fit(module, datamodule=dm)
+    assert module.nonfinite_total == 3  # two tolerated in a row, the third stops training
+    assert all(torch.equal(p, before[n]) for n, p in model.named_parameters() if n in before)  # no update
+
+
 @pytest.mark.slow
 def test_table3_sweep_at_smoke_sizes(smoke_collect, tmp_path):
     """`-m experiment=table3` on smoke sizes: every row trains and reports CTR and format rate."""

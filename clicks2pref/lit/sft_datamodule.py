@@ -144,5 +144,6 @@ class SFTDataModule(pl.LightningDataModule):
     def stats(self) -> dict:
         target = [sum(t != IGNORE_INDEX for t in e["labels"]) for e in self.train_set]
         total = [len(e["input_ids"]) for e in self.train_set]
-        return {"train_examples": len(self.train_set), "val_examples": len(self.val_set), "dropped_too_long": self.dropped,
-                "mean_tokens": sum(total) / len(total), "mean_target_tokens": sum(target) / len(target)}
+        return {"train_examples": len(self.train_set), "val_examples": len(self.val_set),
+                "dropped_too_long": self.dropped, "mean_tokens": sum(total) / len(total),
+                "mean_target_tokens": sum(target) / len(target)}

@@ -5,10 +5,11 @@ target-token count of the whole global batch (summed over processes), so N proce
 step as one. A non-finite loss skips the step on every process and is counted; more than
 `max_nonfinite_steps` in a row stop training with NonFiniteLossError. Validation sums loss and
 token counts over the epoch and reduces them across processes before dividing; then a few held-out
-prompts are generated and parsed for the format pass rate.
+prompts are generated and parsed for the format pass rate. Validation before the first step and
+after the last one runs inside `fit` (`validate_outside_loop`), so a spawned DDP run launches once.
 
 Metrics (prefix `sft`, or `teacher` for the teacher): `<p>/train_loss`, `<p>/lr`, `<p>/val_loss`,
-`<p>/val_format_rate`, `<p>/nonfinite_steps`.
+`<p>/val_format_rate`, `<p>/val_loss_before`, `<p>/val_format_rate_before`, `<p>/nonfinite_steps`.
 """
 from __future__ import annotations
 

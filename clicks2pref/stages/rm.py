@@ -176,6 +176,7 @@ def train_one(cfg, kind: str, splits: dict, work: Path, loggers) -> tuple[object
     pl.seed_everything(cfg.seed, workers=True, verbose=False)
     backbone = OmegaConf.to_object(rm.backbone)
     model = build_reward_model(kind, backbone, OmegaConf.to_object(rm.head), cfg.paths.model_cache, cfg.seed)
+    model.train()  # from_pretrained returns eval mode, which Lightning keeps (no LoRA / BERT dropout)
     module = RewardModule(model, rm.loss, rm.optim, rm.max_nonfinite_steps, rm.calibration.n_bins)
     train = pair_loader(model, splits["train"], rm.optim.groups_per_batch, shuffle=True, seed=cfg.seed)
     val = pair_loader(model, splits["val"], rm.optim.groups_per_batch, shuffle=False) if splits["val"] else None

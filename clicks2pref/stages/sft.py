@@ -169,7 +169,8 @@ def fit_causal_lm(cfg, model, tok, train: list[dict], val: list[dict], tcfg, wor
     share_csv_header(loggers)
     trainer.fit(module, datamodule=dm, ckpt_path=resume, weights_only=True)
     share_csv_header(loggers)  # spawned workers wrote the file: the main process's writer learns its columns
-    metric = lambda name: float(trainer.callback_metrics[name]) if name in trainer.callback_metrics else None  # noqa: E731
+    found = trainer.callback_metrics
+    metric = lambda name: float(found[name]) if name in found else None  # noqa: E731
     stats = {"data": dm.stats(), "resumed_from": resume, "steps": tcfg.max_steps,
              **{k: metric(f"{prefix}/{k}") for k in ("train_loss", "val_loss_before", "val_loss",
                                                      "val_format_rate_before", "val_format_rate")},
@@ -335,7 +336,8 @@ def markdown_report(result: dict) -> str:
              f"val format rate {_fmt(result['train']['val_format_rate'])}", ""]
     ev = result.get("eval")
     if ev:
-        lines += [f"Held-out {ev['split']} contexts: {ev['contexts']} (oracle CTR, {ev.get('ci', '95%')} bootstrap CI)", "",
+        lines += [f"Held-out {ev['split']} contexts: {ev['contexts']} (oracle CTR, {ev.get('ci', '95%')} bootstrap "
+                  "CI)", "",
                   "| policy | oracle CTR | CI low | CI high | format rate |", "|---|---|---|---|---|"]
         for name in ("baseline", "sft"):
             if name in ev:
@@ -392,7 +394,7 @@ def run(cfg, loggers=()) -> dict:
     if cfg.cache and (final / "sft.json").exists():
         log.info("sft: reusing %s", final)
         result = json.loads((final / "sft.json").read_text())
-        _write_reports(result, out_dir)
+        _write_reports(result, out_dir, metrics=cfg.stage.name == "sft")
         print("\n" + markdown_report(result))
         return result
 
@@ -420,8 +422,10 @@ def run(cfg, loggers=()) -> dict:
                             "use a teacher (teacher=smollm2) or relax sft.assembly", str(source))
     _, val_groups = split_groups(groups, sft.data.val_fraction)
     val_keys = {g["group"] for g in val_groups}
-    as_messages = lambda rows: [{"messages": build_messages(template, r["context"]), "target": r["target"]}  # noqa: E731
-                                for r in rows]
+
+    def as_messages(rows: list[dict]) -> list[dict]:
+        return [{"messages": build_messages(template, r["context"]), "target": r["target"]} for r in rows]
+
     train_rows = [e for e in examples if e["group"] not in val_keys]
     val_rows = [e for e in examples if e["group"] in val_keys]
     if not train_rows:
@@ -450,14 +454,17 @@ def run(cfg, loggers=()) -> dict:
         result["path"] = str(final)
         _write_reports(result, tmp)
     shutil.rmtree(work, ignore_errors=True)
-    _write_reports(result, out_dir)
+    _write_reports(result, out_dir, metrics=cfg.stage.name == "sft")
     log_metrics(loggers, flat_metrics(result))
     print("\n" + markdown_report(result))
     print(f"SFT policy ({sft.method}) -> {final / 'policy'} in {result['seconds']:.0f}s")
     return result
 
 
-def _write_reports(result: dict, folder: Path) -> None:
+def _write_reports(result: dict, folder: Path, metrics: bool = True) -> None:
+    """sft.json and sft.md; metrics.json (what `clicks2pref.report` tabulates) only where sft is the job's
+    own stage, so a later stage that runs sft first keeps the run folder's metrics.json for itself."""
     (folder / "sft.json").write_text(json.dumps(result, indent=2))
     (folder / "sft.md").write_text(markdown_report(result))
-    (folder / "metrics.json").write_text(json.dumps(flat_metrics(result), indent=2))
+    if metrics:
+        (folder / "metrics.json").write_text(json.dumps(flat_metrics(result), indent=2))
