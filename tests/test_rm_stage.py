@@ -102,6 +102,24 @@ def test_interrupted_kinds_are_resumed_from_the_work_folder(rm_run, tmp_path):
     assert resumed["max_grad_norm"]["btrm"] == 1.0  # the stats of the reused model, not a new training
 
 
+def test_killed_training_resumes_from_the_last_lightning_checkpoint(smoke_collect, tmp_path):
+    from clicks2pref.stages.rm import load_splits, train_one
+
+    _, collected = smoke_collect
+    overrides = TINY_RM + [f"data.logs={collected['logs']}", "logger=[]"]
+    cfg = compose_config(overrides + ["trainer.max_steps=2"], tmp_path)  # "killed" after 2 steps
+    splits, _ = load_splits(cfg)
+    work = tmp_path / "work" / "garm"
+    _, first = train_one(cfg, "garm", splits, work, [])
+    checkpoint = torch.load(work / "ckpt" / "last.ckpt", weights_only=True)  # no pickle needed
+    assert first["steps"] == 2 and checkpoint["global_step"] == 2
+    assert all(k.startswith("model.") for k in checkpoint["state_dict"])  # trainable weights only
+    (work / "model" / "reward_model.json").unlink()  # as if killed before the model was saved
+    _, resumed = train_one(compose_config(overrides, tmp_path), "garm", splits, work, [])
+    steps_per_epoch = -(-len({p["group"] for p in splits["train"]}) // 4)
+    assert resumed["steps"] == 2 * steps_per_epoch  # continued to the end of the two epochs
+
+
 def test_config_errors_name_the_key(tmp_path):
     from clicks2pref.errors import ConfigError
     from clicks2pref.stages.rm import check_config

@@ -184,7 +184,8 @@ def markdown_report(report: dict) -> str:
     """Summary table (model × split) and the accuracy-by-confidence / by-perplexity decile tables."""
     kinds = report["kinds"]
     lines = ["## Reward models: accuracy and calibration", "",
-             "| model | split | pairs | accuracy | ECE | mean confidence | σ mean | train s |", "|---|---|---|---|---|---|---|---|"]
+             "| model | split | pairs | accuracy | ECE | mean confidence | σ mean | train s |",
+             "|---|---|---|---|---|---|---|---|"]
     for kind, res in kinds.items():
         for split, m in res["splits"].items():
             lines.append(f"| {kind} | {split} | {m['n_pairs']} | {_f(m.get('accuracy'))} | {_f(m.get('ece'), 4)} | "

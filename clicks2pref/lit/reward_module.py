@@ -111,8 +111,10 @@ class RewardModule(pl.LightningModule):
                    **{f"train_{k}": v for k, v in parts.items()}}
         if self.kind == "garm":
             sigma = out["sigma"].detach()
-            metrics.update(sigma_mean=sigma.mean(), sigma_std=sigma.std(unbiased=False), mu_std=out["mu"].detach().std(unbiased=False))
-        self.log_dict({f"{self.prefix}/{k}": v for k, v in metrics.items()}, on_step=True, on_epoch=False, batch_size=n)
+            metrics.update(sigma_mean=sigma.mean(), sigma_std=sigma.std(unbiased=False),
+                           mu_std=out["mu"].detach().std(unbiased=False))
+        self.log_dict({f"{self.prefix}/{k}": v for k, v in metrics.items()}, on_step=True, on_epoch=False,
+                      batch_size=n)
         return loss
 
     def on_before_optimizer_step(self, optimizer):

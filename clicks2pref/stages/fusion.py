@@ -86,7 +86,7 @@ def run(cfg, loggers=()) -> dict:
     from clicks2pref.stages import rm as rm_stage
     from clicks2pref.stages import sft as sft_stage
     from clicks2pref.stages.artifacts import artifact_path, atomic_dir
-    from clicks2pref.stages.grpo import check_config, logged_panels
+    from clicks2pref.stages.grpo import check_config, logged_panels, rm_models, sft_dir
     from clicks2pref.stages.sft import load_sft_policy
 
     check_config(cfg)
@@ -114,10 +114,10 @@ def run(cfg, loggers=()) -> dict:
         raise ClickLogError(f"fusion.weeks {list(fc.weeks)}: no impressions in those weeks (weeks present: "
                             f"{sorted({r['week'] for r in records})}); set fusion.weeks", str(source), field="fusion.weeks")
 
-    model, tok = load_sft_policy(inputs["sft"]["path"], cfg, merge=True)
+    model, tok = load_sft_policy(sft_dir(cfg, inputs), cfg, merge=True)
     template = cfg.prompt[inputs["sft"]["template"]]
     scorer = ReferenceScorer(model, tok, template, cfg.grpo.temperature, cfg.grpo.micro_batch_size)
-    resources = RewardResources((inputs.get("rm") or {}).get("models"), scorer, cfg.paths.model_cache)
+    resources = RewardResources(rm_models(cfg, inputs), scorer, cfg.paths.model_cache)
     components = build_components(cfg.rewards, resources)
     k = len(cfg.simulator.examination)
 

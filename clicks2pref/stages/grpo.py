@@ -147,6 +147,22 @@ def upstream(cfg, loggers, need_fusion: bool = True) -> dict:
     return out
 
 
+def sft_dir(cfg, inputs: dict) -> Path:
+    """The SFT artifact folder of this config (not the path recorded inside it: artifacts may be copied)."""
+    from clicks2pref.stages.artifacts import artifact_path
+
+    return artifact_path(cfg, "sft", inputs["sft"]["key"])
+
+
+def rm_models(cfg, inputs: dict) -> dict:
+    """kind -> trained reward-model folder of this config's stage=rm artifact."""
+    from clicks2pref.stages.artifacts import artifact_path
+
+    if "rm" not in inputs:
+        return {}
+    return {kind: str(artifact_path(cfg, "rm", inputs["rm"]["key"]) / kind) for kind in inputs["rm"]["models"]}
+
+
 def grpo_key(cfg, inputs: dict) -> str:
     from clicks2pref.stages.artifacts import stage_key
     from clicks2pref.stages.sft import logs_fingerprint
@@ -194,7 +210,7 @@ def load_policy(cfg, inputs: dict):
     if g.init not in INITS:
         raise ConfigError(f"grpo.init: unknown {g.init!r}; accepted: {', '.join(INITS)}")
     if g.init == "sft":
-        model, tok = load_sft_policy(inputs["sft"]["path"], cfg, merge=True)
+        model, tok = load_sft_policy(sft_dir(cfg, inputs), cfg, merge=True)
         template = inputs["sft"]["template"]
     else:
         from omegaconf import OmegaConf
@@ -390,8 +406,7 @@ def run(cfg, loggers=()) -> dict:
     ref_model = reference if reference is not None else model
     ref_context = model.disable_adapter if reference is None and hasattr(model, "disable_adapter") else None
     fused = inputs.get("fusion")
-    reward, tau = build_reward(cfg, ref_model, tok, template, ref_context, (inputs.get("rm") or {}).get("models"),
-                               fused, records)
+    reward, tau = build_reward(cfg, ref_model, tok, template, ref_context, rm_models(cfg, inputs), fused, records)
     log.info("grpo: reward = %s", reward.describe())
 
     k = len(cfg.simulator.examination)

@@ -29,7 +29,7 @@ log = logging.getLogger(__name__)
 
 def _variance_reg_init(self, kind: str = "kl_prior", **kwargs):
     self.kind = kind
-    setattr(self, "lambda", kwargs.pop("lambda", 1e-2))
+    setattr(self, "lambda", kwargs.pop("lambda", 0.1))
     if kwargs:
         raise TypeError(f"unexpected variance_reg keys: {', '.join(kwargs)}")
 
@@ -41,7 +41,7 @@ VarianceRegConfig = dataclass(init=False, repr=False, eq=False)(type("VarianceRe
     "__module__": __name__,
     "__annotations__": {"kind": str, "lambda": float},
     "kind": "kl_prior",
-    "lambda": 1e-2,
+    "lambda": 0.1,
     "__init__": _variance_reg_init,
 }))
 
@@ -58,7 +58,7 @@ class RewardLossConfig:
 
 @dataclass
 class RewardOptimConfig:
-    epochs: int = 3  # passes over the training pairs (sets the Trainer's max_epochs for this stage)
+    epochs: int = 2  # passes over the training pairs (sets the Trainer's max_epochs for this stage)
     groups_per_batch: int = 4  # panels per batch (all their pairs; ~3 suggestions each)
     lr: float = 2e-4  # LoRA adapters (or the whole backbone when lora is null)
     head_lr: float = 1e-3  # the μ/σ or reward head
@@ -100,7 +100,8 @@ def check_config(rm) -> None:
     from clicks2pref.errors import ConfigError
     from clicks2pref.objectives.gaussian import LIKELIHOODS, REGULARIZERS
 
-    checks = [("reward_model.kinds", list(rm.kinds), KINDS), ("reward_model.loss.likelihood", [rm.loss.likelihood], LIKELIHOODS),
+    checks = [("reward_model.kinds", list(rm.kinds), KINDS),
+              ("reward_model.loss.likelihood", [rm.loss.likelihood], LIKELIHOODS),
               ("reward_model.loss.variance_reg.kind", [rm.loss.variance_reg.kind], REGULARIZERS),
               ("reward_model.pairs.position_filter", [rm.pairs.position_filter], POSITION_FILTERS),
               ("reward_model.head.pooling", [rm.head.pooling], ("last", "mean"))]
@@ -196,7 +197,7 @@ def train_one(cfg, kind: str, splits: dict, work: Path, loggers) -> tuple[object
     return model, stats
 
 
-def markdown_pairs(splits: dict) -> str:
+def pair_counts(splits: dict) -> str:
     return ", ".join(f"{k} {len(v)}" for k, v in splits.items())
 
 
@@ -223,7 +224,7 @@ def run(cfg, loggers=()) -> dict:
 
     start = time.time()
     splits, notes = load_splits(cfg)
-    log.info("rm: pairs %s", markdown_pairs(splits))
+    log.info("rm: pairs %s", pair_counts(splits))
     ppl = reference_ppl(cfg, splits) if rm.calibration.reference_ppl else {}
     work = final.parent / f".work-{key}"
     report = {"key": key, "pairs": {k: len(v) for k, v in splits.items()}, "notes": notes, "kinds": {}}
@@ -261,8 +262,8 @@ def run(cfg, loggers=()) -> dict:
     written = write_report(report, out_dir)
 
     for kind, res in report["kinds"].items():
-        log_metrics(loggers, {f"rm/{kind}/{split}_{m}": float(v[m]) for split, v in res["splits"].items()
-                              for m in ("accuracy", "ece") if v.get("n_pairs")})
+        log_metrics(loggers, {f"rm/{kind}/{split}_{short}": float(v[m]) for split, v in res["splits"].items()
+                              for m, short in (("accuracy", "acc"), ("ece", "ece")) if v.get("n_pairs")})
         for split, v in res["splits"].items():
             if v.get("by_confidence"):
                 log_table(loggers, f"rm/{kind}/{split}/by_confidence",

@@ -14,7 +14,8 @@ SKIP = ("experiment", "paths.", "data.", "logger", "hydra.")  # overrides that o
 
 
 def rows(multirun: Path) -> list[str]:
-    out = ["| overrides | model | IID acc | IID ECE | OOD acc | OOD ECE | val acc | σ mean (IID) | max grad norm | train s |",
+    out = ["| overrides | model | IID acc | IID ECE | OOD acc | OOD ECE | val acc | σ mean (IID) | max grad norm "
+           "| train s |",
            "|---|---|---|---|---|---|---|---|---|---|"]
     for report in sorted(multirun.glob("*/calibration.json"), key=lambda p: int(p.parent.name)):
         overrides = (report.parent / ".hydra" / "overrides.yaml").read_text().splitlines()
