@@ -40,3 +40,7 @@ def log_table(loggers: Sequence, key: str, rows: list[dict[str, Any]]) -> None:
 def finalize(loggers: Sequence, status: str = "success") -> None:
     for lg in loggers:
         lg.finalize(status)
+        if type(lg).__name__ == "WandbLogger" and getattr(lg, "_experiment", None) is not None:
+            # Lightning leaves the W&B run open; finishing writes its summary (and an offline run's
+            # folder becomes complete for `wandb sync`) before the next job of a sweep starts its own
+            lg.experiment.finish(exit_code=0 if status == "success" else 1)

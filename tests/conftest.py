@@ -30,7 +30,7 @@ def compose_config(overrides: list[str], output_dir: Path):
 
 @pytest.fixture
 def cfg_smoke(tmp_path):
-    return compose_config(["experiment=smoke"], tmp_path)
+    return compose_config(["experiment=smoke", "stage=collect"], tmp_path)
 
 
 @pytest.fixture(scope="session")
@@ -63,7 +63,7 @@ def smoke_collect(tmp_path_factory):
     from clicks2pref.__main__ import run_stage
 
     out = tmp_path_factory.mktemp("smoke_collect")
-    cfg = compose_config(["experiment=smoke", "logger=csv"], out)
+    cfg = compose_config(["experiment=smoke", "stage=collect", "logger=csv"], out)
     return cfg, run_stage(cfg)
 
 

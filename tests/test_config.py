@@ -13,7 +13,7 @@ from tests.conftest import compose_config
 
 def test_default_config_composes_with_every_group(tmp_path):
     cfg = compose_config([], tmp_path)
-    assert cfg.stage.name == "collect" and cfg.policy.model.name == "smollm2-135m-instruct"
+    assert cfg.stage.name == "pipeline" and cfg.policy.model.name == "smollm2-135m-instruct"
     assert set(cfg.prompt) == {"concise", "engaging", "fewshot"}
     assert list(cfg.simulator.examination) == [0.9, 0.6, 0.4]
     assert cfg.trainer._target_ == "pytorch_lightning.Trainer"

@@ -36,7 +36,7 @@ class EvalConfig:
 
 
 def load_named_policy(cfg, name: str, loggers=()):
-    """(model, tokenizer, template name) for `baseline`, `sft`, `grpo` or a saved folder."""
+    """(model, tokenizer, template name, artifact metadata) for `baseline`, `sft`, `grpo` or a saved folder."""
     from omegaconf import OmegaConf
 
     from clicks2pref.errors import ModelNotFoundError
@@ -49,7 +49,7 @@ def load_named_policy(cfg, name: str, loggers=()):
         from clicks2pref.stages.sft import resolve_template
 
         model, tok = load_causal_lm(base, cfg.paths.model_cache, seed=cfg.seed)
-        return model, tok, template or resolve_template(cfg)
+        return model, tok, template or resolve_template(cfg), {}
     if name in ("sft", "grpo"):
         from clicks2pref.stages import grpo as grpo_stage, sft as sft_stage
 
@@ -61,20 +61,22 @@ def load_named_policy(cfg, name: str, loggers=()):
 
         meta = json.loads((folder / "sft.json").read_text())
         model, tok = load_sft_policy(folder, cfg, merge=True)
-        return model, tok, meta["template"]
+        return model, tok, meta["template"], meta
     if (folder / "grpo.json").exists():
         from clicks2pref.stages.grpo import load_grpo_policy
 
         meta = json.loads((folder / "grpo.json").read_text())
         model, tok = load_grpo_policy(folder, cfg)
-        return model, tok, meta["template"]
+        if meta.get("rl_logs"):  # recorded as an absolute path; the folder may have moved since
+            meta["rl_logs"] = str(folder / Path(meta["rl_logs"]).name)
+        return model, tok, meta["template"], meta
     if folder.exists():
         from dataclasses import replace
 
         from clicks2pref.stages.sft import resolve_template
 
         model, tok = load_causal_lm(replace(base, name=str(folder), lora=None), cfg.paths.model_cache)
-        return model, tok, resolve_template(cfg)
+        return model, tok, resolve_template(cfg), {}
     raise ModelNotFoundError(f"eval.policies: '{name}' is neither baseline, sft, grpo nor an existing folder")
 
 
@@ -140,11 +142,11 @@ def run(cfg, loggers=()) -> dict:
 
     results = {}
     for name in ev.policies:
-        model, tok, template = load_named_policy(cfg, name, loggers)
+        model, tok, template, meta = load_named_policy(cfg, name, loggers)
         m = evaluate_policy(model, tok, cfg.prompt[template], sim, contexts, cfg.policy.generation, cfg.seed,
                             ev.bootstrap_samples, ev.ci_level)
         panels = [parse_suggestions(o, k).suggestions for o in m["outputs"]]
-        m.update(template=template, distinct_2=distinct_n(panels, 2),
+        m.update(template=template, rl_logs=meta.get("rl_logs"), distinct_2=distinct_n(panels, 2),
                  mean_pairwise_cosine=diversity.mean_pairwise_cosine(panels))
         results[name] = m
         log.info("evaluate: %-10s oracle CTR %.4f [%.4f, %.4f] format %.2f", name, m["oracle_ctr"], m["ci_low"],
@@ -158,7 +160,8 @@ def run(cfg, loggers=()) -> dict:
                            for i in range(min(5, len(contexts)))],
               "per_context_ctr": {n: results[n]["per_context_ctr"] for n in results}}
     if ev.calibration:
-        report["calibration"] = calibration_section(cfg, loggers, out_dir)
+        ood = results["grpo"].get("rl_logs") if "grpo" in results else None
+        report["calibration"] = calibration_section(cfg, loggers, out_dir, ood)
     report["seconds"] = time.time() - start
 
     columns = ["policy", "oracle_ctr", "ci_low", "ci_high", "lift", "gsb", "format_rate", "distinct_2", "mean_cosine"]
@@ -177,9 +180,35 @@ def run(cfg, loggers=()) -> dict:
     return report
 
 
-def calibration_section(cfg, loggers, out_dir: Path) -> dict:
-    """The reward models' calibration report (IID week 4, OOD from the GRPO policy's logs when present)."""
+def calibration_section(cfg, loggers, out_dir: Path, ood_logs: Optional[str]) -> dict:
+    """The trained reward models' calibration report on the IID test week and, when there are logs from
+    another policy (`data.ood_logs`, else the GRPO policy's week of RL logs), on that OOD split."""
+    from clicks2pref.data.io import load_impressions, read_jsonl
+    from clicks2pref.data.pairs import build_pairs
+    from clicks2pref.eval.calibration_report import markdown_report, write_report
+    from clicks2pref.models.reward_heads import load_reward_model
     from clicks2pref.stages import rm as rm_stage
+    from clicks2pref.stages.artifacts import artifact_path
 
-    result = rm_stage.run(cfg, loggers)
-    return result.get("calibration", {})
+    trained = rm_stage.run(cfg, loggers)
+    folder = artifact_path(cfg, "rm", trained["key"])
+    splits = {"iid": read_jsonl(folder / "pairs" / "iid.jsonl")}
+    pcfg = cfg.reward_model.pairs
+    notes = [f"IID: week(s) {list(pcfg.test_weeks)} of the training logs ({pcfg.position_filter} pairs)"]
+    source = cfg.data.ood_logs or ood_logs
+    if source:
+        ood = build_pairs(load_impressions(source, cfg.data.on_invalid), pcfg.position_filter)
+        splits["ood"] = [p for p in ood if pcfg.ood_weeks is None or p["week"] in set(pcfg.ood_weeks)]
+        notes.append(f"OOD: {source} (policies {sorted({p.get('policy', '?') for p in splits['ood']}) or '-'})")
+    else:
+        notes.append("no OOD split: no data.ood_logs and no RL logs from the GRPO stage")
+    ppl = rm_stage.reference_ppl(cfg, splits) if cfg.reward_model.calibration.reference_ppl else {}
+    report = {"key": trained["key"], "pairs": {k: len(v) for k, v in splits.items()}, "notes": notes, "kinds": {}}
+    for kind in cfg.reward_model.kinds:
+        model = load_reward_model(folder / kind, cfg.paths.model_cache)
+        report["kinds"][kind] = {"train_seconds": trained["train_seconds"][kind],
+                                 "splits": rm_stage.calibrate(cfg, model, splits, ppl)}
+        del model
+    write_report(report, out_dir)
+    print("\n" + markdown_report(report))
+    return report

@@ -233,6 +233,50 @@ def load_policy(cfg, inputs: dict):
     return model, tok, template, reference
 
 
+def load_grpo_policy(path, cfg):
+    """(model, tokenizer) of a GRPO artifact folder (`artifacts/grpo/<key>`), adapters merged.
+
+    The adapters in `policy/` sit on the weights GRPO started from: the merged SFT policy recorded in
+    `grpo.json` (resolved under this config's artifact root) or the base policy model.
+    """
+    from clicks2pref.errors import ModelNotFoundError
+    from clicks2pref.models.registry import _from_pretrained, load_causal_lm, load_tokenizer
+    from clicks2pref.stages.artifacts import artifact_path
+    from clicks2pref.stages.sft import _dtype, load_sft_policy
+
+    path = Path(path)
+    meta_file = path / "grpo.json"
+    if not meta_file.exists():
+        raise ModelNotFoundError(f"{path} is not a GRPO artifact (no grpo.json); pass artifacts/grpo/<key> "
+                                 "from `python -m clicks2pref stage=grpo`")
+    meta = json.loads(meta_file.read_text())
+    policy = path / "policy"
+    if not (policy / "adapter_config.json").exists():  # full fine-tuning saved the whole model
+        from transformers import AutoModelForCausalLM
+
+        from omegaconf import OmegaConf
+
+        base = OmegaConf.to_object(cfg.policy.model)
+        tok = load_tokenizer(replace(base, name=str(policy), lora=None), cfg.paths.model_cache)
+        return _from_pretrained(AutoModelForCausalLM, str(policy), dtype=_dtype(base.dtype)), tok
+    if meta["init"] == "sft":
+        sft = artifact_path(cfg, "sft", meta["inputs"]["sft"])
+        if not (sft / "sft.json").exists():
+            raise ModelNotFoundError(f"{path}: its SFT policy {sft} is missing (GRPO adapters need the weights "
+                                     "they were trained on); run stage=sft with the same config or copy it there")
+        model, tok = load_sft_policy(sft, cfg, merge=True)
+    else:
+        from omegaconf import OmegaConf
+
+        model, tok = load_causal_lm(replace(OmegaConf.to_object(cfg.policy.model), lora=None), cfg.paths.model_cache,
+                                    seed=cfg.seed)
+    from peft import PeftModel
+
+    model = PeftModel.from_pretrained(model, str(policy)).merge_and_unload()
+    model.generation_config.pad_token_id = tok.pad_token_id
+    return model, tok
+
+
 # --- evaluation ----------------------------------------------------------------------------------
 
 

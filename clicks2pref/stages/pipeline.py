@@ -15,6 +15,9 @@ STAGES = ("collect", "sft", "rm", "fusion", "grpo", "evaluate")
 def run(cfg, loggers=()) -> dict:
     results, seconds = {}, {}
     for name in STAGES:
+        if name == "collect" and cfg.data.logs:
+            log.info("pipeline: collect skipped, click logs from data.logs=%s", cfg.data.logs)
+            continue
         start = time.time()
         log.info("pipeline: %s", name)
         results[name] = get_method(f"clicks2pref.stages.{name}.run")(cfg, loggers)

@@ -197,14 +197,31 @@ def train_one(cfg, kind: str, splits: dict, work: Path, loggers) -> tuple[object
     return model, stats
 
 
+def calibrate(cfg, model, splits: dict, ppl: dict) -> dict:
+    """split -> accuracy, ECE, reliability bins and decile tables of one reward model (SPEC 5.6)."""
+    from clicks2pref.eval.calibration_report import calibration_metrics, pair_log_ppl, pair_predictions
+
+    cal = cfg.reward_model.calibration
+    out = {}
+    for split in ("val", "iid", "ood"):
+        if split not in splits:
+            continue
+        if not splits[split]:  # e.g. OOD logs in which nobody clicked below the top position
+            out[split] = {"n_pairs": 0}
+            continue
+        pred = pair_predictions(model, splits[split], cal.batch_size)
+        log_ppl = pair_log_ppl(splits[split], ppl) if ppl and split != "val" else None
+        out[split] = calibration_metrics(pred, cal.n_bins, cal.n_deciles, log_ppl)
+    return out
+
+
 def pair_counts(splits: dict) -> str:
     return ", ".join(f"{k} {len(v)}" for k, v in splits.items())
 
 
 def run(cfg, loggers=()) -> dict:
     from clicks2pref.data.io import write_jsonl
-    from clicks2pref.eval.calibration_report import calibration_metrics, markdown_report, pair_log_ppl, \
-        pair_predictions, write_report
+    from clicks2pref.eval.calibration_report import markdown_report, write_report
     from clicks2pref.loggers import log_metrics, log_table
     from clicks2pref.stages.artifacts import artifact_path, atomic_dir
 
@@ -234,13 +251,7 @@ def run(cfg, loggers=()) -> dict:
         for kind in rm.kinds:
             model, stats = train_one(cfg, kind, splits, work / kind, loggers)
             eval_start = time.time()
-            res = {**stats, "splits": {}}
-            for split in ("val", "iid", "ood"):
-                if split not in splits:
-                    continue
-                pred = pair_predictions(model, splits[split], rm.calibration.batch_size)
-                log_ppl = pair_log_ppl(splits[split], ppl) if ppl and split != "val" else None
-                res["splits"][split] = calibration_metrics(pred, rm.calibration.n_bins, rm.calibration.n_deciles, log_ppl)
+            res = {**stats, "splits": calibrate(cfg, model, splits, ppl)}
             res["eval_seconds"] = time.time() - eval_start
             report["kinds"][kind] = res
             shutil.copytree(work / kind / "model", tmp / kind)

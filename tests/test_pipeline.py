@@ -1,0 +1,83 @@
+"""`stage=pipeline` end to end on the smoke logs with tiny models: every stage, the results table, the
+evaluation report with the reward models' calibration on the GRPO policy's logs, a second run that
+reuses every artifact, the calibration notebook on the run folder and a W&B offline run."""
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+from omegaconf import open_dict
+
+from tests.conftest import compose_config
+from tests.test_grpo_stage import SMOKE_GRPO
+from tests.test_report import run_notebook
+
+PIPELINE = SMOKE_GRPO + ["stage=pipeline", "eval.max_contexts=3", "eval.bootstrap_samples=100",
+                         "eval.diversity_embedder=lexical"]
+
+
+@pytest.fixture(scope="module")
+def pipeline_run(smoke_collect, tmp_path_factory):
+    from clicks2pref.__main__ import run_stage
+
+    _, collected = smoke_collect
+    out = tmp_path_factory.mktemp("pipeline")
+    os.environ["WANDB_SILENT"] = "true"
+    cfg = compose_config(PIPELINE + [f"data.logs={collected['logs']}", "logger=wandb", "logger.wandb.offline=true"],
+                         out)
+    return cfg, run_stage(cfg), out
+
+
+def test_pipeline_runs_every_stage_and_prints_the_results_table(pipeline_run, capsys):
+    cfg, result, out = pipeline_run
+    assert set(result["seconds"]) == {"sft", "rm", "fusion", "grpo", "evaluate"}  # collect: data.logs given
+    evaluation = json.loads((out / "evaluation.json").read_text())
+    rows = {r["policy"]: r for r in evaluation["rows"]}
+    assert set(rows) == {"baseline", "sft", "grpo"} and evaluation["contexts"] == 3
+    base = rows["baseline"]  # the reference against itself
+    assert base["gsb"] == 0.0 and base["diff_ci_low"] == base["diff_ci_high"] == 0.0
+    assert all(0.0 <= r["ci_low"] <= r["oracle_ctr"] <= r["ci_high"] <= 1.0 for r in rows.values())
+    assert (out / "ctr.png").stat().st_size > 0 and "| grpo |" in (out / "results.md").read_text()
+    # the reward models' calibration on the IID week and on the GRPO policy's week of logs (OOD)
+    calibration = json.loads((out / "calibration.json").read_text())
+    assert set(calibration["kinds"]) == set(cfg.reward_model.kinds)
+    assert {"iid", "ood"} <= set(calibration["kinds"]["garm"]["splits"])
+    assert any("rl_week" in n for n in calibration["notes"])
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["eval/grpo/oracle_ctr"] == rows["grpo"]["oracle_ctr"]
+
+
+def test_wandb_offline_run_holds_the_logged_metrics(pipeline_run):
+    _, _, out = pipeline_run
+    runs = list((out / "wandb").glob("offline-run-*"))
+    assert len(runs) == 1
+    records = next(runs[0].glob("run-*.wandb")).read_bytes()  # the run's record log, what `wandb sync` uploads
+    for key in (b"eval/grpo/oracle_ctr", b"grpo/reward", b"sft/train_loss", b"rm/garm/iid_acc"):
+        assert key in records
+
+
+def test_second_run_reuses_every_artifact(pipeline_run, tmp_path, caplog):
+    import logging
+
+    from clicks2pref.__main__ import run_stage
+
+    cfg, first, out = pipeline_run
+    artifacts = Path(cfg.paths.artifacts_dir)
+    before = {p: p.stat().st_mtime for p in artifacts.glob("*/*")}
+    again = compose_config(PIPELINE + [f"data.logs={cfg.data.logs}", "logger=csv"], tmp_path)
+    with open_dict(again):
+        again.paths.root_dir = str(out)  # the first run's artifacts
+    with caplog.at_level(logging.INFO):
+        second = run_stage(again)
+    reused = {r.getMessage().split(":")[0] for r in caplog.records if ": reusing " in r.getMessage()}
+    assert {"sft", "rm", "fusion", "grpo"} <= reused
+    assert {p: p.stat().st_mtime for p in artifacts.glob("*/*")} == before  # nothing new, nothing rewritten
+    rows = lambda r: {x["policy"]: x["oracle_ctr"] for x in r["stages"]["evaluate"]["rows"]}  # noqa: E731
+    assert rows(second) == rows(first)
+
+
+def test_calibration_notebook_runs_on_the_pipeline_folder(pipeline_run):
+    _, _, out = pipeline_run
+    run_notebook("calibration.ipynb", {"RUN_DIR": str(out)})
