@@ -3,8 +3,11 @@ from __future__ import annotations
 
 import logging
 import sys
+import traceback
 
 import hydra
+from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
 from hydra.utils import get_method
 from omegaconf import DictConfig, OmegaConf
 
@@ -22,7 +25,7 @@ def run_stage(cfg: DictConfig):
     from clicks2pref.loggers import finalize, instantiate_loggers, log_config
 
     pl.seed_everything(cfg.seed, workers=True, verbose=False)
-    loggers = instantiate_loggers(cfg.logger)
+    loggers = instantiate_loggers(cfg.logger, cfg.task_name)
     log_config(loggers, cfg)
     status = "failed"
     try:
@@ -36,12 +39,28 @@ def run_stage(cfg: DictConfig):
 @hydra.main(version_base="1.3", config_path="../conf", config_name="config")
 def _main(cfg: DictConfig):
     log.info("config:\n%s", OmegaConf.to_yaml(cfg, resolve=False))
+    sweep_job = HydraConfig.get().mode == RunMode.MULTIRUN
     try:
         run_stage(cfg)
     except Clicks2PrefError as e:  # the user's input: one clear line, no traceback
         log.error("%s", e)
         print(f"error: {e}", file=sys.stderr)
+        if sweep_job:
+            _record_failure(cfg, f"error: {e}\n")
+            return
         sys.exit(1)
+    except Exception:
+        if not sweep_job:
+            raise
+        # one broken job must not stop a sweep: record it (the report lists it as failed) and go on
+        log.exception("job failed; the sweep continues")
+        _record_failure(cfg, traceback.format_exc())
+
+
+def _record_failure(cfg: DictConfig, text: str) -> None:
+    from pathlib import Path
+
+    (Path(cfg.paths.output_dir) / "error.txt").write_text(text)
 
 
 def main():

@@ -7,8 +7,28 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 
-def instantiate_loggers(cfg: DictConfig | dict) -> list:
-    return [instantiate(spec) for spec in (cfg or {}).values() if spec is not None and "_target_" in spec]
+def instantiate_loggers(cfg: DictConfig | dict, task_name: str = "clicks2pref") -> list:
+    loggers = []
+    for spec in (cfg or {}).values():
+        if spec is None or "_target_" not in spec:
+            continue
+        kwargs = {}
+        if spec["_target_"].endswith("WandbLogger") and spec.get("group") is None:
+            kwargs["group"] = run_group(task_name)
+        loggers.append(instantiate(spec, **kwargs))
+    return loggers
+
+
+def run_group(task_name: str) -> str:
+    """`<task>/<multirun folder>` for a sweep's jobs (one W&B group per sweep), else `<task>`."""
+    from pathlib import Path
+
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+
+    if HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN:
+        return f"{task_name}/{Path(HydraConfig.get().runtime.output_dir).parent.name}"
+    return task_name
 
 
 def log_config(loggers: Sequence, cfg: DictConfig) -> None:

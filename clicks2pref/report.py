@@ -18,6 +18,15 @@ import yaml
 HEADLINE = ("oracle_ctr", "gsb", "format_rate", "val_acc", "ece", "accuracy")
 
 
+def write_job_metrics(cfg, stage: str, metrics: dict) -> None:
+    """The run folder's flat `metrics.json` (one report row), written only by the job's own stage: a stage
+    that another one runs first (sft before grpo, say) leaves the row to the stage that was asked for."""
+    if cfg.stage.name == stage:
+        out = Path(cfg.paths.output_dir)
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "metrics.json").write_text(json.dumps(metrics, indent=2))
+
+
 def job_rows(sweep: Path) -> list[dict]:
     rows = []
     for job in sorted((p for p in sweep.iterdir() if p.is_dir() and p.name.isdigit()), key=lambda p: int(p.name)):
@@ -25,12 +34,14 @@ def job_rows(sweep: Path) -> list[dict]:
             job / ".hydra" / "overrides.yaml").exists() else []
         row = {"job": int(job.name)}
         row.update(dict(o.split("=", 1) for o in overrides if "=" in o))
-        metrics = job / "metrics.json"
+        metrics, error = job / "metrics.json", job / "error.txt"
         if metrics.exists():
             row.update(json.loads(metrics.read_text()))
-            row["status"] = "ok"
+        if error.exists():  # written by a job that raised (the sweep went on without it)
+            last = error.read_text().strip().splitlines()[-1:]
+            row["status"] = f"failed: {last[0][:120]}" if last else "failed"
         else:
-            row["status"] = "failed"
+            row["status"] = "ok" if metrics.exists() else "failed"
         rows.append(row)
     return rows
 
@@ -73,15 +84,37 @@ def _plot(sweep: Path, metric: str, labels: list[str], values: list) -> Path:
     return path
 
 
+def wandb_report(sweep: Path, project: str, rows: list[dict]) -> str:
+    """A W&B report of the sweep (its jobs logged with `logger=wandb` form the group
+    `<task>/<multirun folder>`): the table, one bar chart per headline metric and the runs. Returns the URL."""
+    import wandb_workspaces.reports.v2 as wr
+
+    entity, _, name = project.rpartition("/")
+    group = f"{sweep.parent.parent.name}/{sweep.name}"
+    metrics = [c for c in dict.fromkeys(k for r in rows for k in r) if any(c.endswith(h) for h in HEADLINE)]
+    runs = wr.Runset(entity=entity, project=name, name=group, filters=f"Metric('Group') = '{group}'")
+    report = wr.Report(project=name, entity=entity, title=f"clicks2pref sweep {group}", blocks=[
+        wr.H1(f"Sweep {group}"),
+        wr.MarkdownBlock((sweep / "report.md").read_text()),
+        wr.PanelGrid(runsets=[runs], panels=[wr.BarPlot(title=m, metrics=[m]) for m in metrics]),
+    ])
+    report.save()
+    return report.url
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(prog="python -m clicks2pref.report", description=__doc__.splitlines()[0])
     ap.add_argument("sweep", type=Path, help="a multirun folder (logs/<task>/multiruns/<time>)")
+    ap.add_argument("--wandb", metavar="[ENTITY/]PROJECT", help="also build a W&B report of the sweep's runs "
+                    "(logged with logger=wandb, online; needs `wandb login`)")
     args = ap.parse_args(argv)
     if not args.sweep.is_dir():
         print(f"error: {args.sweep} is not a folder", file=sys.stderr)
         return 2
     for path in write_report(args.sweep):
         print(path)
+    if args.wandb:
+        print(f"W&B report: {wandb_report(args.sweep, args.wandb, job_rows(args.sweep))}")
     return 0
 
 

@@ -61,3 +61,16 @@ def test_group_file_with_unknown_key_fails(tmp_path):
     with initialize_config_dir(str(conf), version_base="1.3"):
         with pytest.raises((ConfigCompositionException, ConfigKeyError, ValidationError), match="examinaton"):
             compose("config")
+
+
+@pytest.mark.parametrize("experiment", ["smoke", "table3", "table4", "lambda_sweep", "rm_compare", "paper_scale"])
+def test_every_experiment_composes(tmp_path, experiment):
+    cfg = compose_config([f"experiment={experiment}"], tmp_path)
+    assert experiment in cfg.tags
+
+
+def test_paper_scale_points_every_model_at_the_hub_on_gpus(tmp_path):
+    cfg = compose_config(["experiment=paper_scale"], tmp_path)
+    assert cfg.trainer.accelerator == "gpu" and cfg.trainer.precision == "bf16-mixed"
+    assert cfg.policy.model.name.startswith("Qwen/") and cfg.teacher.model.name == "Qwen/Qwen3-32B"
+    assert cfg.reward_model.backbone.name == "Qwen/Qwen3-8B" and cfg.sft.method == "qlora"

@@ -70,3 +70,22 @@ def test_notebooks_run_on_report_files(tmp_path, kinds):
     write_report(report, tmp_path / "rm")
     run_notebook("calibration.ipynb", {"RUN_DIR": str(tmp_path / "rm")})
     run_notebook("ablations.ipynb", {"SWEEP_DIR": str(fake_sweep(tmp_path))})
+
+
+def test_joblib_sweep_keeps_going_past_a_failed_job_and_reports_it(tmp_path):
+    """Two collect jobs in parallel processes (tiny random policy): the first fails, the second completes,
+    and the report lists both."""
+    import subprocess
+    import sys
+
+    sweep = tmp_path / "sweep"
+    cmd = [sys.executable, "-m", "clicks2pref", "-m", "stage=collect", "experiment=smoke", "policy=tiny",
+           "prompt=[concise]", "collect.contexts_per_template=-1,1", "collect.weeks=1", "collect.sessions_per_week=2",
+           "collect.users_per_panel=2", "hydra/launcher=joblib", "hydra.launcher.n_jobs=2",
+           f"paths.root_dir={tmp_path}", f"hydra.sweep.dir={sweep}"]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "Sample larger than population" in (sweep / "0" / "error.txt").read_text()
+    assert json.loads((sweep / "1" / "metrics.json").read_text())["collect/impressions"] == 0  # random policy
+    rows = job_rows(sweep)
+    assert rows[0]["status"].startswith("failed: ValueError") and rows[1]["status"] == "ok"

@@ -84,11 +84,19 @@ def markdown_table(rows: list[dict], columns: list[str]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def flat_metrics(result: dict) -> dict:
+    return {"collect/impressions": sum(w["impressions"] for w in result["weeks"]),
+            "collect/best_ctr": max(r["oracle_ctr"] for r in result["templates"]),
+            **{f"collect/{r['template']}_oracle_ctr": r["oracle_ctr"] for r in result["templates"]},
+            **{f"collect/week{w['week']}_ctr": w["ctr"] for w in result["weeks"]}}
+
+
 def run(cfg, loggers=()) -> dict:
     from clicks2pref.data.io import write_impressions
     from clicks2pref.data.simulator import build_simulator, split_contexts
     from clicks2pref.loggers import log_metrics, log_table
     from clicks2pref.models.registry import load_causal_lm
+    from clicks2pref.report import write_job_metrics
     from clicks2pref.stages.artifacts import artifact_path, atomic_dir, stage_key
 
     if not cfg.prompt:
@@ -100,6 +108,7 @@ def run(cfg, loggers=()) -> dict:
         log.info("collect: reusing %s", final)
         result = json.loads((final / "templates.json").read_text())
         (out_dir / "templates.md").write_text((final / "templates.md").read_text())
+        write_job_metrics(cfg, "collect", flat_metrics(result))
         return result
 
     start = time.time()
@@ -133,9 +142,8 @@ def run(cfg, loggers=()) -> dict:
     (out_dir / "collect.json").write_text(json.dumps(result, indent=2))
 
     log_table(loggers, "collect/templates", [{c: r[c] for c in columns} for r in rows])
-    log_metrics(loggers, {"collect/impressions": sum(w["impressions"] for w in weeks),
-                          "collect/best_ctr": max(r["oracle_ctr"] for r in rows),
-                          **{f"collect/week{w['week']}_ctr": w["ctr"] for w in weeks}})
+    log_metrics(loggers, flat_metrics(result))
+    write_job_metrics(cfg, "collect", flat_metrics(result))
     print(f"\nPrompt templates (oracle CTR on {rows[0]['n_contexts']} validation contexts):\n")
     print(markdown_table(rows, columns))
     print(f"best: {best}; {sum(w['impressions'] for w in weeks)} impressions in {len(weeks)} weeks -> {final}")

@@ -85,6 +85,7 @@ def run(cfg, loggers=()) -> dict:
     from clicks2pref.rewards.rule import RuleReward
     from clicks2pref.stages import rm as rm_stage
     from clicks2pref.stages import sft as sft_stage
+    from clicks2pref.report import write_job_metrics
     from clicks2pref.stages.artifacts import artifact_path, atomic_dir
     from clicks2pref.stages.grpo import check_config, logged_panels, rm_models, sft_dir
     from clicks2pref.stages.sft import load_sft_policy
@@ -103,6 +104,7 @@ def run(cfg, loggers=()) -> dict:
         log.info("fusion: reusing %s", final)
         result = json.loads((final / "fusion_weights.json").read_text())
         (out_dir / "fusion_weights.json").write_text(json.dumps(result, indent=2))
+        write_job_metrics(cfg, "fusion", flat_metrics(result))
         return result
 
     start = time.time()
@@ -167,13 +169,18 @@ def run(cfg, loggers=()) -> dict:
     with atomic_dir(final) as tmp:
         (tmp / "fusion_weights.json").write_text(json.dumps(result, indent=2))
     (out_dir / "fusion_weights.json").write_text(json.dumps(result, indent=2))
-    log_metrics(loggers, {**{f"fusion/weight/{n}": w for n, w in result["weights"].items()},
-                          "fusion/auc": result["chosen"]["auc"], "fusion/stage_one_auc": result["stage_one"]["auc"]})
+    log_metrics(loggers, flat_metrics(result))
+    write_job_metrics(cfg, "fusion", flat_metrics(result))
     print(f"\nfusion ({cfg.rewards.name}): stage one {_fmt(result['stage_one']['weights'])} (click AUC "
           f"{result['stage_one']['auc']:.3f}); chosen {_fmt(result['weights'])} (AUC {result['chosen']['auc']:.3f}, "
           f"rule pass {result['chosen']['rule_pass']:.2f}, in-distribution {result['chosen']['in_distribution']:.2f}); "
           f"τ {tau:.3f}; {len(result['front'])} Pareto points of {result['grid_size']} -> {final}")
     return result
+
+
+def flat_metrics(result: dict) -> dict:
+    return {**{f"fusion/weight/{n}": w for n, w in result["weights"].items()},
+            "fusion/auc": result["chosen"]["auc"], "fusion/stage_one_auc": result["stage_one"]["auc"]}
 
 
 def _fmt(weights: dict) -> str:

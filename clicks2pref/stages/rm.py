@@ -215,6 +215,19 @@ def calibrate(cfg, model, splits: dict, ppl: dict) -> dict:
     return out
 
 
+def flat_metrics(result: dict) -> dict:
+    """rm/<kind>/<split>_acc, _ece, _sigma_mean (GaRM) and the largest gradient norm, per trained model."""
+    out = {}
+    for kind, splits in result["metrics"].items():
+        for split, m in splits.items():
+            if m.get("n_pairs"):
+                out.update({f"rm/{kind}/{split}_acc": m["accuracy"], f"rm/{kind}/{split}_ece": m["ece"]})
+                if m.get("sigma_mean") is not None:
+                    out[f"rm/{kind}/{split}_sigma_mean"] = m["sigma_mean"]
+        out[f"rm/{kind}/max_grad_norm"] = result["max_grad_norm"][kind]
+    return out
+
+
 def pair_counts(splits: dict) -> str:
     return ", ".join(f"{k} {len(v)}" for k, v in splits.items())
 
@@ -223,6 +236,7 @@ def run(cfg, loggers=()) -> dict:
     from clicks2pref.data.io import write_jsonl
     from clicks2pref.eval.calibration_report import markdown_report, write_report
     from clicks2pref.loggers import log_metrics, log_table
+    from clicks2pref.report import write_job_metrics
     from clicks2pref.stages.artifacts import artifact_path, atomic_dir
 
     rm = cfg.reward_model
@@ -236,6 +250,7 @@ def run(cfg, loggers=()) -> dict:
         for f in reports + [p.name for p in final.glob("reliability_*.png")]:
             shutil.copyfile(final / f, out_dir / f)
         result = json.loads((final / "rm.json").read_text())
+        write_job_metrics(cfg, "rm", flat_metrics(result))
         print((final / "calibration.md").read_text())
         return result
 
@@ -272,9 +287,9 @@ def run(cfg, loggers=()) -> dict:
     shutil.rmtree(work, ignore_errors=True)
     written = write_report(report, out_dir)
 
+    log_metrics(loggers, flat_metrics(result))
+    write_job_metrics(cfg, "rm", flat_metrics(result))
     for kind, res in report["kinds"].items():
-        log_metrics(loggers, {f"rm/{kind}/{split}_{short}": float(v[m]) for split, v in res["splits"].items()
-                              for m, short in (("accuracy", "acc"), ("ece", "ece")) if v.get("n_pairs")})
         for split, v in res["splits"].items():
             if v.get("by_confidence"):
                 log_table(loggers, f"rm/{kind}/{split}/by_confidence",
