@@ -115,3 +115,10 @@ def test_table4_multirun_at_smoke_size(smoke_collect, tmp_path):
     assert set(by_name["no_fusion"]["weights"].values()) == {0.2}
     rows = [summary_row(r) for r in results]
     assert all(0 <= row["oracle_ctr"] <= 1 and -100 <= row["gsb"] <= 100 for row in rows)
+    # the sweep report and the ablations notebook on this sweep's folders
+    from clicks2pref.report import job_rows, main as report_main
+    from tests.test_report import run_notebook
+
+    assert report_main([str(tmp_path / "sweep")]) == 0
+    assert [r["status"] for r in job_rows(tmp_path / "sweep")] == ["ok"] * 8
+    run_notebook("ablations.ipynb", {"SWEEP_DIR": str(tmp_path / "sweep")})

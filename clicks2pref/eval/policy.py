@@ -22,3 +22,53 @@ def evaluate_policy(model, tok, template: PromptTemplate, sim, contexts: Sequenc
     return {"oracle_ctr": est.mean, "ci_low": est.low, "ci_high": est.high,
             "format_rate": sum(p.well_formed for p in parsed) / max(len(parsed), 1), "n_contexts": est.n,
             "per_context_ctr": ctr.tolist(), "outputs": outs}
+
+
+def baseline_id(cfg) -> str:
+    """The prompted base policy's identity in the evaluation cache: its model config."""
+    import json
+
+    from omegaconf import OmegaConf
+
+    return "base:" + json.dumps(OmegaConf.to_container(cfg.policy.model, resolve=True), sort_keys=True)
+
+
+def evaluation_key(cfg, policy_id: str, template: PromptTemplate, split: str, contexts: Sequence[tuple[str, str]],
+                   bootstrap_samples: int, ci_level: float) -> str:
+    """Hash of everything an evaluation depends on: the policy's identity (a stage artifact key, or the
+    base model's config), the template, the held-out contexts, the simulator, generation and seed."""
+    import hashlib
+    import json
+
+    from omegaconf import OmegaConf
+
+    def plain(x):
+        return OmegaConf.to_container(x, resolve=True) if OmegaConf.is_config(x) else (
+            vars(x) if hasattr(x, "__dict__") else x)
+
+    parts = {"policy": policy_id, "template": plain(template), "split": split, "contexts": [list(c) for c in contexts],
+             "simulator": plain(cfg.simulator), "generation": plain(cfg.policy.generation), "seed": cfg.seed,
+             "bootstrap_samples": bootstrap_samples, "ci_level": ci_level}
+    return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:12]
+
+
+def cached_evaluation(cfg, policy_id: str, load_model, template: PromptTemplate, sim, split: str,
+                      contexts: Sequence[tuple[str, str]], bootstrap_samples: int, ci_level: float) -> dict:
+    """`evaluate_policy` once per (policy, contexts, settings): the result is kept in
+    `artifacts/eval/<key>.json`, so the sft, grpo and evaluate stages (and every job of a sweep) score
+    each policy once. `load_model()` -> (model, tokenizer) runs only on a miss; `cache=off` recomputes."""
+    import json
+    from pathlib import Path
+
+    from clicks2pref.data.io import atomic_write_text
+
+    key = evaluation_key(cfg, policy_id, template, split, contexts, bootstrap_samples, ci_level)
+    path = Path(cfg.paths.artifacts_dir) / "eval" / f"{key}.json"
+    if cfg.cache and path.exists():
+        return json.loads(path.read_text())
+    model, tok = load_model()
+    result = evaluate_policy(model, tok, template, sim, contexts, cfg.policy.generation, cfg.seed,
+                             bootstrap_samples, ci_level)
+    result["policy_id"] = policy_id
+    atomic_write_text(json.dumps(result), path)
+    return result

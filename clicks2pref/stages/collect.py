@@ -22,7 +22,7 @@ class CollectConfig:
     contexts_per_template: int = 60
     weeks: int = 4
     sessions_per_week: int = 80
-    users_per_panel: int = 6
+    users_per_panel: int = 24
     bootstrap_samples: int = 1000
     ci_level: float = 0.95
     policy_name: Optional[str] = None

@@ -35,48 +35,47 @@ class EvalConfig:
     calibration: bool = True
 
 
-def load_named_policy(cfg, name: str, loggers=()):
-    """(model, tokenizer, template name, artifact metadata) for `baseline`, `sft`, `grpo` or a saved folder."""
+def policy_source(cfg, name: str, loggers=()):
+    """(identity in the evaluation cache, load() -> (model, tokenizer), template name, artifact metadata)
+    for `baseline`, `sft`, `grpo` (their stages run or are reused) or a saved folder."""
     from omegaconf import OmegaConf
 
     from clicks2pref.errors import ModelNotFoundError
+    from clicks2pref.eval.policy import baseline_id
     from clicks2pref.models.registry import load_causal_lm
-    from clicks2pref.stages import collect as collect_stage
+    from clicks2pref.stages.artifacts import artifact_path
+    from clicks2pref.stages.sft import resolve_template
 
     base = OmegaConf.to_object(cfg.policy.model)
     if name == "baseline":
-        template = collect_stage.run(cfg, loggers)["best_template"] if not cfg.data.logs else None
-        from clicks2pref.stages.sft import resolve_template
+        from clicks2pref.stages import collect as collect_stage
 
-        model, tok = load_causal_lm(base, cfg.paths.model_cache, seed=cfg.seed)
-        return model, tok, template or resolve_template(cfg), {}
+        template = collect_stage.run(cfg, loggers)["best_template"] if not cfg.data.logs else resolve_template(cfg)
+        return baseline_id(cfg), lambda: load_causal_lm(base, cfg.paths.model_cache, seed=cfg.seed), template, {}
     if name in ("sft", "grpo"):
         from clicks2pref.stages import grpo as grpo_stage, sft as sft_stage
 
-        folder = Path((sft_stage if name == "sft" else grpo_stage).run(cfg, loggers)["path"])
+        folder = artifact_path(cfg, name, (sft_stage if name == "sft" else grpo_stage).run(cfg, loggers)["key"])
     else:
         folder = Path(name).expanduser()
     if (folder / "sft.json").exists():
         from clicks2pref.stages.sft import load_sft_policy
 
         meta = json.loads((folder / "sft.json").read_text())
-        model, tok = load_sft_policy(folder, cfg, merge=True)
-        return model, tok, meta["template"], meta
+        return f"sft:{meta['key']}", lambda: load_sft_policy(folder, cfg, merge=True), meta["template"], meta
     if (folder / "grpo.json").exists():
         from clicks2pref.stages.grpo import load_grpo_policy
 
         meta = json.loads((folder / "grpo.json").read_text())
-        model, tok = load_grpo_policy(folder, cfg)
         if meta.get("rl_logs"):  # recorded as an absolute path; the folder may have moved since
             meta["rl_logs"] = str(folder / Path(meta["rl_logs"]).name)
-        return model, tok, meta["template"], meta
-    if folder.exists():
+        return f"grpo:{meta['key']}", lambda: load_grpo_policy(folder, cfg), meta["template"], meta
+    if folder.is_dir():
         from dataclasses import replace
 
-        from clicks2pref.stages.sft import resolve_template
-
-        model, tok = load_causal_lm(replace(base, name=str(folder), lora=None), cfg.paths.model_cache)
-        return model, tok, resolve_template(cfg), {}
+        stamp = max((p.stat().st_mtime_ns for p in folder.rglob("*") if p.is_file()), default=0)
+        load = lambda: load_causal_lm(replace(base, name=str(folder), lora=None), cfg.paths.model_cache)  # noqa: E731
+        return f"path:{folder.resolve()}@{stamp}", load, resolve_template(cfg), {}
     raise ModelNotFoundError(f"eval.policies: '{name}' is neither baseline, sft, grpo nor an existing folder")
 
 
@@ -121,7 +120,7 @@ def plot_ctr(rows: list[dict], path: Path, ci: str) -> None:
 def run(cfg, loggers=()) -> dict:
     from clicks2pref.data.parsing import parse_suggestions
     from clicks2pref.data.simulator import build_simulator, split_contexts
-    from clicks2pref.eval.policy import evaluate_policy
+    from clicks2pref.eval.policy import cached_evaluation
     from clicks2pref.loggers import log_metrics, log_table
     from clicks2pref.rewards.diversity import DiversityReward, distinct_n
     from clicks2pref.stages.collect import markdown_table
@@ -142,16 +141,15 @@ def run(cfg, loggers=()) -> dict:
 
     results = {}
     for name in ev.policies:
-        model, tok, template, meta = load_named_policy(cfg, name, loggers)
-        m = evaluate_policy(model, tok, cfg.prompt[template], sim, contexts, cfg.policy.generation, cfg.seed,
-                            ev.bootstrap_samples, ev.ci_level)
+        policy_id, load, template, meta = policy_source(cfg, name, loggers)
+        m = cached_evaluation(cfg, policy_id, load, cfg.prompt[template], sim, ev.split, contexts,
+                              ev.bootstrap_samples, ev.ci_level)
         panels = [parse_suggestions(o, k).suggestions for o in m["outputs"]]
         m.update(template=template, rl_logs=meta.get("rl_logs"), distinct_2=distinct_n(panels, 2),
                  mean_pairwise_cosine=diversity.mean_pairwise_cosine(panels))
         results[name] = m
         log.info("evaluate: %-10s oracle CTR %.4f [%.4f, %.4f] format %.2f", name, m["oracle_ctr"], m["ci_low"],
                  m["ci_high"], m["format_rate"])
-        del model
 
     rows = compare(results, ev.reference, ev)
     ci = f"{ev.ci_level:.0%}"
@@ -208,7 +206,6 @@ def calibration_section(cfg, loggers, out_dir: Path, ood_logs: Optional[str]) ->
         model = load_reward_model(folder / kind, cfg.paths.model_cache)
         report["kinds"][kind] = {"train_seconds": trained["train_seconds"][kind],
                                  "splits": rm_stage.calibrate(cfg, model, splits, ppl)}
-        del model
     write_report(report, out_dir)
     print("\n" + markdown_report(report))
     return report

@@ -15,6 +15,7 @@ Lightning checkpoint in `artifacts/grpo/.work-<key>/`.
 """
 from __future__ import annotations
 
+import copy
 import hashlib
 import json
 import logging
@@ -200,8 +201,6 @@ def logged_panels(records: list[dict], n: int, seed: int) -> tuple[list[list[dic
 
 def load_policy(cfg, inputs: dict):
     """(model with GRPO's LoRA adapters or fully trainable, tokenizer, template name, frozen reference or None)."""
-    import copy
-
     from clicks2pref.errors import ConfigError
     from clicks2pref.models.registry import apply_training_options, load_causal_lm
     from clicks2pref.stages.sft import load_sft_policy, resolve_template
@@ -280,14 +279,15 @@ def load_grpo_policy(path, cfg):
 # --- evaluation ----------------------------------------------------------------------------------
 
 
-def evaluate(cfg, module, sim, template) -> dict:
+def evaluate(cfg, module, sim, template, policy_id: str, reference_id: str) -> dict:
     """GRPO vs. its reference (the SFT policy) on held-out contexts: oracle CTR + CI, paired lift, GSB,
-    format rate and diversity."""
+    format rate and diversity. Both evaluations go through the evaluation cache (the reference's is
+    usually the one the sft stage already made)."""
     from clicks2pref.data.parsing import parse_suggestions
     from clicks2pref.data.simulator import split_contexts
     from clicks2pref.eval.ctr import bootstrap_mean
     from clicks2pref.eval.gsb import gsb
-    from clicks2pref.eval.policy import evaluate_policy
+    from clicks2pref.eval.policy import cached_evaluation
     from clicks2pref.rewards.diversity import DiversityReward, distinct_n
 
     ev, split = cfg.grpo.eval, cfg.data.split
@@ -296,18 +296,24 @@ def evaluate(cfg, module, sim, template) -> dict:
     diversity = DiversityReward(cfg.rewards.embedder)
     k = len(cfg.simulator.examination)
 
-    def one(model) -> dict:
-        m = evaluate_policy(model, module.tokenizer, template, sim, contexts, cfg.policy.generation, cfg.seed,
-                            ev.bootstrap_samples, ev.ci_level)
+    def one(policy_id: str, load) -> dict:
+        m = cached_evaluation(cfg, policy_id, load, template, sim, ev.split, contexts, ev.bootstrap_samples,
+                              ev.ci_level)
         panels = [parse_suggestions(o, k).suggestions for o in m["outputs"]]
         m["distinct_2"] = distinct_n(panels, 2)
         m["mean_pairwise_cosine"] = diversity.mean_pairwise_cosine(panels)
         return m
 
     start = time.time()
-    grpo = one(module.model)
-    with module.reference_context():
-        reference = one(module.reference_model if module.reference_model is not None else module.model)
+    grpo = one(policy_id, lambda: (module.model, module.tokenizer))
+
+    def reference():
+        if module.reference_model is not None:
+            return module.reference_model, module.tokenizer
+        merged = copy.deepcopy(module.model)  # the adapters disabled = the weights GRPO started from
+        return (merged.unload() if hasattr(merged, "unload") else merged), module.tokenizer
+
+    reference = one(reference_id, reference)
     diff = [a - b for a, b in zip(grpo["per_context_ctr"], reference["per_context_ctr"])]
     lift = bootstrap_mean(diff, ev.bootstrap_samples, ev.ci_level, cfg.seed)
     keys = ("oracle_ctr", "ci_low", "ci_high", "format_rate", "distinct_2", "mean_pairwise_cosine")
@@ -494,7 +500,10 @@ def run(cfg, loggers=()) -> dict:
     train_seconds = time.time() - train_start
     log.info("grpo: %d steps in %.0fs", g.steps, train_seconds)
 
-    evaluation = evaluate(cfg, module, sim, template)
+    from clicks2pref.eval.policy import baseline_id
+
+    reference_id = f"sft:{inputs['sft']['key']}" if g.init == "sft" else baseline_id(cfg)
+    evaluation = evaluate(cfg, module, sim, template, f"grpo:{key}", reference_id)
     result = {"key": key, "rewards": cfg.rewards.name, "reward": reward.describe(), "weights": reward.weights,
               "tau": tau, "template": template_name, "init": g.init, "steps": g.steps,
               "optimizer_steps": int(trainer.global_step), "train_seconds": train_seconds,

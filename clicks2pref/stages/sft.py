@@ -207,13 +207,15 @@ def _fmt(v) -> str:
 # --- evaluation ----------------------------------------------------------------------------------
 
 
-def evaluate(cfg, policy, tok, template) -> dict:
-    """Oracle CTR (bootstrap CI) and format rate of the SFT policy, the prompted baseline and the paired lift."""
+def evaluate(cfg, policy, tok, template, key: str) -> dict:
+    """Oracle CTR (bootstrap CI) and format rate of the SFT policy, the prompted baseline and the paired lift.
+    Both evaluations are kept in the evaluation cache (the evaluate stage and sweeps reuse them)."""
     from omegaconf import OmegaConf
 
     from clicks2pref.data.simulator import build_simulator, split_contexts
     from clicks2pref.eval.ctr import bootstrap_mean
-    from clicks2pref.eval.policy import evaluate_policy
+    from clicks2pref.eval.policy import baseline_id, cached_evaluation
+    from clicks2pref.models.registry import load_causal_lm
 
     ev = cfg.sft.eval
     start = time.time()
@@ -221,17 +223,17 @@ def evaluate(cfg, policy, tok, template) -> dict:
     split = cfg.data.split
     contexts = split_contexts(sim.world, split.val_fraction, split.test_fraction, split.seed)[ev.split]
     contexts = contexts[:ev.max_contexts] if ev.max_contexts else contexts
-    gen = cfg.policy.generation
 
-    def one(model) -> dict:
-        return evaluate_policy(model, tok, template, sim, contexts, gen, cfg.seed, ev.bootstrap_samples, ev.ci_level)
+    def one(policy_id: str, load) -> dict:
+        return cached_evaluation(cfg, policy_id, load, template, sim, ev.split, contexts, ev.bootstrap_samples,
+                                 ev.ci_level)
 
     out = {"contexts": len(contexts), "split": ev.split}
-    sft = one(policy)
+    sft = one(f"sft:{key}", lambda: (policy, tok))
     out["sft"] = {k: sft[k] for k in ("oracle_ctr", "ci_low", "ci_high", "format_rate")}
     out["examples"] = [{"context": contexts[i], "sft": sft["outputs"][i]} for i in range(min(3, len(contexts)))]
     if ev.baseline:
-        base = baseline_eval(cfg, template, one)
+        base = one(baseline_id(cfg), lambda: load_causal_lm(cfg.policy.model, cfg.paths.model_cache, seed=cfg.seed))
         out["baseline"] = {k: base[k] for k in ("oracle_ctr", "ci_low", "ci_high", "format_rate")}
         diff = [a - b for a, b in zip(sft["per_context_ctr"], base["per_context_ctr"])]
         lift = bootstrap_mean(diff, ev.bootstrap_samples, ev.ci_level, cfg.seed)
@@ -241,28 +243,6 @@ def evaluate(cfg, policy, tok, template) -> dict:
             ex["baseline"] = b
     out["seconds"] = time.time() - start
     return out
-
-
-def baseline_eval(cfg, template, evaluate_model) -> dict:
-    """The prompted base policy's evaluation, cached beside the SFT artifacts (a sweep computes it once)."""
-    from omegaconf import OmegaConf
-
-    from clicks2pref.data.io import atomic_write_text
-    from clicks2pref.models.registry import load_causal_lm
-
-    parts = {k: OmegaConf.to_container(OmegaConf.select(cfg, k), resolve=True)
-             for k in ("simulator", "policy", "data.split", "sft.eval")}
-    parts.update(seed=cfg.seed, template=OmegaConf.to_container(template, resolve=True)
-                 if OmegaConf.is_config(template) else vars(template))
-    key = hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:12]
-    path = Path(cfg.paths.artifacts_dir) / "sft" / f"baseline-{key}.json"
-    if cfg.cache and path.exists():
-        log.info("sft: reusing the baseline evaluation %s", path)
-        return json.loads(path.read_text())
-    model, _ = load_causal_lm(cfg.policy.model, cfg.paths.model_cache, seed=cfg.seed)
-    result = evaluate_model(model)
-    atomic_write_text(json.dumps(result), path)
-    return result
 
 
 # --- the policy artifact -------------------------------------------------------------------------
@@ -442,7 +422,7 @@ def run(cfg, loggers=()) -> dict:
               "sources": {s: sum(e["source"] == s for e in examples) for s in ("click", "teacher")},
               "train": train_stats, "model": asdict(model_cfg), "seed": cfg.seed}
     if sft.eval.enabled:
-        result["eval"] = evaluate(cfg, model, tok, template)
+        result["eval"] = evaluate(cfg, model, tok, template, key)
         result["eval"]["ci"] = f"{sft.eval.ci_level:.0%}"
     result["seconds"] = time.time() - start
     with atomic_dir(final) as tmp:
