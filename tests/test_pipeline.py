@@ -71,8 +71,11 @@ def test_second_run_reuses_every_artifact(pipeline_run, tmp_path, caplog):
         again.paths.root_dir = str(out)  # the first run's artifacts
     with caplog.at_level(logging.INFO):
         second = run_stage(again)
-    reused = {r.getMessage().split(":")[0] for r in caplog.records if ": reusing " in r.getMessage()}
+    messages = [r.getMessage() for r in caplog.records]
+    reused = {m.split(":")[0] for m in messages if ": reusing " in m}
     assert {"sft", "rm", "fusion", "grpo"} <= reused
+    # the policies' evaluations and the calibration report come from the cache: no model is run again
+    assert not any("reference log-perplexity" in m for m in messages)
     assert {p: p.stat().st_mtime for p in artifacts.glob("*/*")} == before  # nothing new, nothing rewritten
     rows = lambda r: {x["policy"]: x["oracle_ctr"] for x in r["stages"]["evaluate"]["rows"]}  # noqa: E731
     assert rows(second) == rows(first)

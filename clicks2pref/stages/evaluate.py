@@ -181,7 +181,11 @@ def run(cfg, loggers=()) -> dict:
 def calibration_section(cfg, loggers, out_dir: Path, ood_logs: Optional[str]) -> dict:
     """The trained reward models' calibration report on the IID test week and, when there are logs from
     another policy (`data.ood_logs`, else the GRPO policy's week of RL logs), on that OOD split."""
-    from clicks2pref.data.io import load_impressions, read_jsonl
+    import hashlib
+
+    from omegaconf import OmegaConf
+
+    from clicks2pref.data.io import atomic_write_text, expand_sources, load_impressions, read_jsonl
     from clicks2pref.data.pairs import build_pairs
     from clicks2pref.eval.calibration_report import markdown_report, write_report
     from clicks2pref.models.reward_heads import load_reward_model
@@ -190,10 +194,21 @@ def calibration_section(cfg, loggers, out_dir: Path, ood_logs: Optional[str]) ->
 
     trained = rm_stage.run(cfg, loggers)
     folder = artifact_path(cfg, "rm", trained["key"])
+    source = cfg.data.ood_logs or ood_logs
+    # cached by the reward models' key, the OOD files' bytes and the report settings
+    digest = hashlib.sha256(f"{trained['key']}|{json.dumps(OmegaConf.to_container(cfg.reward_model.calibration))}|"
+                            f"{cfg.policy.model.name}".encode())
+    for path in expand_sources(source) if source else []:
+        digest.update(path.read_bytes())
+    cached = Path(cfg.paths.artifacts_dir) / "eval" / f"calibration-{digest.hexdigest()[:12]}.json"
+    if cfg.cache and cached.exists():
+        report = json.loads(cached.read_text())
+        write_report(report, out_dir)
+        print("\n" + markdown_report(report))
+        return report
     splits = {"iid": read_jsonl(folder / "pairs" / "iid.jsonl")}
     pcfg = cfg.reward_model.pairs
     notes = [f"IID: week(s) {list(pcfg.test_weeks)} of the training logs ({pcfg.position_filter} pairs)"]
-    source = cfg.data.ood_logs or ood_logs
     if source:
         ood = build_pairs(load_impressions(source, cfg.data.on_invalid), pcfg.position_filter)
         splits["ood"] = [p for p in ood if pcfg.ood_weeks is None or p["week"] in set(pcfg.ood_weeks)]
@@ -206,6 +221,7 @@ def calibration_section(cfg, loggers, out_dir: Path, ood_logs: Optional[str]) ->
         model = load_reward_model(folder / kind, cfg.paths.model_cache)
         report["kinds"][kind] = {"train_seconds": trained["train_seconds"][kind],
                                  "splits": rm_stage.calibrate(cfg, model, splits, ppl)}
+    atomic_write_text(json.dumps(report), cached)
     write_report(report, out_dir)
     print("\n" + markdown_report(report))
     return report
