@@ -100,7 +100,9 @@ def test_table4_multirun_at_smoke_size(smoke_collect, tmp_path):
     from clicks2pref.stages.grpo import summary_row
 
     _, collected = smoke_collect
-    cmd = [sys.executable, "-m", "clicks2pref", "-m", "experiment=table4", *SMOKE_GRPO[1:],
+    # rewards.ppl.* cannot be set where a preset switches ppl off (no_ppl): the smoke logs hold few panels anyway
+    overrides = [o for o in SMOKE_GRPO[1:] if not o.startswith("rewards.ppl.")]
+    cmd = [sys.executable, "-m", "clicks2pref", "-m", "experiment=table4", *overrides,
            "simulator.similarity=lexical", "simulator.alpha=10.0", "simulator.beta=0.2", "grpo.rl_logs.enabled=false",
            f"data.logs={collected['logs']}", f"paths.root_dir={tmp_path}", "hydra.sweep.dir=" + str(tmp_path / "sweep")]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=1800)

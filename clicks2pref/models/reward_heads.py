@@ -114,6 +114,10 @@ class RewardModel(nn.Module):
             pooled = hidden[torch.arange(hidden.shape[0], device=hidden.device), last]
         else:
             pooled = (hidden * mask.unsqueeze(-1)).sum(1) / mask.sum(1, keepdim=True).clamp(min=1)
+        return self.head_outputs(pooled)
+
+    def head_outputs(self, pooled: Tensor) -> dict[str, Tensor]:
+        """The head on pooled features: {"reward"} (BTRM) or {"mu", "sigma"} (GaRM)."""
         pooled = pooled.to(self.head.weight.dtype)
         if self.cfg.normalize:  # SmolLM2's last hidden states have norm ~50, MiniLM's ~5: same head, same lr
             pooled = pooled * torch.rsqrt(pooled.pow(2).mean(-1, keepdim=True) + 1e-6)

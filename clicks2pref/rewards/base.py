@@ -17,6 +17,10 @@ from torch import Tensor
 
 from clicks2pref.data.parsing import Parsed, parse_suggestions
 
+# Part of the fusion and grpo artifact keys: raised when the scores of the same configuration change
+# (a fix in a component), so that cached fusion weights and GRPO policies are recomputed.
+SCORING_VERSION = 2
+
 
 @dataclass
 class RewardBatch:

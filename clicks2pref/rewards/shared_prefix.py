@@ -33,12 +33,10 @@ def _cache_kwarg(backbone) -> str:
 
 
 def _head_rewards(model, pooled: Tensor, kappa: float) -> Tensor:
-    from clicks2pref.objectives.gaussian import sigma_from_raw
-
-    out = model.head(pooled.to(model.head.weight.dtype)).float()
+    out = model.head_outputs(pooled)  # the model's own head (normalisation included)
     if model.kind == "btrm":
-        return out[:, 0]
-    return out[:, 0] - kappa * sigma_from_raw(out[:, 1], model.cfg.sigma_min)
+        return out["reward"].float()
+    return (out["mu"] - kappa * out["sigma"]).float()
 
 
 @torch.no_grad()

@@ -22,10 +22,12 @@ log = logging.getLogger(__name__)
 
 
 def fusion_key(cfg, inputs: dict) -> str:
+    from clicks2pref.rewards.base import SCORING_VERSION
     from clicks2pref.stages.artifacts import stage_key
     from clicks2pref.stages.sft import logs_fingerprint
 
-    parts = [stage_key(cfg, "fusion"), logs_fingerprint(cfg)] + [inputs[s]["key"] for s in ("sft", "rm") if s in inputs]
+    parts = [stage_key(cfg, "fusion"), logs_fingerprint(cfg), f"scoring-v{SCORING_VERSION}"]
+    parts += [inputs[s]["key"] for s in ("sft", "rm") if s in inputs]
     return hashlib.sha256("|".join(parts).encode()).hexdigest()[:12]
 
 
