@@ -67,10 +67,11 @@ def smoke_collect(tmp_path_factory):
     return cfg, run_stage(cfg)
 
 
-# Stage tests that train and sample real models: minutes each on 2 cores, so they run with
-# `make test-full` (pytest -m "") and not in the default run.
-SLOW_MODULES = {"test_pairs", "test_reward_model", "test_rm_stage", "test_assembly", "test_sft_data", "test_sft_stage",
-                "test_rewards", "test_fusion", "test_monitor", "test_grpo_module", "test_grpo_stage"}
+# Stage tests whose fixtures train SFT policies, reward models and GRPO on SmolLM2-sized inputs, and the
+# sweeps that run them several times: minutes each on 2 cores, so they run with `make test-full`
+# (pytest -m "") and not in the default run. The pipeline test (tests/test_pipeline.py) runs every
+# stage end to end with tiny models in the default run.
+SLOW_MODULES = {"test_rm_stage", "test_sft_stage", "test_grpo_stage"}
 
 
 def pytest_collection_modifyitems(config, items):
