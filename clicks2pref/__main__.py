@@ -23,8 +23,10 @@ def run_stage(cfg: DictConfig):
     import pytorch_lightning as pl
 
     from clicks2pref.loggers import finalize, instantiate_loggers, log_config
+    from clicks2pref.models.placement import use_accelerator
 
     pl.seed_everything(cfg.seed, workers=True, verbose=False)
+    use_accelerator(cfg.trainer.accelerator)
     loggers = instantiate_loggers(cfg.logger, cfg.task_name)
     log_config(loggers, cfg)
     status = "failed"

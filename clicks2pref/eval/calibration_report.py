@@ -25,6 +25,7 @@ from clicks2pref.eval.calibration import (
     garm_confidence,
     reliability_bins,
 )
+from clicks2pref.models.placement import on_device
 
 
 @dataclass
@@ -87,6 +88,7 @@ def reference_log_ppl(model, tokenizer, items: Sequence[tuple[list[dict], str]],
     result = torch.empty(len(seqs), dtype=torch.float64)
     was_training = model.training
     model.eval()
+    model = on_device(model)
     device = next(model.parameters()).device
     pad = tokenizer.pad_token_id
     for start in range(0, len(order), batch_size):

@@ -6,6 +6,8 @@ from typing import Sequence
 
 import torch
 
+from clicks2pref.models.placement import on_device
+
 
 @dataclass
 class GenerationConfig:
@@ -34,6 +36,7 @@ def generate(model, tokenizer, messages: Sequence[list[dict]], cfg: GenerationCo
     out: list[list[str]] = [[] for _ in ids]
     if seed is not None:
         torch.manual_seed(seed)
+    model = on_device(model)
     was_training = model.training
     model.eval()
     pad = tokenizer.pad_token_id

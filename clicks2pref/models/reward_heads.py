@@ -24,6 +24,7 @@ import torch
 from torch import Tensor, nn
 
 from clicks2pref.errors import ModelNotFoundError
+from clicks2pref.models.placement import on_device
 from clicks2pref.objectives.gaussian import sigma_from_raw
 
 KINDS = ("garm", "btrm")
@@ -134,6 +135,7 @@ class RewardModel(nn.Module):
         order = sorted(range(len(items)), key=lambda i: len(self.encode(*items[i])))
         was_training = self.training
         self.eval()
+        on_device(self)
         device = self.head.weight.device
         parts: dict[str, list[Tensor]] = {}
         for start in range(0, len(order), batch_size):

@@ -19,6 +19,7 @@ import torch
 from torch import Tensor
 
 from clicks2pref.data.prompts import PromptTemplate, build_messages
+from clicks2pref.models.placement import on_device
 from clicks2pref.rewards.base import RewardBatch
 from clicks2pref.rewards.logprobs import completion_logps, mean_nll, pad_prompt_completion
 
@@ -56,6 +57,7 @@ class ReferenceScorer:
         targets = [self.completion_ids(t) for t in completions]
         order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]) + len(targets[i]))
         out = torch.empty(len(prompts), dtype=torch.float64)
+        self.model = on_device(self.model)
         was_training = self.model.training
         self.model.eval()
         device = next(self.model.parameters()).device

@@ -15,6 +15,7 @@ from typing import Sequence
 import torch
 from torch import Tensor
 
+from clicks2pref.models.placement import on_device
 from clicks2pref.rewards.base import context_key
 
 
@@ -52,6 +53,7 @@ def rm_rewards(model, contexts: Sequence[list[dict]], suggestions: Sequence[str]
     fallback: list[int] = []
     was_training = model.training
     model.eval()
+    model = on_device(model)
     device = model.head.weight.device
     pad = model.tokenizer.pad_token_id
     cache_arg = _cache_kwarg(model.backbone)

@@ -19,6 +19,7 @@ from typing import Optional
 
 from clicks2pref.data.sft_data import normalize
 from clicks2pref.models.generate import GenerationConfig
+from clicks2pref.models.placement import on_device
 from clicks2pref.models.registry import LoraConfig, ModelConfig
 from clicks2pref.stages.sft import SFTTrainConfig
 
@@ -89,6 +90,7 @@ def sample_shared_prefix(model, tok, messages: list[list[dict]], gen: Generation
     order = sorted(range(len(ids)), key=lambda i: len(ids[i]))
     out: list[list[str]] = [[] for _ in ids]
     torch.manual_seed(seed)
+    model = on_device(model)
     was_training = model.training
     model.eval()
     pad = tok.pad_token_id
