@@ -94,13 +94,17 @@ def flat_metrics(result: dict) -> dict:
 def run(cfg, loggers=()) -> dict:
     from clicks2pref.data.io import write_impressions
     from clicks2pref.data.simulator import build_simulator, split_contexts
+    from clicks2pref.errors import ConfigError
     from clicks2pref.loggers import log_metrics, log_table
     from clicks2pref.models.registry import load_causal_lm
     from clicks2pref.report import write_job_metrics
     from clicks2pref.stages.artifacts import artifact_path, atomic_dir, stage_key
 
     if not cfg.prompt:
-        raise ValueError("prompt: no templates selected; choose at least one, e.g. prompt=[concise,engaging]")
+        raise ConfigError("prompt: no templates selected; choose at least one, e.g. prompt=[concise,engaging]")
+    for name in ("contexts_per_template", "weeks", "sessions_per_week", "users_per_panel"):
+        if cfg.collect[name] < 1:
+            raise ConfigError(f"collect.{name}={cfg.collect[name]} must be at least 1")
     key = stage_key(cfg, "collect")
     final = artifact_path(cfg, "collect", key)
     out_dir = Path(cfg.paths.output_dir)
