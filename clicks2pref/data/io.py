@@ -140,7 +140,8 @@ def _scan_file(path: Path) -> Iterator[tuple[int | None, dict | None, list[Click
         iid = rec.get("impression_id")
         if isinstance(iid, str) and iid:
             if iid in seen:
-                problems.append(ClickLogError(f"duplicate {iid!r}, first seen at line {seen[iid]}", str(path), line, "impression_id"))
+                problems.append(ClickLogError(f"duplicate {iid!r}, first seen at line {seen[iid]}", str(path), line,
+                                              "impression_id"))
             else:
                 seen[iid] = line
         yield line, rec, problems
@@ -232,7 +233,8 @@ def atomic_write_text(text: str, path) -> Path:
 def write_jsonl(rows: Iterable[dict], path) -> Path:
     """Write rows as JSON Lines atomically; no schema check (for SFT data, pairs, reports)."""
     rows = list(rows)
-    return _atomic_write(path, lambda f: f.writelines(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), binary=False)
+    return _atomic_write(path, lambda f: f.writelines(json.dumps(r, ensure_ascii=False) + "\n" for r in rows),
+                         binary=False)
 
 
 def _parquet_table(records: list[dict], path: Path):
@@ -243,7 +245,8 @@ def _parquet_table(records: list[dict], path: Path):
     try:
         return pa.table({k: pa.array([r.get(k) for r in records]) for k in keys})
     except (pa.ArrowException, TypeError, ValueError) as e:
-        raise ClickLogError(f"cannot store as Parquet ({e}); give each extra field one type or write .jsonl", str(path)) from e
+        raise ClickLogError(f"cannot store as Parquet ({e}); give each extra field one type or write .jsonl",
+                            str(path)) from e
 
 
 def write_impressions(records: Iterable[dict], path) -> Path:

@@ -104,7 +104,8 @@ def split_by_group(pairs: list[dict], fraction: float, seed: int) -> tuple[list[
     return [p for p in pairs if p["group"] not in held], [p for p in pairs if p["group"] in held]
 
 
-def pair_splits(records: list[dict], cfg: PairConfig, ood_records: Optional[list[dict]] = None) -> dict[str, list[dict]]:
+def pair_splits(records: list[dict], cfg: PairConfig, ood_records: Optional[list[dict]] = None
+                ) -> dict[str, list[dict]]:
     """{"train", "val", "iid"[, "ood"]} pairs by week (SPEC 5.3); "ood" only when OOD logs are given."""
     pairs = build_pairs(records, cfg.position_filter)
     train = [p for p in pairs if p["week"] in set(cfg.train_weeks)]

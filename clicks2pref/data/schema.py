@@ -50,7 +50,8 @@ def _check_context(value) -> list[tuple[str, str]]:
         if role not in ROLES:
             problems.append(("context", f"turn {i} role {role!r} is not one of {', '.join(ROLES)}"))
         if not isinstance(content, str) or not content.strip():
-            problems.append(("context", f"turn {i} content must be a non-empty string, got {_kind(content)} {content!r}"))
+            problems.append(("context",
+                             f"turn {i} content must be a non-empty string, got {_kind(content)} {content!r}"))
     last = value[-1]
     if isinstance(last, dict) and last.get("role") in ROLES and last.get("role") != "assistant":
         problems.append(("context", f"last turn must be an assistant turn, got role {last['role']!r}"))

@@ -111,7 +111,8 @@ def reference_log_ppl(model, tokenizer, items: Sequence[tuple[list[dict], str]],
 
 def pair_log_ppl(pairs: Sequence[dict], item_ppl: dict[tuple[str, str], float]) -> Tensor:
     """Mean of the chosen and rejected suggestions' reference log-perplexities, per pair."""
-    return torch.tensor([(item_ppl[item_key(p["context"], p["chosen"])] + item_ppl[item_key(p["context"], p["rejected"])])
+    return torch.tensor([(item_ppl[item_key(p["context"], p["chosen"])]
+                          + item_ppl[item_key(p["context"], p["rejected"])])
                          / 2 for p in pairs], dtype=torch.float64)
 
 
@@ -191,7 +192,8 @@ def markdown_report(report: dict) -> str:
     for kind, res in kinds.items():
         for split, m in res["splits"].items():
             lines.append(f"| {kind} | {split} | {m['n_pairs']} | {_f(m.get('accuracy'))} | {_f(m.get('ece'), 4)} | "
-                         f"{_f(m.get('mean_confidence'))} | {_f(m.get('sigma_mean'))} | {res.get('train_seconds', 0):.0f} |")
+                         f"{_f(m.get('mean_confidence'))} | {_f(m.get('sigma_mean'))} | "
+                         f"{res.get('train_seconds', 0):.0f} |")
     for table, score in (("by_confidence", "confidence"), ("by_log_ppl", "log_ppl")):
         columns = [(kind, split) for kind, res in kinds.items() for split, m in res["splits"].items() if table in m]
         if not columns:

@@ -103,7 +103,8 @@ class RewardHackingMonitor(pl.Callback):
             self.evaluate(trainer, pl_module)
 
     def state_dict(self) -> dict:
-        return {"history": self.detector.history, "streak": self.detector.streak, "flagged_at": self.detector.flagged_at}
+        d = self.detector
+        return {"history": d.history, "streak": d.streak, "flagged_at": d.flagged_at}
 
     def load_state_dict(self, state: dict) -> None:
         self.detector.history = [tuple(h) for h in state.get("history", [])]

@@ -117,7 +117,8 @@ class GRPOModule(pl.LightningModule):
             dict(do_sample=True, temperature=cfg.temperature, top_p=cfg.top_p, top_k=cfg.top_k)
         was_training = self.model.training
         self.model.eval()
-        out = self.model.generate(input_ids=input_ids, attention_mask=attention, max_new_tokens=cfg.max_completion_length,
+        out = self.model.generate(input_ids=input_ids, attention_mask=attention,
+                                  max_new_tokens=cfg.max_completion_length,
                                   pad_token_id=pad, eos_token_id=sorted(self.eos_ids), **kwargs)
         self.model.train(was_training)
         completions, ended = [], []

@@ -140,7 +140,8 @@ class RewardModule(pl.LightningModule):
         n = torch.tensor([v[3] for v in self._val], dtype=torch.float64)
         loss = (torch.stack([v[2] for v in self._val]).double() * n).sum() / n.sum()
         self._val.clear()
-        self.log_dict({f"{self.prefix}/val_loss": loss.float(), f"{self.prefix}/val_acc": correct.double().mean().float(),
+        self.log_dict({f"{self.prefix}/val_loss": loss.float(),
+                       f"{self.prefix}/val_acc": correct.double().mean().float(),
                        f"{self.prefix}/val_ece": expected_calibration_error(conf, correct, self.n_bins).float()})
 
     # --- optimisation and checkpoints ---------------------------------------------------------------

@@ -54,7 +54,8 @@ def fit_weights(scores: np.ndarray, clicks: np.ndarray, C: float = 100.0, seed: 
 
     X, y = np.asarray(scores, dtype=float), np.asarray(clicks, dtype=int)
     if len(np.unique(y)) < 2:
-        log.warning("fusion: the held-out clicks are all %d; stage one falls back to equal weights", y[0] if len(y) else -1)
+        log.warning("fusion: the held-out clicks are all %d; stage one falls back to equal weights",
+                    y[0] if len(y) else -1)
         return {"weights": np.full(X.shape[1], 1.0 / X.shape[1]), "coef": np.zeros(X.shape[1]), "intercept": 0.0}
     model = LogisticRegression(C=C, max_iter=5000, random_state=seed).fit(X, y)
     coef = model.coef_[0]

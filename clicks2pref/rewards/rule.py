@@ -78,7 +78,8 @@ class RuleReward:
         weights = dict(check_weights) if check_weights is not None else dict(RuleRewardConfig().check_weights)
         unknown = set(weights) - set(CHECKS)
         if unknown:
-            raise ValueError(f"rewards.rule.check_weights: unknown checks {sorted(unknown)}; accepted: {', '.join(CHECKS)}")
+            raise ValueError(f"rewards.rule.check_weights: unknown checks {sorted(unknown)}; "
+                             f"accepted: {', '.join(CHECKS)}")
         self.check_weights = {c: float(weights.get(c, 0.0)) for c in CHECKS}
         if sum(self.check_weights.values()) <= 0:
             raise ValueError("rewards.rule.check_weights must give at least one check a positive weight")

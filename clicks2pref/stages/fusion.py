@@ -116,7 +116,8 @@ def run(cfg, loggers=()) -> dict:
     rest = [r for r in records if r["week"] not in fc.weeks] or records
     if not held:
         raise ClickLogError(f"fusion.weeks {list(fc.weeks)}: no impressions in those weeks (weeks present: "
-                            f"{sorted({r['week'] for r in records})}); set fusion.weeks", str(source), field="fusion.weeks")
+                            f"{sorted({r['week'] for r in records})}); set fusion.weeks", str(source),
+                            field="fusion.weeks")
 
     model, tok = load_sft_policy(sft_dir(cfg, inputs), cfg, merge=True)
     template = cfg.prompt[inputs["sft"]["template"]]

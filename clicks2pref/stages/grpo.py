@@ -87,7 +87,8 @@ class GRPOEvalConfig:
 class RLLogsConfig:
     enabled: bool = True  # log a week of impressions from the GRPO policy (the Week 4-RFT OOD split)
     week: int = 4  # the week number written in the records
-    sessions: Optional[int] = None  # panels generated; null = collect.sessions_per_week (users: collect.users_per_panel)
+    # panels generated (each shown to collect.users_per_panel users); null = collect.sessions_per_week
+    sessions: Optional[int] = None
     policy_name: str = "grpo"  # the records' `policy` field
 
 
@@ -370,10 +371,12 @@ def markdown_report(result: dict) -> str:
         m = ev[name]
         lines.append(f"| {name} | {m['oracle_ctr']:.4f} | {m['ci_low']:.4f} | {m['ci_high']:.4f} | "
                      f"{m['format_rate']:.3f} | {m['distinct_2']:.3f} | {m['mean_pairwise_cosine']:.3f} |")
-    lift, g = ev["lift"], ev["gsb"]
+    lift, g, monitor = ev["lift"], ev["gsb"], result["monitor"]
+    flag = f"RAISED at steps {monitor['flagged_at']}" if monitor["flagged"] else "no"
     lines += ["", f"paired CTR difference (GRPO − SFT): {lift['ctr_diff']:+.4f} [{lift['ci_low']:+.4f}, "
-                  f"{lift['ci_high']:+.4f}]; GSB vs. SFT {g['gsb']:+.1f} (G {g['good']} / S {g['same']} / B {g['bad']})",
-              f"reward hacking flag: {'RAISED at steps ' + str(result['monitor']['flagged_at']) if result['monitor']['flagged'] else 'no'}"]
+                  f"{lift['ci_high']:+.4f}]; GSB vs. SFT {g['gsb']:+.1f} "
+                  f"(G {g['good']} / S {g['same']} / B {g['bad']})",
+              f"reward hacking flag: {flag}"]
     if result.get("rl_logs"):
         lines.append(f"RL logs (OOD split): {result['rl_logs']}")
     return "\n".join(lines) + "\n"
@@ -533,7 +536,9 @@ def run(cfg, loggers=()) -> dict:
 
 
 def sweep_table(folder) -> str:
-    """Markdown Table 4 from a multirun folder: one row per job's grpo.json (`python -m clicks2pref.stages.grpo DIR`)."""
+    """Markdown Table 4 from a multirun folder: one row per job's grpo.json.
+
+    Command line: `python -m clicks2pref.stages.grpo DIR`."""
     rows = [summary_row(json.loads(p.read_text())) for p in sorted(Path(folder).glob("*/grpo.json"))]
     cols = ["rewards", "oracle_ctr", "ci_low", "ci_high", "sft_ctr", "ctr_diff", "gsb", "format_rate", "distinct_2",
             "mean_cosine", "hacking_flag"]
