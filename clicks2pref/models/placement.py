@@ -7,11 +7,7 @@ device is process-wide state set once per run by `use_accelerator`; each inferen
 """
 from __future__ import annotations
 
-import logging
-
 from clicks2pref.errors import ConfigError
-
-log = logging.getLogger(__name__)
 
 _device = "cpu"
 
@@ -25,10 +21,6 @@ def use_accelerator(accelerator: str) -> str:
         raise ConfigError(f"trainer.accelerator={accelerator} but torch sees no CUDA device; use trainer=cpu")
     wants_gpu = accelerator in ("gpu", "cuda") or (accelerator == "auto" and torch.cuda.is_available())
     _device = "cuda" if wants_gpu else "cpu"
-    return _device
-
-
-def inference_device() -> str:
     return _device
 
 
