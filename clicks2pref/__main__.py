@@ -4,27 +4,27 @@ from __future__ import annotations
 import logging
 import sys
 import traceback
+from pathlib import Path
 
 import hydra
+import pytorch_lightning as pl
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from hydra.utils import get_method
 from omegaconf import DictConfig, OmegaConf
 
-from clicks2pref.config import register_configs
+from clicks2pref.config import register_configs, validate
 from clicks2pref.errors import Clicks2PrefError
+from clicks2pref.loggers import finalize, instantiate_loggers, log_config
+from clicks2pref.models.placement import use_accelerator
 
 log = logging.getLogger("clicks2pref")
 register_configs()
 
 
 def run_stage(cfg: DictConfig):
-    """The task wrapper: seed, loggers, the stage; loggers are always closed, errors re-raised."""
-    import pytorch_lightning as pl
-
-    from clicks2pref.loggers import finalize, instantiate_loggers, log_config
-    from clicks2pref.models.placement import use_accelerator
-
+    """The task wrapper: checks, seed, loggers, the stage; loggers are always closed, errors re-raised."""
+    validate(cfg)  # every range check at start-up, before anything loads
     pl.seed_everything(cfg.seed, workers=True, verbose=False)
     use_accelerator(cfg.trainer.accelerator)
     loggers = instantiate_loggers(cfg.logger, cfg.task_name)
@@ -60,8 +60,6 @@ def _main(cfg: DictConfig):
 
 
 def _record_failure(cfg: DictConfig, text: str) -> None:
-    from pathlib import Path
-
     (Path(cfg.paths.output_dir) / "error.txt").write_text(text)
 
 

@@ -20,7 +20,18 @@ class ModelNotFoundError(Clicks2PrefError):
 
 
 class ConfigError(Clicks2PrefError):
-    """A config value is inconsistent in a way the structured schema cannot express."""
+    """A config value is out of range or inconsistent in a way the structured schema cannot express.
+
+    `key` is the dotted key at fault; `clicks2pref.config.validate` prefixes it with the key of the
+    group that raised it, so the message always names the full key (`grpo.eval.split: ...`).
+    """
+
+    def __init__(self, message: str, key: str | None = None):
+        self.key, self.reason = key, message
+        super().__init__(f"{key}: {message}" if key else message)
+
+    def under(self, prefix: str) -> "ConfigError":
+        return ConfigError(self.reason, f"{prefix}.{self.key}" if self.key else prefix)
 
 
 class NonFiniteLossError(Clicks2PrefError):

@@ -1,8 +1,11 @@
 """Lightning loggers from the `logger` group, and a table helper that works for each of them."""
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any, Sequence
 
+from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
@@ -21,11 +24,6 @@ def instantiate_loggers(cfg: DictConfig | dict, task_name: str = "clicks2pref") 
 
 def run_group(task_name: str) -> str:
     """`<task>/<multirun folder>` for a sweep's jobs (one W&B group per sweep), else `<task>`."""
-    from pathlib import Path
-
-    from hydra.core.hydra_config import HydraConfig
-    from hydra.types import RunMode
-
     if HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN:
         return f"{task_name}/{Path(HydraConfig.get().runtime.output_dir).parent.name}"
     return task_name

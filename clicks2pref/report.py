@@ -68,10 +68,10 @@ def write_report(sweep: Path) -> list[Path]:
 
 
 def _plot(sweep: Path, metric: str, labels: list[str], values: list) -> Path:
-    import matplotlib
+    import matplotlib  # lazy: matplotlib is a plotting extra
 
     matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    import matplotlib.pyplot as plt  # lazy: matplotlib is a plotting extra
 
     fig, ax = plt.subplots(figsize=(max(4, 1.2 * len(labels)), 3.2))
     ax.bar(range(len(values)), [v if isinstance(v, (int, float)) else 0 for v in values], color="#4c72b0")
@@ -87,7 +87,7 @@ def _plot(sweep: Path, metric: str, labels: list[str], values: list) -> Path:
 def wandb_report(sweep: Path, project: str, rows: list[dict]) -> str:
     """A W&B report of the sweep (its jobs logged with `logger=wandb` form the group
     `<task>/<multirun folder>`): the table, one bar chart per headline metric and the runs. Returns the URL."""
-    import wandb_workspaces.reports.v2 as wr
+    import wandb_workspaces.reports.v2 as wr  # lazy: wandb_workspaces is a W&B extra
 
     entity, _, name = project.rpartition("/")
     group = f"{sweep.parent.parent.name}/{sweep.name}"

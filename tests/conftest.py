@@ -66,15 +66,3 @@ def smoke_collect(tmp_path_factory):
     cfg = compose_config(["experiment=smoke", "stage=collect", "logger=csv"], out)
     return cfg, run_stage(cfg)
 
-
-# Stage tests whose fixtures train SFT policies, reward models and GRPO on SmolLM2-sized inputs, and the
-# sweeps that run them several times: minutes each on 2 cores, so they run with `make test-full`
-# (pytest -m "") and not in the default run. The pipeline test (tests/test_pipeline.py) runs every
-# stage end to end with tiny models in the default run.
-SLOW_MODULES = {"test_rm_stage", "test_sft_stage", "test_grpo_stage"}
-
-
-def pytest_collection_modifyitems(config, items):
-    for item in items:
-        if item.module.__name__.rsplit(".", 1)[-1] in SLOW_MODULES:
-            item.add_marker(pytest.mark.slow)

@@ -74,3 +74,83 @@ def test_paper_scale_points_every_model_at_the_hub_on_gpus(tmp_path):
     assert cfg.trainer.accelerator == "gpu" and cfg.trainer.precision == "bf16-mixed"
     assert cfg.policy.model.name.startswith("Qwen/") and cfg.teacher.model.name == "Qwen/Qwen3-32B"
     assert cfg.reward_model.backbone.name == "Qwen/Qwen3-8B" and cfg.sft.method == "qlora"
+
+
+def test_every_yaml_default_is_its_dataclass_default(tmp_path):
+    """The composed default config and the schema's own defaults are one set of values.
+
+    Maps whose entries a YAML chooses (simulator.segments, like the prompt group) stay empty in the schema:
+    a schema default would be merged into every YAML's own choice of entries."""
+    from omegaconf import OmegaConf, open_dict
+
+    from clicks2pref.config import Config, validate
+
+    cfg = compose_config([], tmp_path)
+    typed = validate(cfg)
+    assert set(cfg.simulator.segments) == {"practical", "budget", "cautious", "curious"}
+    with open_dict(cfg):
+        cfg.simulator.segments = {}
+    schema = OmegaConf.structured(Config)
+    for group in ("data", "simulator", "policy", "collect", "sft", "teacher", "reward_model", "rewards", "fusion",
+                  "grpo", "eval", "stage", "seed", "cache"):
+        composed = OmegaConf.to_container(cfg[group], resolve=True) if OmegaConf.is_config(cfg[group]) else cfg[group]
+        default = OmegaConf.to_container(schema[group], resolve=True) if OmegaConf.is_config(
+            schema[group]) else schema[group]
+        assert composed == default, group
+    assert typed.grpo.temperature == 0.8 and typed.grpo.log_completions_every == 4
+
+
+BAD_VALUES = [
+    ("grpo.learning_rate=0", "grpo.learning_rate"),
+    ("sft.train.optimizer.lr=-1e-3", "sft.train.optimizer.lr"),
+    ("teacher.train.optimizer.lr=0", "teacher.train.optimizer.lr"),
+    ("reward_model.optim.lr=0", "reward_model.optim.lr"),
+    ("reward_model.optim.head_lr=-1", "reward_model.optim.head_lr"),
+    ("sft.train.batch_size=0", "sft.train.batch_size"),
+    ("teacher.train.batch_size=-4", "teacher.train.batch_size"),
+    ("policy.generation.batch_size=0", "policy.generation.batch_size"),
+    ("reward_model.optim.groups_per_batch=0", "reward_model.optim.groups_per_batch"),
+    ("grpo.micro_batch_size=0", "grpo.micro_batch_size"),
+    ("grpo.prompts_per_step=0", "grpo.prompts_per_step"),
+    ("sft.train.max_steps=-1", "sft.train.max_steps"),
+    ("teacher.train.max_steps=0", "teacher.train.max_steps"),
+    ("grpo.steps=0", "grpo.steps"),
+    ("reward_model.loss.variance_reg.lambda=-0.1", "reward_model.loss.variance_reg.lambda"),
+    ("reward_model.head.sigma_min=0", "reward_model.head.sigma_min"),
+    ("data.on_invalid=ignore", "data.on_invalid"),
+    ("grpo.group_size=1", "grpo.group_size"),
+    ("grpo.num_iterations=0", "grpo.num_iterations"),
+    ("grpo.temperature=0", "grpo.temperature"),
+    ("grpo.top_p=1.5", "grpo.top_p"),
+    ("grpo.beta=-0.04", "grpo.beta"),
+    ("grpo.epsilon=-0.2", "grpo.epsilon"),
+    ("grpo.loss_type=ppo", "grpo.loss_type"),
+    ("grpo.eval.split=train", "grpo.eval.split"),
+    ("grpo.monitor.patience=0", "grpo.monitor.patience"),
+    ("collect.weeks=0", "collect.weeks"),
+    ("rewards.weights=learned", "rewards.weights"),
+    ("reward_model.kinds=[garm,crm]", "reward_model.kinds"),
+    ("eval.reference=sft", "eval.reference"),  # not among eval.policies below
+    ("data.split.test_fraction=1.0", "data.split.test_fraction"),
+]
+
+
+@pytest.mark.parametrize("override, key", BAD_VALUES, ids=[k for _, k in BAD_VALUES])
+def test_bad_values_fail_at_start_up_naming_the_key(tmp_path, override, key):
+    from clicks2pref.config import validate
+    from clicks2pref.errors import ConfigError
+
+    extra = ["eval.policies=[baseline,grpo]", "eval.reference=sft"] if key == "eval.reference" else [override]
+    cfg = compose_config(extra, tmp_path)
+    with pytest.raises(ConfigError) as err:
+        validate(cfg)
+    assert str(err.value).startswith(f"{key}: ") and "\n" not in str(err.value)
+
+
+def test_cli_bad_value_is_one_line_without_a_traceback(tmp_path):
+    out = subprocess.run([sys.executable, "-m", "clicks2pref", "sft.train.max_steps=-1", f"paths.root_dir={tmp_path}"],
+                         capture_output=True, text=True, timeout=120)
+    assert out.returncode == 1
+    assert "Traceback" not in out.stderr
+    assert out.stderr.strip().splitlines()[-1] == "error: sft.train.max_steps: -1 must be at least 1"
+    assert not (tmp_path / "artifacts").exists()  # nothing ran

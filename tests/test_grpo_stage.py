@@ -12,13 +12,12 @@ import pytest
 
 from tests.conftest import compose_config
 
+# fixtures that train policies and reward models, and sweeps that run them several times: minutes each on
+# 2 cores, so `make test-full` runs them (tests/test_pipeline.py covers every stage in the default run)
+pytestmark = pytest.mark.slow
+
 # tiny models everywhere, lexical similarity, few steps: the real code paths in about a minute
-SMOKE_GRPO = ["experiment=smoke", "policy=tiny", "reward_model=tiny", "grpo=smoke", "teacher=none",
-              "rewards.embedder=lexical", "rewards.ppl.calibration_panels=8", "sft.assembly.similarity=lexical",
-              "sft.train.max_steps=2", "sft.train.val_every_n_steps=0", "sft.train.validate_before=false",
-              "sft.train.format_probe=0", "sft.eval.max_contexts=2", "sft.eval.baseline=false",
-              "reward_model.calibration.reference_ppl=false", "fusion.candidate_contexts=2",
-              "fusion.samples_per_context=2"]
+SMOKE_GRPO = ["experiment=smoke", "stage=grpo"]
 
 
 @pytest.fixture(scope="module")
@@ -27,7 +26,7 @@ def grpo_run(smoke_collect, tmp_path_factory):
 
     _, collected = smoke_collect
     out = tmp_path_factory.mktemp("grpo_stage")
-    cfg = compose_config(SMOKE_GRPO + ["stage=grpo", f"data.logs={collected['logs']}"], out)
+    cfg = compose_config(SMOKE_GRPO + [f"data.logs={collected['logs']}"], out)
     start = time.time()
     result = run_stage(cfg)
     return cfg, result, out, time.time() - start
@@ -73,7 +72,7 @@ def test_second_run_reuses_the_artifact(grpo_run, tmp_path):
     from clicks2pref.__main__ import run_stage
 
     cfg, result, _, seconds = grpo_run
-    again = compose_config(SMOKE_GRPO + ["stage=grpo", f"data.logs={cfg.data.logs}",
+    again = compose_config(SMOKE_GRPO + [f"data.logs={cfg.data.logs}",
                                          f"paths.artifacts_dir={cfg.paths.artifacts_dir}", "logger=[]"], tmp_path)
     start = time.time()
     assert run_stage(again)["key"] == result["key"]
@@ -86,11 +85,11 @@ def test_config_errors_name_the_key(smoke_collect, tmp_path):
     from clicks2pref.errors import ConfigError
 
     _, collected = smoke_collect
-    cfg = compose_config(SMOKE_GRPO + ["stage=grpo", f"data.logs={collected['logs']}", "reward_model.kinds=[garm]",
+    cfg = compose_config(SMOKE_GRPO + [f"data.logs={collected['logs']}", "reward_model.kinds=[garm]",
                                        "logger=[]"], tmp_path)
     with pytest.raises(ConfigError, match="reward_model.kinds"):
         run_stage(cfg)  # the external term defaults to the trained BTRM: caught before anything trains
-    cfg = compose_config(SMOKE_GRPO + ["stage=grpo", "grpo.loss_type=ppo", "logger=[]"], tmp_path)
+    cfg = compose_config(SMOKE_GRPO + ["grpo.loss_type=ppo", "logger=[]"], tmp_path)
     with pytest.raises(ConfigError, match="grpo.loss_type"):
         run_stage(cfg)
 
@@ -100,10 +99,7 @@ def test_table4_multirun_at_smoke_size(smoke_collect, tmp_path):
     from clicks2pref.stages.grpo import summary_row
 
     _, collected = smoke_collect
-    # rewards.ppl.* cannot be set where a preset switches ppl off (no_ppl): the smoke logs hold few panels anyway
-    overrides = [o for o in SMOKE_GRPO[1:] if not o.startswith("rewards.ppl.")]
-    cmd = [sys.executable, "-m", "clicks2pref", "-m", "experiment=table4", *overrides,
-           "simulator.similarity=lexical", "simulator.alpha=10.0", "simulator.beta=0.2", "grpo.rl_logs.enabled=false",
+    cmd = [sys.executable, "-m", "clicks2pref", "-m", "experiment=[smoke,table4]", "grpo.rl_logs.enabled=false",
            f"data.logs={collected['logs']}", f"paths.root_dir={tmp_path}", "hydra.sweep.dir=" + str(tmp_path / "sweep")]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=1800)
     assert proc.returncode == 0, proc.stderr[-3000:]

@@ -11,11 +11,9 @@ import pytest
 from omegaconf import open_dict
 
 from tests.conftest import compose_config
-from tests.test_grpo_stage import SMOKE_GRPO
 from tests.test_report import run_notebook
 
-PIPELINE = SMOKE_GRPO + ["stage=pipeline", "eval.max_contexts=3", "eval.bootstrap_samples=100",
-                         "eval.diversity_embedder=lexical"]
+PIPELINE = ["experiment=smoke", "stage=pipeline"]
 
 
 @pytest.fixture(scope="module")

@@ -85,7 +85,7 @@ def test_joblib_sweep_keeps_going_past_a_failed_job_and_reports_it(tmp_path):
            f"paths.root_dir={tmp_path}", f"hydra.sweep.dir={sweep}"]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-2000:]
-    assert "collect.contexts_per_template=-1 must be at least 1" in (sweep / "0" / "error.txt").read_text()
+    assert "collect.contexts_per_template: -1 must be at least 1" in (sweep / "0" / "error.txt").read_text()
     assert json.loads((sweep / "1" / "metrics.json").read_text())["collect/impressions"] == 0  # random policy
     rows = job_rows(sweep)
     assert rows[0]["status"].startswith("failed: error: collect.contexts_per_template") and rows[1]["status"] == "ok"

@@ -13,7 +13,7 @@ from clicks2pref.eval.calibration_report import calibration_metrics, pair_predic
 from clicks2pref.lit.reward_module import PairCollator, RewardModule, pair_loader
 from clicks2pref.models.registry import LoraConfig
 from clicks2pref.models.reward_heads import build_reward_model, load_reward_model, save_reward_model
-from clicks2pref.stages.rm import RewardModelConfig
+from clicks2pref.config.reward_model import RewardModelConfig
 
 CTX = [{"role": "user", "content": "Pick one."}, {"role": "assistant", "content": "Sure, here are some options."}]
 CACHE = "~/.cache/clicks2pref"

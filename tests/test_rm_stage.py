@@ -10,8 +10,12 @@ import torch
 
 from tests.conftest import compose_config
 
+# fixtures that train policies and reward models, and sweeps that run them several times: minutes each on
+# 2 cores, so `make test-full` runs them (tests/test_pipeline.py covers every stage in the default run)
+pytestmark = pytest.mark.slow
+
 # position_filter=none: the smoke logs hold few clicks below position 1, so skip_above leaves ~1 test pair
-TINY_RM = ["stage=rm", "experiment=smoke", "policy=tiny", "reward_model=tiny", "reward_model.optim.epochs=2",
+TINY_RM = ["stage=rm", "experiment=smoke", "reward_model.optim.epochs=2",
            "reward_model.checkpoint_every_n_steps=2", "reward_model.pairs.position_filter=none"]
 
 
@@ -87,12 +91,12 @@ def test_interrupted_kinds_are_resumed_from_the_work_folder(rm_run, tmp_path):
     import shutil
 
     from clicks2pref.__main__ import run_stage
-    from clicks2pref.stages.rm import rm_key
+    from clicks2pref.stages.artifacts import key as artifact_key
 
     cfg, result, _ = rm_run
     overrides = TINY_RM + [f"data.logs={cfg.data.logs}", "logger=[]", "reward_model.kinds=[btrm]"]
     fresh = compose_config(overrides, tmp_path)
-    key = rm_key(fresh)
+    key = artifact_key(fresh, "rm")
     work = Path(fresh.paths.artifacts_dir) / "rm" / f".work-{key}" / "btrm"
     work.mkdir(parents=True)
     shutil.copytree(Path(result["models"]["btrm"]), work / "model")
@@ -121,15 +125,15 @@ def test_killed_training_resumes_from_the_last_lightning_checkpoint(smoke_collec
 
 
 def test_config_errors_name_the_key(tmp_path):
+    from clicks2pref.config import validate
     from clicks2pref.errors import ConfigError
-    from clicks2pref.stages.rm import check_config
 
     cfg = compose_config(["stage=rm", "reward_model.kinds=[garm,crm]"], tmp_path)
     with pytest.raises(ConfigError, match="reward_model.kinds: unknown 'crm'"):
-        check_config(cfg.reward_model)
+        validate(cfg)
     cfg = compose_config(["stage=rm", "reward_model.loss.variance_reg.kind=l1"], tmp_path)
-    with pytest.raises(ConfigError, match="variance_reg.kind"):
-        check_config(cfg.reward_model)
+    with pytest.raises(ConfigError, match="reward_model.loss.variance_reg.kind"):
+        validate(cfg)
     with pytest.raises(Exception, match="lamda"):
         compose_config(["stage=rm", "reward_model.loss.variance_reg.lamda=0.1"], tmp_path)
     with pytest.raises(Exception, match="lambda"):

@@ -14,11 +14,15 @@ import pytest
 
 from tests.conftest import compose_config
 
+# fixtures that train policies and reward models, and sweeps that run them several times: minutes each on
+# 2 cores, so `make test-full` runs them (tests/test_pipeline.py covers every stage in the default run)
+pytestmark = pytest.mark.slow
+
 REPO = Path(__file__).resolve().parents[1]
 
 # Tiny and fast: random 2-layer Llama trained fully, single-suggestion targets (k=1) so every clicked
 # suggestion of the smoke logs is an example, no teacher, lexical similarity.
-TINY = ["experiment=smoke", "stage=sft", "policy=tiny", "teacher=none", "sft=full", "sft.assembly.k=1",
+TINY = ["experiment=smoke", "stage=sft", "sft=full", "sft.assembly.k=1",
         "sft.assembly.similarity=lexical", "sft.train.batch_size=4", "sft.train.max_steps=12",
         "sft.train.val_every_n_steps=6", "sft.train.format_probe=2", "sft.train.optimizer.lr=3e-3",
         "sft.data.val_fraction=0.25", "sft.eval.enabled=false"]
@@ -33,7 +37,7 @@ def run_sft(overrides, tmp_path):
 def test_tiny_sft_lowers_val_loss_and_saves_a_loadable_policy(smoke_collect, tmp_path):
     from clicks2pref.data.io import read_jsonl
     from clicks2pref.data.parsing import parse_suggestions
-    from clicks2pref.stages.sft import load_sft_policy
+    from clicks2pref.stages.policies import load_sft_policy
 
     _, collect = smoke_collect
     result = run_sft(TINY + [f"data.logs={collect['logs']}", "sft.eval.enabled=true", "sft.eval.max_contexts=4",
@@ -69,7 +73,7 @@ def test_lora_policy_round_trips_through_load_sft_policy(smoke_collect, tmp_path
     import torch
 
     from clicks2pref.models.generate import chat_inputs
-    from clicks2pref.stages.sft import load_sft_policy
+    from clicks2pref.stages.policies import load_sft_policy
 
     _, collect = smoke_collect
     overrides = [o for o in TINY if o != "sft=full"] + [f"data.logs={collect['logs']}", "sft.train.max_steps=3",
@@ -159,7 +163,7 @@ def test_nonfinite_losses_skip_steps_then_stop_training(tmp_path):
 def test_table3_sweep_at_smoke_sizes(smoke_collect, tmp_path):
     """`-m experiment=table3` on smoke sizes: every row trains and reports CTR and format rate."""
     _, collect = smoke_collect
-    args = ["-m", "experiment=[smoke,table3]", "policy=tiny", f"data.logs={collect['logs']}",
+    args = ["-m", "experiment=[smoke,table3]", f"data.logs={collect['logs']}",
             "sft.assembly.similarity=lexical", "sft.train.max_steps=4", "sft.train.val_every_n_steps=4",
             "sft.train.format_probe=2", "teacher.train.max_steps=2", "teacher.num_candidates=3",
             "teacher.generation.max_new_tokens=12", "sft.eval.max_contexts=4", "sft.eval.bootstrap_samples=50",

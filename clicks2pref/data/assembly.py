@@ -18,6 +18,7 @@ import numpy as np
 
 from clicks2pref.data.parsing import format_suggestions
 from clicks2pref.data.sft_data import normalize
+from clicks2pref.models.registry import load_sentence_embedder
 
 _WORD = re.compile(r"[a-z0-9']+")
 QUESTION_WORDS = frozenset("what how why when where which who whose is are can could should would will do does did "
@@ -78,8 +79,6 @@ def build_embedder(cfg: AssemblyConfig) -> Embedder:
     if cfg.similarity == "lexical":
         return LexicalEmbedder()
     if cfg.similarity == "minilm":
-        from clicks2pref.models.registry import load_sentence_embedder
-
         return SentenceEmbedder(load_sentence_embedder(cfg.embedder))
     raise ValueError(f"sft.assembly.similarity '{cfg.similarity}' is not one of minilm, lexical")
 

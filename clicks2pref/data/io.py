@@ -15,6 +15,9 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import pyarrow as pa
+import pyarrow.parquet as pq
+
 from clicks2pref.data.schema import REQUIRED_FIELDS, validate_record
 from clicks2pref.errors import ClickLogError
 
@@ -116,8 +119,6 @@ def _drop_nulls(value):
 
 def _parquet_rows(path: Path) -> Iterator[tuple[int | None, object]]:
     """Yield (row number + 1, dict) per Parquet row; an unreadable file is one error with line None."""
-    import pyarrow.parquet as pq
-
     try:
         rows = pq.read_table(path).to_pylist()
     except Exception as e:  # pyarrow raises several types for corrupt or non-Parquet files
@@ -239,8 +240,6 @@ def write_jsonl(rows: Iterable[dict], path) -> Path:
 
 def _parquet_table(records: list[dict], path: Path):
     """Build a table column by column: pyarrow's from_pylist keeps only the first row's keys."""
-    import pyarrow as pa
-
     keys = list(dict.fromkeys(k for r in records for k in r))
     try:
         return pa.table({k: pa.array([r.get(k) for r in records]) for k in keys})
@@ -271,7 +270,5 @@ def write_impressions(records: Iterable[dict], path) -> Path:
         seen[iid] = line
     if suffix in JSONL_SUFFIXES:
         return write_jsonl(records, path)
-    import pyarrow.parquet as pq
-
     table = _parquet_table(records, path)
     return _atomic_write(path, lambda f: pq.write_table(table, f), binary=True)

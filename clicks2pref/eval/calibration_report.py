@@ -153,10 +153,10 @@ def calibration_metrics(pred: dict[str, Tensor], n_bins: int = 15, n_deciles: in
 
 def reliability_diagram(metrics: dict, path, title: str) -> Path:
     """Accuracy vs. confidence per bin (bars) against the diagonal, pair counts below; a PNG."""
-    import matplotlib
+    import matplotlib  # lazy: matplotlib is a plotting extra
 
     matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    import matplotlib.pyplot as plt  # lazy: matplotlib is a plotting extra
 
     bins = metrics.get("reliability", [])
     centers = [(b["lower"] + b["upper"]) / 2 for b in bins]

@@ -7,7 +7,7 @@ the mean simulated CTR of the same panels. An evaluation *diverges* when the pro
 diverging evaluations in a row the monitor flags reward hacking, logs a warning line and
 `grpo/monitor/hacking_flag = 1`. Training goes on (set `stop_on_flag` to stop it).
 
-Settings: `grpo.monitor` (clicks2pref.stages.grpo.MonitorConfig). The oracle arrives as a callable
+Settings: `grpo.monitor` (clicks2pref.config.grpo.MonitorConfig). The oracle arrives as a callable
 from the stage: this module is evaluation code, the only place besides log sampling allowed to see
 it; the GRPO module never does.
 """
@@ -17,6 +17,7 @@ import logging
 from dataclasses import dataclass, field
 from typing import Callable, Sequence
 
+import numpy as np
 import pytorch_lightning as pl
 
 log = logging.getLogger(__name__)
@@ -66,8 +67,6 @@ class RewardHackingMonitor(pl.Callback):
         self._last_step = None
 
     def evaluate(self, trainer, pl_module) -> None:
-        import numpy as np
-
         step = int(trainer.global_step)
         if step == self._last_step or not self.messages:
             return

@@ -1,9 +1,15 @@
 """A policy's panels on held-out contexts, scored by the oracle: CTR with CI and format pass rate."""
 from __future__ import annotations
 
+import hashlib
+import json
 import random
+from pathlib import Path
 from typing import Sequence
 
+from omegaconf import OmegaConf
+
+from clicks2pref.data.io import atomic_write_text
 from clicks2pref.data.parsing import parse_suggestions
 from clicks2pref.data.prompts import PromptTemplate, build_messages
 from clicks2pref.eval.ctr import bootstrap_mean
@@ -26,10 +32,6 @@ def evaluate_policy(model, tok, template: PromptTemplate, sim, contexts: Sequenc
 
 def baseline_id(cfg) -> str:
     """The prompted base policy's identity in the evaluation cache: its model config."""
-    import json
-
-    from omegaconf import OmegaConf
-
     return "base:" + json.dumps(OmegaConf.to_container(cfg.policy.model, resolve=True), sort_keys=True)
 
 
@@ -37,11 +39,6 @@ def evaluation_key(cfg, policy_id: str, template: PromptTemplate, split: str, co
                    bootstrap_samples: int, ci_level: float) -> str:
     """Hash of everything an evaluation depends on: the policy's identity (a stage artifact key, or the
     base model's config), the template, the held-out contexts, the simulator, generation and seed."""
-    import hashlib
-    import json
-
-    from omegaconf import OmegaConf
-
     def plain(x):
         return OmegaConf.to_container(x, resolve=True) if OmegaConf.is_config(x) else (
             vars(x) if hasattr(x, "__dict__") else x)
@@ -57,11 +54,6 @@ def cached_evaluation(cfg, policy_id: str, load_model, template: PromptTemplate,
     """`evaluate_policy` once per (policy, contexts, settings): the result is kept in
     `artifacts/eval/<key>.json`, so the sft, grpo and evaluate stages (and every job of a sweep) score
     each policy once. `load_model()` -> (model, tokenizer) runs only on a miss; `cache=off` recomputes."""
-    import json
-    from pathlib import Path
-
-    from clicks2pref.data.io import atomic_write_text
-
     key = evaluation_key(cfg, policy_id, template, split, contexts, bootstrap_samples, ci_level)
     path = Path(cfg.paths.artifacts_dir) / "eval" / f"{key}.json"
     if cfg.cache and path.exists():

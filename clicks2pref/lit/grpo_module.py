@@ -41,7 +41,7 @@ from clicks2pref.models.generate import chat_inputs
 from clicks2pref.objectives.grpo import LOSS_TYPES, group_advantages, grpo_loss
 from clicks2pref.rewards.base import RewardBatch
 from clicks2pref.rewards.logprobs import completion_logps, mean_nll, pad_prompt_completion
-from clicks2pref.stages.grpo import GRPOConfig
+from clicks2pref.config.grpo import GRPOConfig
 
 log = logging.getLogger(__name__)
 

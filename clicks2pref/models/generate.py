@@ -6,6 +6,7 @@ from typing import Sequence
 
 import torch
 
+from clicks2pref.errors import ConfigError
 from clicks2pref.models.placement import on_device
 
 
@@ -16,6 +17,15 @@ class GenerationConfig:
     top_p: float = 0.95
     do_sample: bool = True
     batch_size: int = 24
+
+    def __post_init__(self):
+        for key in ("max_new_tokens", "batch_size"):
+            if getattr(self, key) < 1:
+                raise ConfigError(f"{getattr(self, key)} must be at least 1", key)
+        if not self.temperature > 0:
+            raise ConfigError(f"{self.temperature} must be > 0", "temperature")
+        if not 0 < self.top_p <= 1:
+            raise ConfigError(f"{self.top_p} must be in (0, 1]", "top_p")
 
 
 def chat_inputs(tokenizer, messages: Sequence[list[dict]]) -> list[list[int]]:

@@ -7,6 +7,8 @@ device is process-wide state set once per run by `use_accelerator`; each inferen
 """
 from __future__ import annotations
 
+import torch
+
 from clicks2pref.errors import ConfigError
 
 _device = "cpu"
@@ -14,8 +16,6 @@ _device = "cpu"
 
 def use_accelerator(accelerator: str) -> str:
     """Set the inference device from the trainer's accelerator: `gpu`/`cuda` (or `auto` with one) -> cuda."""
-    import torch
-
     global _device
     if accelerator in ("gpu", "cuda") and not torch.cuda.is_available():
         raise ConfigError(f"trainer.accelerator={accelerator} but torch sees no CUDA device; use trainer=cpu")

@@ -1,7 +1,7 @@
 """Resolve `model.name` to a loaded model: packaged GGUF, packaged MiniLM, tiny random Llama, or any HF id/path.
 
-Four sources is why this registry exists (SPEC section 6). Heavy imports stay inside functions so
-composing a config never waits for transformers.
+Four sources is why this registry exists (SPEC section 6). peft and sentence-transformers stay inside
+functions: importing either loads bitsandbytes, an extra.
 """
 from __future__ import annotations
 
@@ -13,6 +13,10 @@ import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, List, Optional
+
+import torch
+from transformers import (AutoModel, AutoModelForCausalLM, AutoTokenizer, BitsAndBytesConfig, LlamaConfig,
+                          LlamaForCausalLM)
 
 from clicks2pref.errors import ModelNotFoundError
 
@@ -75,8 +79,6 @@ def smollm2_dir(cache_dir: str | os.PathLike) -> Path:
     target = Path(cache_dir).expanduser() / "models" / SMOLLM2
     if (target / "model.safetensors").exists() and (target / "tokenizer_config.json").exists():
         return target
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
     gguf = smollm2_gguf()
     log.info("converting %s to safetensors in %s (once)", gguf.name, target)
     tok = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
@@ -115,8 +117,6 @@ def resolve(name: str, cache_dir: str | os.PathLike) -> str:
 
 
 def load_tokenizer(cfg: ModelConfig, cache_dir: str | os.PathLike):
-    from transformers import AutoTokenizer
-
     source = resolve(SMOLLM2 if cfg.name == TINY_LLAMA else cfg.name, cache_dir)
     tok = _from_pretrained(AutoTokenizer, source, trust_remote_code=cfg.trust_remote_code, revision=cfg.revision)
     if tok.pad_token is None:
@@ -126,8 +126,6 @@ def load_tokenizer(cfg: ModelConfig, cache_dir: str | os.PathLike):
 
 
 def _torch_dtype(name: str):
-    import torch
-
     try:
         return {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[name]
     except KeyError:
@@ -138,8 +136,6 @@ def quantization_config(kind: Optional[str], dtype: str):
     """bitsandbytes settings for 8-bit or 4-bit (NF4) loading; None for full precision."""
     if kind is None:
         return None
-    from transformers import BitsAndBytesConfig
-
     if kind == "8bit":
         return BitsAndBytesConfig(load_in_8bit=True)
     if kind == "4bit":
@@ -158,9 +154,6 @@ def _from_pretrained(cls, source: str, **kwargs):
 
 def tiny_llama(cfg: ModelConfig, vocab_size: int, pad_token_id: int, seed: int = 0):
     """A random 2-layer Llama sharing SmolLM2's tokenizer: real code paths at test speed."""
-    import torch
-    from transformers import LlamaConfig, LlamaForCausalLM
-
     config = LlamaConfig(vocab_size=vocab_size, hidden_size=cfg.tiny_hidden_size,
                          intermediate_size=cfg.tiny_intermediate_size, num_hidden_layers=cfg.tiny_num_layers,
                          num_attention_heads=cfg.tiny_num_heads, num_key_value_heads=cfg.tiny_num_heads,
@@ -172,8 +165,6 @@ def tiny_llama(cfg: ModelConfig, vocab_size: int, pad_token_id: int, seed: int =
 
 def load_causal_lm(cfg: ModelConfig, cache_dir: str | os.PathLike, seed: int = 0):
     """(model, tokenizer) with the config's dtype, quantization, LoRA and checkpointing applied."""
-    from transformers import AutoModelForCausalLM
-
     qc = quantization_config(cfg.quantization, cfg.dtype)
     tok = load_tokenizer(cfg, cache_dir)
     if cfg.name == TINY_LLAMA:
@@ -193,13 +184,13 @@ def load_causal_lm(cfg: ModelConfig, cache_dir: str | os.PathLike, seed: int = 0
 def apply_training_options(model, cfg: ModelConfig):
     """Gradient checkpointing, k-bit preparation and LoRA adapters, in that order."""
     if cfg.quantization is not None and cfg.lora is not None:
-        from peft import prepare_model_for_kbit_training
+        from peft import prepare_model_for_kbit_training  # lazy: importing peft loads bitsandbytes (extra)
 
         model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=cfg.gradient_checkpointing)
     elif cfg.gradient_checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     if cfg.lora is not None:
-        from peft import LoraConfig as PeftLoraConfig, get_peft_model
+        from peft import LoraConfig as PeftLoraConfig, get_peft_model  # lazy: importing peft loads bitsandbytes (extra)
 
         lora = PeftLoraConfig(r=cfg.lora.r, lora_alpha=cfg.lora.lora_alpha, lora_dropout=cfg.lora.lora_dropout,
                               target_modules=list(cfg.lora.target_modules), bias=cfg.lora.bias, task_type="CAUSAL_LM")
@@ -209,7 +200,7 @@ def apply_training_options(model, cfg: ModelConfig):
 
 def load_sentence_embedder(name: str = MINILM, device: str = "cpu"):
     """A sentence-transformers model (MiniLM from its package by default)."""
-    from sentence_transformers import SentenceTransformer
+    from sentence_transformers import SentenceTransformer  # lazy: it imports peft, which loads bitsandbytes (extra)
 
     source = resolve(name, cache_dir=".")
     try:
@@ -225,8 +216,6 @@ def load_backbone(cfg: ModelConfig, cache_dir: str | os.PathLike, seed: int = 0)
     tiny-llama as the body of the same random model `load_causal_lm` builds. LoRA adapters use PEFT's
     feature-extraction task, so the wrapped model's forward returns hidden states.
     """
-    from transformers import AutoModel
-
     tok = load_tokenizer(cfg, cache_dir)
     if cfg.name == TINY_LLAMA:
         model = tiny_llama(cfg, len(tok), tok.pad_token_id, seed).model
@@ -238,13 +227,13 @@ def load_backbone(cfg: ModelConfig, cache_dir: str | os.PathLike, seed: int = 0)
             kwargs["quantization_config"] = qc
         model = _from_pretrained(AutoModel, resolve(cfg.name, cache_dir), **kwargs)
     if cfg.quantization is not None and cfg.lora is not None:
-        from peft import prepare_model_for_kbit_training
+        from peft import prepare_model_for_kbit_training  # lazy: importing peft loads bitsandbytes (extra)
 
         model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=cfg.gradient_checkpointing)
     elif cfg.gradient_checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     if cfg.lora is not None:
-        from peft import LoraConfig as PeftLoraConfig, get_peft_model
+        from peft import LoraConfig as PeftLoraConfig, get_peft_model  # lazy: importing peft loads bitsandbytes (extra)
 
         lora = PeftLoraConfig(r=cfg.lora.r, lora_alpha=cfg.lora.lora_alpha, lora_dropout=cfg.lora.lora_dropout,
                               target_modules=list(cfg.lora.target_modules), bias=cfg.lora.bias,

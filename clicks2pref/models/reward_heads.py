@@ -21,10 +21,13 @@ from pathlib import Path
 from typing import Optional, Sequence
 
 import torch
+from omegaconf import OmegaConf
+from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 
 from clicks2pref.errors import ModelNotFoundError
 from clicks2pref.models.placement import on_device
+from clicks2pref.models.registry import LoraConfig, ModelConfig, load_backbone
 from clicks2pref.objectives.gaussian import sigma_from_raw
 
 KINDS = ("garm", "btrm")
@@ -159,8 +162,6 @@ class RewardModel(nn.Module):
 
 def build_reward_model(kind: str, backbone_cfg, head: HeadConfig, cache_dir, seed: int = 0) -> RewardModel:
     """A fresh reward model: registry backbone (LoRA or full fine-tuning as configured) + new head."""
-    from clicks2pref.models.registry import load_backbone
-
     backbone, tok = load_backbone(backbone_cfg, cache_dir, seed=seed)
     if backbone_cfg.lora is None:
         for p in backbone.parameters():
@@ -169,8 +170,6 @@ def build_reward_model(kind: str, backbone_cfg, head: HeadConfig, cache_dir, see
 
 
 def _plain(cfg) -> dict:
-    from omegaconf import OmegaConf
-
     if OmegaConf.is_config(cfg):
         return OmegaConf.to_container(cfg, resolve=True)
     return asdict(cfg) if hasattr(cfg, "__dataclass_fields__") else dict(cfg)
@@ -179,14 +178,12 @@ def _plain(cfg) -> dict:
 def save_reward_model(model: RewardModel, path, backbone_cfg, seed: int = 0, extra: Optional[dict] = None) -> Path:
     """Write `reward_model.json`, `head.safetensors`, and `adapter.safetensors` (LoRA) or
     `backbone.safetensors` (full fine-tuning) into the folder `path`."""
-    from safetensors.torch import save_file
-
     path = Path(path)
     path.mkdir(parents=True, exist_ok=True)
     backbone_dict = _plain(backbone_cfg)
     lora = backbone_dict.get("lora") is not None
     if lora:
-        from peft import get_peft_model_state_dict
+        from peft import get_peft_model_state_dict  # lazy: importing peft loads bitsandbytes (extra)
 
         weights = get_peft_model_state_dict(model.backbone)
     else:
@@ -206,10 +203,6 @@ def load_reward_model(path, cache_dir: Optional[str] = None, device: str = "cpu"
     `cache_dir` is the registry's model cache (default: $CLICKS2PREF_CACHE or ~/.cache/clicks2pref),
     where the base weights of a LoRA model come from.
     """
-    from safetensors.torch import load_file
-
-    from clicks2pref.models.registry import LoraConfig, ModelConfig
-
     path = Path(path)
     if not (path / "reward_model.json").is_file():
         raise ModelNotFoundError(f"'{path}' holds no reward_model.json; pass a folder written by stage=rm "
@@ -222,7 +215,7 @@ def load_reward_model(path, cache_dir: Optional[str] = None, device: str = "cpu"
     head = HeadConfig(**{"normalize": False, **meta["head"]})  # models saved before `normalize` existed
     model = build_reward_model(meta["kind"], backbone_cfg, head, cache_dir, meta.get("seed", 0))
     if meta["weights"] == "adapter":
-        from peft import set_peft_model_state_dict
+        from peft import set_peft_model_state_dict  # lazy: importing peft loads bitsandbytes (extra)
 
         result = set_peft_model_state_dict(model.backbone, load_file(path / "adapter.safetensors"))
         unexpected = list(getattr(result, "unexpected_keys", []))

@@ -16,6 +16,8 @@ import torch
 from torch import Tensor
 
 from clicks2pref.data.parsing import Parsed, parse_suggestions
+from clicks2pref.errors import ConfigError
+from clicks2pref.models.reward_heads import load_reward_model
 
 # Part of the fusion and grpo artifact keys: raised when the scores of the same configuration change
 # (a fix in a component), so that cached fusion weights and GRPO policies are recomputed.
@@ -129,13 +131,9 @@ class RewardResources:
         if key not in self._loaded:
             source = path or self.reward_models.get(kind)
             if source is None:
-                from clicks2pref.errors import ConfigError
-
                 raise ConfigError(f"the {kind} reward needs a trained {kind}: run stage=rm with {kind} in "
                                   f"reward_model.kinds, or set rewards.<component>.path to its folder")
             if isinstance(source, (str, bytes)) or hasattr(source, "__fspath__"):
-                from clicks2pref.models.reward_heads import load_reward_model
-
                 source = load_reward_model(source, self.cache_dir)
             self._loaded[key] = source
         return self._loaded[key]

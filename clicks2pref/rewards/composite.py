@@ -12,8 +12,11 @@ from dataclasses import dataclass, field
 from typing import Dict, List, Mapping, Optional
 
 import torch
+from hydra.utils import instantiate
+from omegaconf import OmegaConf
 from torch import Tensor
 
+from clicks2pref.errors import ConfigError
 from clicks2pref.rewards.base import RewardBatch, RewardResources
 from clicks2pref.rewards.btrm import BTRMRewardConfig
 from clicks2pref.rewards.diversity import DiversityRewardConfig
@@ -35,34 +38,36 @@ class RewardsConfig:
     weights: str = "fusion"  # fusion | equal | config
     examination: List[float] = field(default_factory=lambda: [0.9, 0.6, 0.4])
     embedder: str = "minilm-l6"  # sentence embedder of the diversity term | lexical
-    garm: Optional[GaRMRewardConfig] = None
+    # the defaults are conf/rewards/full.yaml's: every component but btrm
+    garm: Optional[GaRMRewardConfig] = field(default_factory=GaRMRewardConfig)
     btrm: Optional[BTRMRewardConfig] = None
-    external: Optional[ExternalRewardConfig] = None
-    rule: Optional[RuleRewardConfig] = None
-    ppl: Optional[PerplexityRewardConfig] = None
-    diversity: Optional[DiversityRewardConfig] = None
+    external: Optional[ExternalRewardConfig] = field(default_factory=lambda: ExternalRewardConfig(batch_size=32))
+    rule: Optional[RuleRewardConfig] = field(default_factory=RuleRewardConfig)
+    ppl: Optional[PerplexityRewardConfig] = field(default_factory=PerplexityRewardConfig)
+    diversity: Optional[DiversityRewardConfig] = field(default_factory=DiversityRewardConfig)
+
+    def __post_init__(self):
+        if self.weights not in WEIGHT_SOURCES:
+            raise ConfigError(f"unknown {self.weights!r}; accepted: {', '.join(WEIGHT_SOURCES)}", "weights")
+        if not enabled(self):
+            raise ConfigError("every component is null; enable at least one (e.g. rewards=full)", "name")
 
 
 def enabled(rewards) -> list[str]:
-    return [name for name in COMPONENTS if rewards.get(name) is not None]
+    return [name for name in COMPONENTS if getattr(rewards, name, None) is not None]
 
 
 def needed_reward_models(rewards) -> list[str]:
-    """Reward-model kinds stage=rm must provide for these components."""
-    kinds = [NEEDS_RM[n] for n in enabled(rewards) if n in NEEDS_RM and rewards[n].get("path") is None]
-    ext = rewards.get("external")
-    if ext is not None and ext.get("name_or_path") is None:
+    """Reward-model kinds stage=rm must provide for these components (a dict config or the typed one)."""
+    kinds = [NEEDS_RM[n] for n in enabled(rewards) if n in NEEDS_RM and getattr(rewards, n).path is None]
+    ext = getattr(rewards, "external", None)
+    if ext is not None and ext.name_or_path is None:
         kinds.append("btrm")
     return list(dict.fromkeys(kinds))
 
 
 def build_components(rewards, resources: RewardResources) -> dict:
     """name -> component, instantiated from its spec (minus `weight`) and set up."""
-    from hydra.utils import instantiate
-    from omegaconf import OmegaConf
-
-    from clicks2pref.errors import ConfigError
-
     names = enabled(rewards)
     if not names:
         raise ConfigError("rewards: every component is null; enable at least one (e.g. rewards=full)")
@@ -78,8 +83,6 @@ def build_components(rewards, resources: RewardResources) -> dict:
 
 def resolve_weights(rewards, names: list[str], fused: Optional[Mapping[str, float]] = None) -> dict[str, float]:
     """The weight of each enabled component under `rewards.weights`."""
-    from clicks2pref.errors import ConfigError
-
     source = rewards.weights
     if source not in WEIGHT_SOURCES:
         raise ConfigError(f"rewards.weights: unknown {source!r}; accepted: {', '.join(WEIGHT_SOURCES)}")

@@ -13,6 +13,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from clicks2pref.models.registry import load_sentence_embedder
 from clicks2pref.rewards.base import RewardBatch
 from clicks2pref.rewards.rule import overlap
 
@@ -45,8 +46,6 @@ class PanelSimilarity:
         new = sorted({t for t in texts if t not in self.cache})
         if new:
             if self.model is None:
-                from clicks2pref.models.registry import load_sentence_embedder
-
                 self.model = load_sentence_embedder(self.embedder)
             vecs = self.model.encode(new, batch_size=128, normalize_embeddings=True, convert_to_numpy=True,
                                      show_progress_bar=False)

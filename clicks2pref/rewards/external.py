@@ -13,7 +13,10 @@ from typing import List, Optional
 
 import torch
 from torch import Tensor
+from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
+from clicks2pref.errors import ModelNotFoundError
+from clicks2pref.models.registry import resolve
 from clicks2pref.rewards.base import RewardBatch, panel_scores
 from clicks2pref.rewards.shared_prefix import rm_rewards
 
@@ -35,11 +38,6 @@ class HFSequenceRewardModel:
 
     def __init__(self, name_or_path: str, cache_dir: Optional[str], max_length: int = 256,
                  trust_remote_code: bool = False):
-        from transformers import AutoModelForSequenceClassification, AutoTokenizer
-
-        from clicks2pref.errors import ModelNotFoundError
-        from clicks2pref.models.registry import resolve
-
         source = resolve(name_or_path, cache_dir or ".")
         try:
             self.tokenizer = AutoTokenizer.from_pretrained(source, trust_remote_code=trust_remote_code)

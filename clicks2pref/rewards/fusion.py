@@ -21,6 +21,8 @@ from dataclasses import dataclass, field
 from typing import List, Optional, Sequence
 
 import numpy as np
+from sklearn.linear_model import LogisticRegression
+from sklearn.metrics import roc_auc_score
 
 log = logging.getLogger(__name__)
 
@@ -50,8 +52,6 @@ def normalise(w: np.ndarray) -> np.ndarray:
 
 def fit_weights(scores: np.ndarray, clicks: np.ndarray, C: float = 100.0, seed: int = 0) -> dict:
     """Stage one: logistic regression of clicks [N] on component scores [N, K] -> normalised weights."""
-    from sklearn.linear_model import LogisticRegression
-
     X, y = np.asarray(scores, dtype=float), np.asarray(clicks, dtype=int)
     if len(np.unique(y)) < 2:
         log.warning("fusion: the held-out clicks are all %d; stage one falls back to equal weights",
@@ -72,8 +72,6 @@ def grid_points(w0: np.ndarray, factors: Sequence[float], floor: float) -> np.nd
 
 
 def click_auc(scores: np.ndarray, clicks: np.ndarray) -> float:
-    from sklearn.metrics import roc_auc_score
-
     if len(np.unique(clicks)) < 2:
         return float("nan")
     return float(roc_auc_score(clicks, scores))

@@ -12,6 +12,7 @@ from typing import List, Optional
 
 from torch import Tensor
 
+from clicks2pref.errors import ConfigError
 from clicks2pref.rewards.base import RewardBatch, panel_scores
 from clicks2pref.rewards.shared_prefix import rm_rewards
 
@@ -39,8 +40,6 @@ class GaRMReward:
     def setup(self, resources) -> None:
         self.model = resources.reward_model(self.kind, self.path)
         if getattr(self.model, "kind", self.kind) != self.kind:
-            from clicks2pref.errors import ConfigError
-
             raise ConfigError(f"rewards.{self.kind}.path holds a {self.model.kind} model; point it at a {self.kind}")
         self.scorer = resources.scorer((self.kind, self.path, self.kappa), self.score_suggestions)
 

@@ -19,6 +19,7 @@ import torch
 from torch import Tensor
 
 from clicks2pref.data.prompts import PromptTemplate, build_messages
+from clicks2pref.models.generate import chat_inputs
 from clicks2pref.models.placement import on_device
 from clicks2pref.rewards.base import RewardBatch
 from clicks2pref.rewards.logprobs import completion_logps, mean_nll, pad_prompt_completion
@@ -51,8 +52,6 @@ class ReferenceScorer:
 
     @torch.no_grad()
     def __call__(self, contexts: Sequence[list[dict]], completions: Sequence[str]) -> Tensor:
-        from clicks2pref.models.generate import chat_inputs
-
         prompts = chat_inputs(self.tokenizer, [build_messages(self.template, c) for c in contexts])
         targets = [self.completion_ids(t) for t in completions]
         order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]) + len(targets[i]))

@@ -10,25 +10,23 @@ any input the RM would truncate, goes through the model's own `rewards`.
 from __future__ import annotations
 
 import copy
+import inspect
 from typing import Sequence
 
 import torch
 from torch import Tensor
 
 from clicks2pref.models.placement import on_device
+from clicks2pref.models.reward_heads import RewardModel
 from clicks2pref.rewards.base import context_key
 
 
 def supports_shared_prefix(model) -> bool:
-    from clicks2pref.models.reward_heads import RewardModel
-
     return isinstance(model, RewardModel) and model.chat and model.cfg.pooling == "last"
 
 
 def _cache_kwarg(backbone) -> str:
     """The forward argument that takes a KV cache: `cache` in recent transformers, `past_key_values` before."""
-    import inspect
-
     base = backbone.get_base_model() if hasattr(backbone, "get_base_model") else backbone
     return "cache" if "cache" in inspect.signature(base.forward).parameters else "past_key_values"
 

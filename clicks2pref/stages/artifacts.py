@@ -1,64 +1,166 @@
-"""Stage outputs under `<artifacts_dir>/<stage>/<key>/`, keyed by the config that produced them.
+"""The artifact cache: stage outputs under `<artifacts_dir>/<stage>/<key>/`, keyed by what produced them.
 
-A folder is written under a temporary name and renamed when complete, so a killed run never leaves
-an artifact that a later run would trust.
+Each stage is described once in `SPECS`: the config subtrees its output depends on, the stages whose
+artifacts it reads (their keys fold into its own, so a changed upstream invalidates it), whether it
+reads click logs, and the result file written last that marks the artifact complete. From a spec:
+`key` hashes the inputs, `upstream` runs or reuses the stages read, `reuse` returns a complete
+artifact's result, and `atomic_dir` writes a new one under a temporary name, renamed when complete,
+so a killed run never leaves an artifact that a later run would trust.
 """
 from __future__ import annotations
 
 import contextlib
 import hashlib
 import json
+import logging
 import os
 import shutil
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
+from typing import Callable, Iterator, Optional
 
+from hydra.utils import get_method
 from omegaconf import OmegaConf
 
-# The config subtrees each stage's output depends on (a stage's own inputs' keys are folded in).
-STAGE_INPUTS = {
-    "collect": ("seed", "simulator", "prompt", "policy", "collect", "data.split", "data.format"),
-    # rm: its own settings, the logs it reads (collect's inputs when data.logs is null), the reference
-    # policy of the perplexity deciles, and the Trainer keys that change what is trained
-    "rm": ("seed", "simulator", "prompt", "policy", "collect", "data", "reward_model", "trainer.max_steps",
-           "trainer.limit_train_batches", "trainer.limit_val_batches", "trainer.accumulate_grad_batches",
-           "trainer.gradient_clip_val", "trainer.precision", "trainer.fast_dev_run", "trainer.overfit_batches"),
-    # sft and its teacher: their settings and the Trainer keys that change what is trained; the click
-    # logs they read (collect's key, or a hash of the files) are folded in by `stages.sft.keyed`
-    "sft": ("seed", "simulator", "prompt", "policy", "sft", "teacher", "data.on_invalid", "data.split",
-            "trainer.accumulate_grad_batches", "trainer.gradient_clip_val", "trainer.precision",
-            "trainer.limit_train_batches", "trainer.limit_val_batches", "trainer.fast_dev_run",
-            "trainer.overfit_batches"),
-    "teacher": ("seed", "teacher", "sft.data", "policy.generation.batch_size", "data.on_invalid",
-                "trainer.accumulate_grad_batches", "trainer.gradient_clip_val", "trainer.precision",
-                "trainer.limit_train_batches", "trainer.limit_val_batches", "trainer.fast_dev_run",
-                "trainer.overfit_batches"),
-    # fusion: the enabled reward components (not how weights are chosen), its own settings, how candidates
-    # are sampled; the sft and rm keys and the click logs are folded in by `stages.fusion.fusion_key`
-    "fusion": ("seed", "rewards.examination", "rewards.embedder", "rewards.garm", "rewards.btrm", "rewards.external",
-               "rewards.rule", "rewards.ppl", "rewards.diversity", "fusion", "simulator.examination",
-               "grpo.temperature", "grpo.top_p", "grpo.top_k", "grpo.max_completion_length", "grpo.micro_batch_size",
-               "policy.generation.batch_size", "data.on_invalid"),
-    # grpo: everything it trains and evaluates with; sft, rm and fusion keys and the logs are folded in by
-    # `stages.grpo.grpo_key`
-    "grpo": ("seed", "rewards", "grpo", "simulator", "policy", "prompt", "data.on_invalid", "data.split",
-             "data.format", "collect.sessions_per_week", "collect.users_per_panel", "trainer.precision",
-             "trainer.accelerator"),
+from clicks2pref.data.io import expand_sources
+from clicks2pref.errors import ClickLogError
+from clicks2pref.rewards.base import SCORING_VERSION
+from clicks2pref.rewards.composite import needed_reward_models
+
+log = logging.getLogger(__name__)
+
+# the Trainer keys that change what a fit trains (the accelerator and loggers do not)
+TRAIN_KEYS = ("trainer.accumulate_grad_batches", "trainer.gradient_clip_val", "trainer.precision",
+              "trainer.limit_train_batches", "trainer.limit_val_batches", "trainer.fast_dev_run",
+              "trainer.overfit_batches")
+
+
+def _logs(cfg) -> tuple[str, ...]:
+    """collect, when the click logs are its output rather than the user's files."""
+    return () if cfg.data.logs else ("collect",)
+
+
+def _evaluated(cfg) -> tuple[str, ...]:
+    named = [p for p in cfg.eval.policies if p in ("sft", "grpo")]
+    return tuple(dict.fromkeys([*_logs(cfg), *named, *(["rm"] if cfg.eval.calibration else [])]))
+
+
+@dataclass(frozen=True)
+class StageSpec:
+    hashes: tuple[str, ...]  # config subtrees the output depends on
+    marker: Optional[str]  # the result file, written last; None = never cached (the stage only reports)
+    reads: Callable = _logs  # cfg -> stages whose artifacts it reads, in run order
+    logs: bool = True  # reads click logs: collect's key or the files' bytes fold in
+    files: tuple[str, ...] = ()  # config keys naming more files whose bytes fold in
+    exclude: tuple[str, ...] = ()  # keys under `hashes` that do not change the output
+    version: str = ""  # bumped when code changes what the same inputs produce
+
+
+SPECS = {
+    "collect": StageSpec(("seed", "simulator", "prompt", "policy", "collect", "data.split", "data.format"),
+                         "templates.json", reads=lambda cfg: (), logs=False),
+    # the teacher is sft's sub-stage (its candidates are reused by runs that differ only downstream)
+    "teacher": StageSpec(("seed", "teacher", "sft.data", "policy.generation.batch_size", "data.on_invalid",
+                          *TRAIN_KEYS), "teacher.json"),
+    "sft": StageSpec(("seed", "simulator", "prompt", "policy", "sft", "teacher", "data.on_invalid", "data.split",
+                      *TRAIN_KEYS), "sft.json"),
+    # rm: the reference policy of the perplexity deciles too, and the OOD logs' bytes
+    "rm": StageSpec(("seed", "simulator", "prompt", "policy", "collect", "data", "reward_model", "trainer.max_steps",
+                     *TRAIN_KEYS), "rm.json", files=("data.ood_logs",)),
+    # fusion: the enabled components and their settings, not how the weights are chosen
+    "fusion": StageSpec(("seed", "rewards", "fusion", "simulator.examination", "grpo.temperature", "grpo.top_p",
+                         "grpo.top_k", "grpo.max_completion_length", "grpo.micro_batch_size",
+                         "policy.generation.batch_size", "data.on_invalid"), "fusion_weights.json",
+                        reads=lambda cfg: ("sft", *(["rm"] if needed_reward_models(cfg.rewards) else [])),
+                        exclude=("rewards.name", "rewards.weights"), version=f"scoring-v{SCORING_VERSION}"),
+    "grpo": StageSpec(("seed", "rewards", "grpo", "simulator", "policy", "prompt", "data.on_invalid", "data.split",
+                       "data.format", "collect.sessions_per_week", "collect.users_per_panel", "trainer.precision",
+                       "trainer.accelerator"), "grpo.json",
+                      reads=lambda cfg: ("sft", *(["rm"] if needed_reward_models(cfg.rewards) else []),
+                                         *(["fusion"] if cfg.rewards.weights == "fusion" else [])),
+                      version=f"scoring-v{SCORING_VERSION}"),
+    "evaluate": StageSpec((), None, reads=_evaluated, logs=False),
 }
 
 
-def stage_key(cfg, stage: str) -> str:
-    """Short hash of the resolved config subtrees that determine `stage`'s output."""
-    parts = {name: OmegaConf.to_container(OmegaConf.select(cfg, name), resolve=True)
-             if OmegaConf.is_config(OmegaConf.select(cfg, name)) else OmegaConf.select(cfg, name)
-             for name in STAGE_INPUTS[stage]}
-    blob = json.dumps(parts, sort_keys=True, default=str).encode()
-    return hashlib.sha256(blob).hexdigest()[:12]
+def _plain(cfg, name: str):
+    node = OmegaConf.select(cfg, name)
+    return OmegaConf.to_container(node, resolve=True) if OmegaConf.is_config(node) else node
+
+
+def _drop(tree: dict, dotted: str, prefix: str) -> None:
+    head, _, rest = dotted.partition(".")
+    if head == prefix and rest and isinstance(tree, dict):
+        tree.pop(rest, None)
+
+
+def _files_digest(source) -> str:
+    digest = hashlib.sha256()
+    for path in expand_sources(source):
+        digest.update(path.name.encode())
+        digest.update(path.read_bytes())
+    return digest.hexdigest()[:16]
+
+
+def logs_fingerprint(cfg) -> str:
+    """What a stage's click logs are: collect's key when they are its output, else a hash of the files."""
+    return f"logs:{_files_digest(cfg.data.logs)}" if cfg.data.logs else f"collect:{key(cfg, 'collect')}"
+
+
+def key(cfg, stage: str, inputs: Optional[dict] = None, extra: str = "") -> str:
+    """Short hash of everything `stage`'s output depends on: its config subtrees, the click logs and other
+    files it reads, its code version, the keys of the upstream results in `inputs`, and `extra`."""
+    spec = SPECS[stage]
+    parts = {}
+    for name in spec.hashes:
+        parts[name] = _plain(cfg, name)
+        for dotted in spec.exclude:
+            _drop(parts[name], dotted, name)
+    blob = json.dumps(parts, sort_keys=True, default=str)
+    fold = [hashlib.sha256(blob.encode()).hexdigest()[:12]]
+    if spec.logs:
+        fold.append(logs_fingerprint(cfg))
+    fold += [_files_digest(OmegaConf.select(cfg, f)) if OmegaConf.select(cfg, f) else "" for f in spec.files]
+    fold += [spec.version] if spec.version else []
+    fold += [inputs[s]["key"] for s in spec.reads(cfg) if inputs and s in inputs]
+    fold += [extra] if extra else []
+    return hashlib.sha256("|".join(fold).encode()).hexdigest()[:12]
 
 
 def artifact_path(cfg, stage: str, key: str) -> Path:
     return Path(cfg.paths.artifacts_dir) / stage / key
+
+
+def upstream(cfg, stage: str, loggers=()) -> dict:
+    """stage name -> result of every stage `stage` reads, each run now or reused from the cache."""
+    return {name: get_method(f"clicks2pref.stages.{name}.run")(cfg, loggers) for name in SPECS[stage].reads(cfg)}
+
+
+def reuse(cfg, stage: str, key: str) -> Optional[dict]:
+    """The result of a complete artifact of this key, unless `cache=off`; None when it must be built."""
+    final = artifact_path(cfg, stage, key)
+    marker = final / SPECS[stage].marker
+    if not (cfg.cache and marker.exists()):
+        return None
+    log.info("%s: reusing %s", stage, final)
+    return json.loads(marker.read_text())
+
+
+def work_dir(cfg, stage: str, key: str) -> Path:
+    """Where an unfinished build keeps its checkpoints, so a killed run resumes."""
+    return Path(cfg.paths.artifacts_dir) / stage / f".work-{key}"
+
+
+def logs_source(cfg) -> str:
+    """`data.logs` if set, else the logs the `collect` stage wrote for this configuration."""
+    if cfg.data.logs:
+        return cfg.data.logs
+    folder = artifact_path(cfg, "collect", key(cfg, "collect"))
+    if not folder.exists():
+        raise ClickLogError(f"no click logs: set data.logs=PATH_OR_GLOB, or run `python -m clicks2pref "
+                            f"stage=collect` with the same config first (expected {folder})", field="data.logs")
+    return str(folder / f"week*.{cfg.data.format}")
 
 
 @contextlib.contextmanager

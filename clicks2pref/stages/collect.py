@@ -10,22 +10,22 @@ import json
 import logging
 import random
 import time
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional
+
+from clicks2pref.data.io import write_impressions
+from clicks2pref.data.parsing import parse_suggestions
+from clicks2pref.data.prompts import build_messages
+from clicks2pref.data.simulator import build_simulator, split_contexts
+from clicks2pref.eval.heldout import markdown_table
+from clicks2pref.eval.policy import evaluate_policy
+from clicks2pref.loggers import log_metrics, log_table
+from clicks2pref.models.generate import generate
+from clicks2pref.models.registry import load_causal_lm
+from clicks2pref.report import write_job_metrics
+from clicks2pref.stages import artifacts
 
 log = logging.getLogger(__name__)
-
-
-@dataclass
-class CollectConfig:
-    contexts_per_template: int = 60
-    weeks: int = 4
-    sessions_per_week: int = 80
-    users_per_panel: int = 24
-    bootstrap_samples: int = 1000
-    ci_level: float = 0.95
-    policy_name: Optional[str] = None
+COLUMNS = ["template", "oracle_ctr", "ci_low", "ci_high", "format_rate", "n_contexts"]
 
 
 def sample_contexts(pairs: list, n: int, rng: random.Random) -> list:
@@ -37,8 +37,6 @@ def sample_contexts(pairs: list, n: int, rng: random.Random) -> list:
 
 def template_table(model, tok, sim, templates: dict, contexts: list, cfg) -> list[dict]:
     """Oracle CTR (bootstrap CI) and format pass rate of every template on the same contexts."""
-    from clicks2pref.eval.policy import evaluate_policy
-
     rows = []
     for name, template in templates.items():
         start = time.time()
@@ -54,10 +52,6 @@ def template_table(model, tok, sim, templates: dict, contexts: list, cfg) -> lis
 def log_week(model, tok, sim, template, policy: str, week: int, contexts: list, cfg, rng: random.Random,
              ) -> tuple[list[dict], int]:
     """One week of impressions; returns the records and the number of panels with nothing to show."""
-    from clicks2pref.data.parsing import parse_suggestions
-    from clicks2pref.data.prompts import build_messages
-    from clicks2pref.models.generate import generate
-
     k = len(cfg.simulator.examination)
     conversations = [sim.context(t, f, rng) for t, f in contexts]
     outs = generate(model, tok, [build_messages(template, c) for c in conversations], cfg.policy.generation,
@@ -77,13 +71,6 @@ def log_week(model, tok, sim, template, policy: str, week: int, contexts: list, 
     return records, empty
 
 
-def markdown_table(rows: list[dict], columns: list[str]) -> str:
-    fmt = lambda v: f"{v:.4f}" if isinstance(v, float) else str(v)  # noqa: E731
-    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
-    lines += ["| " + " | ".join(fmt(r[c]) for c in columns) + " |" for r in rows]
-    return "\n".join(lines) + "\n"
-
-
 def flat_metrics(result: dict) -> dict:
     return {"collect/impressions": sum(w["impressions"] for w in result["weeks"]),
             "collect/best_ctr": max(r["oracle_ctr"] for r in result["templates"]),
@@ -92,44 +79,30 @@ def flat_metrics(result: dict) -> dict:
 
 
 def run(cfg, loggers=()) -> dict:
-    from clicks2pref.data.io import write_impressions
-    from clicks2pref.data.simulator import build_simulator, split_contexts
-    from clicks2pref.errors import ConfigError
-    from clicks2pref.loggers import log_metrics, log_table
-    from clicks2pref.models.registry import load_causal_lm
-    from clicks2pref.report import write_job_metrics
-    from clicks2pref.stages.artifacts import artifact_path, atomic_dir, stage_key
+    # 1. reuse this config's logs when they exist
+    key = artifacts.key(cfg, "collect")
+    final = artifacts.artifact_path(cfg, "collect", key)
+    if (result := artifacts.reuse(cfg, "collect", key)) is not None:
+        return publish(cfg, result, loggers, fresh=False)
 
-    if not cfg.prompt:
-        raise ConfigError("prompt: no templates selected; choose at least one, e.g. prompt=[concise,engaging]")
-    for name in ("contexts_per_template", "weeks", "sessions_per_week", "users_per_panel"):
-        if cfg.collect[name] < 1:
-            raise ConfigError(f"collect.{name}={cfg.collect[name]} must be at least 1")
-    key = stage_key(cfg, "collect")
-    final = artifact_path(cfg, "collect", key)
-    out_dir = Path(cfg.paths.output_dir)
-    if cfg.cache and (final / "templates.json").exists():
-        log.info("collect: reusing %s", final)
-        result = json.loads((final / "templates.json").read_text())
-        (out_dir / "templates.md").write_text((final / "templates.md").read_text())
-        write_job_metrics(cfg, "collect", flat_metrics(result))
-        return result
-
+    # 2. the simulator, its context splits and the prompted policy
     start = time.time()
     rng = random.Random(cfg.seed)
     sim = build_simulator(cfg.simulator)
     splits = split_contexts(sim.world, cfg.data.split.val_fraction, cfg.data.split.test_fraction, cfg.data.split.seed)
-    model, tok = load_causal_lm(cfg.policy.model, cfg.paths.model_cache, seed=cfg.seed)
+    serving = cfg.collect.model or cfg.policy.model
+    model, tok = load_causal_lm(serving, cfg.paths.model_cache, seed=cfg.seed)
     log.info("collect: %d topics, contexts train/val/test %d/%d/%d, policy %s", len(sim.world),
-             len(splits["train"]), len(splits["val"]), len(splits["test"]), cfg.policy.model.name)
+             len(splits["train"]), len(splits["val"]), len(splits["test"]), serving.name)
 
+    # 3. every template on the same validation contexts; the best one serves the logging weeks
     contexts = sample_contexts(splits["val"], cfg.collect.contexts_per_template, rng)
     rows = template_table(model, tok, sim, cfg.prompt, contexts, cfg)
     best = max(rows, key=lambda r: r["oracle_ctr"])["template"]
     policy = cfg.collect.policy_name or f"prompt_{best}"
-    columns = ["template", "oracle_ctr", "ci_low", "ci_high", "format_rate", "n_contexts"]
 
-    with atomic_dir(final) as tmp:
+    # 4. weeks of sessions on training contexts, each panel shown to several simulated users
+    with artifacts.atomic_dir(final) as tmp:
         weeks = []
         for week in range(1, cfg.collect.weeks + 1):
             contexts = sample_contexts(splits["train"], cfg.collect.sessions_per_week, rng)
@@ -140,15 +113,24 @@ def run(cfg, loggers=()) -> dict:
             log.info("collect: week %d: %d impressions, %d empty panels, CTR %.3f", week, len(records), empty, ctr)
         result = {"best_template": best, "policy": policy, "templates": rows, "weeks": weeks, "key": key,
                   "logs": str(final / f"week*.{cfg.data.format}"), "seconds": time.time() - start}
+        (tmp / "templates.md").write_text(markdown_table(rows, COLUMNS))
         (tmp / "templates.json").write_text(json.dumps(result, indent=2))
-        (tmp / "templates.md").write_text(markdown_table(rows, columns))
-    (out_dir / "templates.md").write_text(markdown_table(rows, columns))
-    (out_dir / "collect.json").write_text(json.dumps(result, indent=2))
+    return publish(cfg, result, loggers, fresh=True)
 
-    log_table(loggers, "collect/templates", [{c: r[c] for c in columns} for r in rows])
-    log_metrics(loggers, flat_metrics(result))
+
+def publish(cfg, result: dict, loggers, fresh: bool) -> dict:
+    """The run folder's reports and metrics; logger tables and the console for a fresh result."""
+    out_dir = Path(cfg.paths.output_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    rows = result["templates"]
+    (out_dir / "templates.md").write_text(markdown_table(rows, COLUMNS))
     write_job_metrics(cfg, "collect", flat_metrics(result))
-    print(f"\nPrompt templates (oracle CTR on {rows[0]['n_contexts']} validation contexts):\n")
-    print(markdown_table(rows, columns))
-    print(f"best: {best}; {sum(w['impressions'] for w in weeks)} impressions in {len(weeks)} weeks -> {final}")
+    if fresh:
+        (out_dir / "collect.json").write_text(json.dumps(result, indent=2))
+        log_table(loggers, "collect/templates", [{c: r[c] for c in COLUMNS} for r in rows])
+        log_metrics(loggers, flat_metrics(result))
+        print(f"\nPrompt templates (oracle CTR on {rows[0]['n_contexts']} validation contexts):\n")
+        print(markdown_table(rows, COLUMNS))
+        print(f"best: {result['best_template']}; {sum(w['impressions'] for w in result['weeks'])} impressions in "
+              f"{len(result['weeks'])} weeks -> {Path(result['logs']).parent}")
     return result

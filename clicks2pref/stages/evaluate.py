@@ -7,99 +7,113 @@ artifact cache) as needed, so `stage=evaluate` alone reproduces the paper's comp
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import time
-from dataclasses import dataclass, field
+from dataclasses import replace
 from pathlib import Path
-from typing import List, Optional
+from typing import Optional
+
+from omegaconf import OmegaConf
+
+from clicks2pref.data.io import atomic_write_text, expand_sources, load_impressions, read_jsonl
+from clicks2pref.data.pairs import build_pairs
+from clicks2pref.data.simulator import build_simulator
+from clicks2pref.errors import ModelNotFoundError
+from clicks2pref.eval.calibration_report import markdown_report, write_report
+from clicks2pref.eval.heldout import heldout_contexts, markdown_table, paired, score_policy
+from clicks2pref.eval.policy import baseline_id
+from clicks2pref.loggers import log_metrics, log_table
+from clicks2pref.models.registry import load_causal_lm
+from clicks2pref.models.reward_heads import load_reward_model
+from clicks2pref.rewards.diversity import DiversityReward
+from clicks2pref.stages import artifacts, rm as rm_stage
+from clicks2pref.stages.policies import load_grpo_policy, load_sft_policy
+from clicks2pref.stages.sft import resolve_template
 
 log = logging.getLogger(__name__)
+COLUMNS = ["policy", "oracle_ctr", "ci_low", "ci_high", "lift", "gsb", "format_rate", "distinct_2", "mean_cosine"]
 
 
-@dataclass
-class GSBConfig:
-    margin: float = 0.02
+def run(cfg, loggers=()) -> dict:
+    ev = cfg.eval
+    # 1. the stages whose policies and reward models are evaluated (each run or reused)
+    inputs = artifacts.upstream(cfg, "evaluate", loggers)
+
+    # 2. every policy on the same held-out contexts (cached evaluations), with the diversity of its panels
+    start = time.time()
+    out_dir = Path(cfg.paths.output_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    sim = build_simulator(cfg.simulator)
+    contexts = heldout_contexts(cfg, sim, ev)
+    diversity = DiversityReward(ev.diversity_embedder)
+    results = {}
+    for name in ev.policies:
+        policy_id, load, template, meta = policy_source(cfg, name, inputs)
+        m = score_policy(cfg, ev, sim, contexts, policy_id, load, cfg.prompt[template], diversity)
+        m.update(template=template, rl_logs=meta.get("rl_logs"))
+        results[name] = m
+        log.info("evaluate: %-10s oracle CTR %.4f [%.4f, %.4f] format %.2f", name, m["oracle_ctr"], m["ci_low"],
+                 m["ci_high"], m["format_rate"])
+
+    # 3. each against the reference: lift with its CI, GSB
+    rows = compare(results, ev.reference, ev, cfg.seed)
+    report = {"split": ev.split, "contexts": len(contexts), "reference": ev.reference, "ci": f"{ev.ci_level:.0%}",
+              "rows": rows, "examples": [{"context": contexts[i], **{n: results[n]["outputs"][i] for n in results}}
+                                         for i in range(min(5, len(contexts)))],
+              "per_context_ctr": {n: results[n]["per_context_ctr"] for n in results}}
+
+    # 4. the reward models' calibration on the IID week and the GRPO policy's logs (OOD)
+    if ev.calibration:
+        ood = results["grpo"].get("rl_logs") if "grpo" in results else None
+        report["calibration"] = calibration_section(cfg, inputs["rm"], out_dir, ood)
+    report["seconds"] = time.time() - start
+    return publish(cfg, report, loggers)
 
 
-@dataclass
-class EvalConfig:
-    policies: List[str] = field(default_factory=lambda: ["baseline", "sft", "grpo"])
-    reference: str = "baseline"
-    split: str = "test"
-    max_contexts: Optional[int] = None
-    bootstrap_samples: int = 1000
-    ci_level: float = 0.95
-    gsb: GSBConfig = field(default_factory=GSBConfig)
-    diversity_embedder: str = "minilm-l6"
-    calibration: bool = True
-
-
-def policy_source(cfg, name: str, loggers=()):
+def policy_source(cfg, name: str, inputs: dict):
     """(identity in the evaluation cache, load() -> (model, tokenizer), template name, artifact metadata)
-    for `baseline`, `sft`, `grpo` (their stages run or are reused) or a saved folder."""
-    from omegaconf import OmegaConf
-
-    from clicks2pref.errors import ModelNotFoundError
-    from clicks2pref.eval.policy import baseline_id
-    from clicks2pref.models.registry import load_causal_lm
-    from clicks2pref.stages.artifacts import artifact_path
-    from clicks2pref.stages.sft import resolve_template
-
+    for `baseline`, `sft`, `grpo` (their stages' results in `inputs`) or a saved folder."""
     base = OmegaConf.to_object(cfg.policy.model)
     if name == "baseline":
-        from clicks2pref.stages import collect as collect_stage
-
-        template = collect_stage.run(cfg, loggers)["best_template"] if not cfg.data.logs else resolve_template(cfg)
+        template = inputs["collect"]["best_template"] if "collect" in inputs else resolve_template(cfg)
         return baseline_id(cfg), lambda: load_causal_lm(base, cfg.paths.model_cache, seed=cfg.seed), template, {}
     if name in ("sft", "grpo"):
-        from clicks2pref.stages import grpo as grpo_stage, sft as sft_stage
-
-        folder = artifact_path(cfg, name, (sft_stage if name == "sft" else grpo_stage).run(cfg, loggers)["key"])
+        folder = artifacts.artifact_path(cfg, name, inputs[name]["key"])
     else:
         folder = Path(name).expanduser()
     if (folder / "sft.json").exists():
-        from clicks2pref.stages.sft import load_sft_policy
-
         meta = json.loads((folder / "sft.json").read_text())
         return f"sft:{meta['key']}", lambda: load_sft_policy(folder, cfg, merge=True), meta["template"], meta
     if (folder / "grpo.json").exists():
-        from clicks2pref.stages.grpo import load_grpo_policy
-
         meta = json.loads((folder / "grpo.json").read_text())
         if meta.get("rl_logs"):  # recorded as an absolute path; the folder may have moved since
             meta["rl_logs"] = str(folder / Path(meta["rl_logs"]).name)
         return f"grpo:{meta['key']}", lambda: load_grpo_policy(folder, cfg), meta["template"], meta
     if folder.is_dir():
-        from dataclasses import replace
-
         stamp = max((p.stat().st_mtime_ns for p in folder.rglob("*") if p.is_file()), default=0)
         load = lambda: load_causal_lm(replace(base, name=str(folder), lora=None), cfg.paths.model_cache)  # noqa: E731
         return f"path:{folder.resolve()}@{stamp}", load, resolve_template(cfg), {}
     raise ModelNotFoundError(f"eval.policies: '{name}' is neither baseline, sft, grpo nor an existing folder")
 
 
-def compare(results: dict, reference: str, ev) -> list[dict]:
+def compare(results: dict, reference: str, ev, seed: int) -> list[dict]:
     """One row per policy: CTR and CI, paired lift over the reference with its CI, GSB, format, diversity."""
-    from clicks2pref.eval.ctr import bootstrap_mean
-    from clicks2pref.eval.gsb import gsb
-
     ref = results[reference]
     rows = []
     for name, m in results.items():
-        diff = [a - b for a, b in zip(m["per_context_ctr"], ref["per_context_ctr"])]
-        lift = bootstrap_mean(diff, ev.bootstrap_samples, ev.ci_level, 0)
+        lift = paired(m, ref, ev, ev.gsb.margin, seed)
         rows.append({"policy": name, "oracle_ctr": m["oracle_ctr"], "ci_low": m["ci_low"], "ci_high": m["ci_high"],
-                     "lift": lift.mean / ref["oracle_ctr"] if ref["oracle_ctr"] else float("nan"),
-                     "diff_ci_low": lift.low, "diff_ci_high": lift.high,
-                     "gsb": gsb(m["per_context_ctr"], ref["per_context_ctr"], ev.gsb.margin).score,
+                     "lift": lift["relative"] if lift["relative"] is not None else float("nan"),
+                     "diff_ci_low": lift["ci_low"], "diff_ci_high": lift["ci_high"], "gsb": lift["gsb"]["gsb"],
                      "format_rate": m["format_rate"], "distinct_2": m["distinct_2"],
                      "mean_cosine": m["mean_pairwise_cosine"]})
     return rows
 
 
 def plot_ctr(rows: list[dict], path: Path, ci: str) -> None:
-    import matplotlib
+    import matplotlib  # the plotting extra, loaded only when a plot is drawn
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -117,83 +131,28 @@ def plot_ctr(rows: list[dict], path: Path, ci: str) -> None:
     plt.close(fig)
 
 
-def run(cfg, loggers=()) -> dict:
-    from clicks2pref.data.parsing import parse_suggestions
-    from clicks2pref.data.simulator import build_simulator, split_contexts
-    from clicks2pref.eval.policy import cached_evaluation
-    from clicks2pref.loggers import log_metrics, log_table
-    from clicks2pref.rewards.diversity import DiversityReward, distinct_n
-    from clicks2pref.stages.collect import markdown_table
-
-    ev = cfg.eval
-    if ev.reference not in ev.policies:
-        from clicks2pref.errors import ConfigError
-
-        raise ConfigError(f"eval.reference '{ev.reference}' is not in eval.policies {list(ev.policies)}")
-    start = time.time()
-    out_dir = Path(cfg.paths.output_dir)
-    sim = build_simulator(cfg.simulator)
-    split = cfg.data.split
-    contexts = split_contexts(sim.world, split.val_fraction, split.test_fraction, split.seed)[ev.split]
-    contexts = contexts[: ev.max_contexts] if ev.max_contexts else contexts
-    diversity = DiversityReward(ev.diversity_embedder)
-    k = len(cfg.simulator.examination)
-
-    results = {}
-    for name in ev.policies:
-        policy_id, load, template, meta = policy_source(cfg, name, loggers)
-        m = cached_evaluation(cfg, policy_id, load, cfg.prompt[template], sim, ev.split, contexts,
-                              ev.bootstrap_samples, ev.ci_level)
-        panels = [parse_suggestions(o, k).suggestions for o in m["outputs"]]
-        m.update(template=template, rl_logs=meta.get("rl_logs"), distinct_2=distinct_n(panels, 2),
-                 mean_pairwise_cosine=diversity.mean_pairwise_cosine(panels))
-        results[name] = m
-        log.info("evaluate: %-10s oracle CTR %.4f [%.4f, %.4f] format %.2f", name, m["oracle_ctr"], m["ci_low"],
-                 m["ci_high"], m["format_rate"])
-
-    rows = compare(results, ev.reference, ev)
-    ci = f"{ev.ci_level:.0%}"
-    report = {"split": ev.split, "contexts": len(contexts), "reference": ev.reference, "ci": ci, "rows": rows,
-              "examples": [{"context": contexts[i], **{n: results[n]["outputs"][i] for n in results}}
-                           for i in range(min(5, len(contexts)))],
-              "per_context_ctr": {n: results[n]["per_context_ctr"] for n in results}}
-    if ev.calibration:
-        ood = results["grpo"].get("rl_logs") if "grpo" in results else None
-        report["calibration"] = calibration_section(cfg, loggers, out_dir, ood)
-    report["seconds"] = time.time() - start
-
-    columns = ["policy", "oracle_ctr", "ci_low", "ci_high", "lift", "gsb", "format_rate", "distinct_2", "mean_cosine"]
-    table = markdown_table(rows, columns)
-    flat = {f"eval/{r['policy']}/{c}": float(r[c]) for r in rows for c in columns[1:]}
+def publish(cfg, report: dict, loggers) -> dict:
+    """results.md, evaluation.json, metrics.json and ctr.png in the run folder; the table on the console."""
+    ev, out_dir, rows, ci = cfg.eval, Path(cfg.paths.output_dir), report["rows"], report["ci"]
+    table = markdown_table(rows, COLUMNS)
+    flat = {f"eval/{r['policy']}/{c}": float(r[c]) for r in rows for c in COLUMNS[1:]}
     (out_dir / "evaluation.json").write_text(json.dumps(report, indent=2))
     (out_dir / "metrics.json").write_text(json.dumps(flat, indent=2))
-    (out_dir / "results.md").write_text(f"Held-out {ev.split} contexts: {len(contexts)}; lift and GSB vs. "
+    (out_dir / "results.md").write_text(f"Held-out {ev.split} contexts: {report['contexts']}; lift and GSB vs. "
                                         f"{ev.reference}; {ci} bootstrap CIs.\n\n" + table)
     plot_ctr(rows, out_dir / "ctr.png", ci)
-    log_table(loggers, "eval/results", [{c: r[c] for c in columns} for r in rows])
+    log_table(loggers, "eval/results", [{c: r[c] for c in COLUMNS} for r in rows])
     log_metrics(loggers, flat)
-    print(f"\nResults on {len(contexts)} held-out contexts (lift, GSB vs. {ev.reference}; {ci} CIs):\n")
+    print(f"\nResults on {report['contexts']} held-out contexts (lift, GSB vs. {ev.reference}; {ci} CIs):\n")
     print(table)
     print(f"metrics: {out_dir / 'evaluation.json'}\nplots:   {out_dir / 'ctr.png'}")
     return report
 
 
-def calibration_section(cfg, loggers, out_dir: Path, ood_logs: Optional[str]) -> dict:
+def calibration_section(cfg, trained: dict, out_dir: Path, ood_logs: Optional[str]) -> dict:
     """The trained reward models' calibration report on the IID test week and, when there are logs from
     another policy (`data.ood_logs`, else the GRPO policy's week of RL logs), on that OOD split."""
-    import hashlib
-
-    from omegaconf import OmegaConf
-
-    from clicks2pref.data.io import atomic_write_text, expand_sources, load_impressions, read_jsonl
-    from clicks2pref.data.pairs import build_pairs
-    from clicks2pref.eval.calibration_report import markdown_report, write_report
-    from clicks2pref.models.reward_heads import load_reward_model
-    from clicks2pref.stages import rm as rm_stage
-    from clicks2pref.stages.artifacts import artifact_path
-
-    trained = rm_stage.run(cfg, loggers)
-    folder = artifact_path(cfg, "rm", trained["key"])
+    folder = artifacts.artifact_path(cfg, "rm", trained["key"])
     source = cfg.data.ood_logs or ood_logs
     # cached by the reward models' key, the OOD files' bytes and the report settings
     digest = hashlib.sha256(f"{trained['key']}|{json.dumps(OmegaConf.to_container(cfg.reward_model.calibration))}|"

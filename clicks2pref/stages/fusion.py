@@ -9,7 +9,6 @@ constraints (stage two; `clicks2pref.rewards.fusion`). Writes `artifacts/fusion/
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import random
@@ -17,24 +16,122 @@ import time
 from pathlib import Path
 
 import numpy as np
+import torch
+
+from clicks2pref.data.io import load_impressions
+from clicks2pref.data.parsing import format_suggestions
+from clicks2pref.data.prompts import build_messages
+from clicks2pref.errors import ClickLogError
+from clicks2pref.loggers import log_metrics
+from clicks2pref.models.generate import GenerationConfig, generate
+from clicks2pref.report import write_job_metrics
+from clicks2pref.rewards.base import RewardBatch, RewardResources, context_key
+from clicks2pref.rewards.composite import build_components, enabled
+from clicks2pref.rewards.fusion import fuse
+from clicks2pref.rewards.ppl import ReferenceScorer, calibrate_tau
+from clicks2pref.rewards.rule import RuleReward
+from clicks2pref.stages import artifacts
+from clicks2pref.stages.policies import load_sft_policy
 
 log = logging.getLogger(__name__)
 
 
-def fusion_key(cfg, inputs: dict) -> str:
-    from clicks2pref.rewards.base import SCORING_VERSION
-    from clicks2pref.stages.artifacts import stage_key
-    from clicks2pref.stages.sft import logs_fingerprint
+def run(cfg, loggers=()) -> dict:
+    fc = cfg.fusion
+    names = enabled(cfg.rewards)
+    # 1. what fusion reads: the SFT policy (reference and candidate sampler), the reward models, the logs
+    inputs = artifacts.upstream(cfg, "fusion", loggers)
+    key = artifacts.key(cfg, "fusion", inputs)
+    final = artifacts.artifact_path(cfg, "fusion", key)
+    if (result := artifacts.reuse(cfg, "fusion", key)) is not None:
+        return publish(cfg, result, loggers, fresh=False)
 
-    parts = [stage_key(cfg, "fusion"), logs_fingerprint(cfg), f"scoring-v{SCORING_VERSION}"]
-    parts += [inputs[s]["key"] for s in ("sft", "rm") if s in inputs]
-    return hashlib.sha256("|".join(parts).encode()).hexdigest()[:12]
+    # 2. the held-out weeks' impressions (clicks to fit) and the rest (τ's calibration panels)
+    start = time.time()
+    source = artifacts.logs_source(cfg)
+    records = load_impressions(source, cfg.data.on_invalid)
+    held = [r for r in records if r["week"] in fc.weeks]
+    rest = [r for r in records if r["week"] not in fc.weeks] or records
+    if not held:
+        raise ClickLogError(f"fusion.weeks {list(fc.weeks)}: no impressions in those weeks (weeks present: "
+                            f"{sorted({r['week'] for r in records})}); set fusion.weeks", str(source),
+                            field="fusion.weeks")
+
+    # 3. the components, with the SFT policy as the perplexity reference
+    model, tok = load_sft_policy(artifacts.artifact_path(cfg, "sft", inputs["sft"]["key"]), cfg, merge=True)
+    template = cfg.prompt[inputs["sft"]["template"]]
+    scorer = ReferenceScorer(model, tok, template, cfg.grpo.temperature, cfg.grpo.micro_batch_size)
+    components = build_components(cfg.rewards, RewardResources(rm_models(cfg, inputs), scorer, cfg.paths.model_cache))
+    k = len(cfg.simulator.examination)
+
+    # 4. τ: a quantile of logged panels' reference log-PPL (training weeks), used by `ppl` and the constraint
+    quantile = cfg.rewards.ppl.quantile if "ppl" in components else 0.95
+    calibration_panels = cfg.rewards.ppl.calibration_panels if "ppl" in components else 64
+    if "ppl" in components and components["ppl"].tau is not None:
+        tau = components["ppl"].tau
+    else:
+        contexts, panels = logged_panels(rest, calibration_panels, cfg.seed)
+        tau = calibrate_tau(scorer(contexts, panels), quantile)
+    if "ppl" in components:
+        components["ppl"].tau = tau
+
+    # 5. stage one's data: component scores of held-out panels, one row per impression
+    panels, rows, clicks = panel_table(held)
+    logged = RewardBatch([p["context"] for p in panels], [format_suggestions(p["suggestions"]) for p in panels], k)
+    panel_scores = score_matrix(components, logged)
+    log.info("fusion: %d held-out impressions (%d panels, CTR %.3f) scored by %s", len(rows), len(panels),
+             clicks.mean(), ", ".join(names))
+
+    # 6. stage two's candidates: reference-policy samples for held-out contexts, and the constraints on them
+    cand_contexts, cand_texts = candidates(cfg, model, tok, template, held, k)
+    cand_scores = cand_pass = cand_in_dist = None
+    if cand_texts:
+        batch = RewardBatch(cand_contexts, cand_texts, k)
+        S = fc.samples_per_context
+        cand_scores = score_matrix(components, batch).reshape(-1, S, len(names))
+        rule = components.get("rule") or RuleReward()
+        cand_pass = rule.passes(batch).numpy().reshape(-1, S)
+        log_ppl = batch.ref_log_ppl if batch.ref_log_ppl is not None else scorer(batch.contexts, batch.completions)
+        cand_in_dist = (np.asarray(log_ppl) <= tau).reshape(-1, S)
+
+    # 7. fit, grid, choose; the weights are the artifact
+    fused = fuse(names, panel_scores[rows], clicks, fc, cand_scores, cand_pass, cand_in_dist, cfg.seed)
+    result = {"key": key, "rewards": cfg.rewards.name, "components": names, "weights": fused["weights"], "tau": tau,
+              "tau_quantile": quantile, "stage_one": fused["stage_one"], "chosen": fused["chosen"],
+              "constraints": {"min_rule_pass": fc.min_rule_pass, "min_in_distribution": fc.min_in_distribution,
+                              "met": fused["constraints_met"]},
+              "data": {"weeks": list(fc.weeks), "impressions": int(len(rows)), "panels": len(panels),
+                       "ctr": float(clicks.mean()), "candidates": len(cand_texts),
+                       "candidate_rule_pass": float(cand_pass.mean()) if cand_pass is not None else None,
+                       "candidate_in_distribution": float(cand_in_dist.mean()) if cand_in_dist is not None else None},
+              "grid_size": fused["grid_size"], "front": fused["front"], "inputs": {s: inputs[s]["key"] for s in inputs},
+              "seconds": time.time() - start}
+    with artifacts.atomic_dir(final) as tmp:
+        (tmp / "fusion_weights.json").write_text(json.dumps(result, indent=2))
+    return publish(cfg, result, loggers, fresh=True)
+
+
+def rm_models(cfg, inputs: dict) -> dict:
+    """kind -> trained reward-model folder of this config's stage=rm artifact (none when rm was not read)."""
+    if "rm" not in inputs:
+        return {}
+    folder = artifacts.artifact_path(cfg, "rm", inputs["rm"]["key"])
+    return {kind: str(folder / kind) for kind in inputs["rm"]["models"]}
+
+
+def logged_panels(records: list[dict], n: int, seed: int) -> tuple[list[list[dict]], list[str]]:
+    """Up to n distinct logged panels (context, formatted text), a seeded sample: τ's calibration set."""
+    panels: dict = {}
+    for r in records:
+        panels.setdefault((context_key(r["context"]), tuple(r["suggestions"])), r)
+    keys = sorted(panels)
+    random.Random(seed).shuffle(keys)
+    chosen = [panels[k] for k in keys[:n]]
+    return [r["context"] for r in chosen], [format_suggestions(r["suggestions"]) for r in chosen]
 
 
 def panel_table(records: list[dict]) -> tuple[list[dict], np.ndarray, np.ndarray]:
     """Distinct panels of the records, and per impression its panel index and click (any position)."""
-    from clicks2pref.rewards.base import context_key
-
     index: dict = {}
     panels, rows, clicks = [], [], []
     for r in records:
@@ -49,18 +146,12 @@ def panel_table(records: list[dict]) -> tuple[list[dict], np.ndarray, np.ndarray
 
 def score_matrix(components: dict, batch) -> np.ndarray:
     """[N, K] component scores of a RewardBatch, columns in `components` order."""
-    import torch
-
     cols = [torch.as_tensor(c(batch), dtype=torch.float64).numpy() for c in components.values()]
     return np.stack(cols, axis=1) if cols else np.zeros((len(batch), 0))
 
 
 def candidates(cfg, model, tok, template, records: list[dict], k: int) -> tuple[list[list[dict]], list[str]]:
     """Panels the reference policy samples for held-out logged contexts, `samples_per_context` each (grouped)."""
-    from clicks2pref.data.prompts import build_messages
-    from clicks2pref.models.generate import GenerationConfig, generate
-    from clicks2pref.rewards.base import context_key
-
     fc = cfg.fusion
     contexts = list({context_key(r["context"]): r["context"] for r in records}.values())
     random.Random(cfg.seed).shuffle(contexts)
@@ -75,109 +166,18 @@ def candidates(cfg, model, tok, template, records: list[dict], k: int) -> tuple[
     return [c for c in contexts for _ in range(fc.samples_per_context)], texts
 
 
-def run(cfg, loggers=()) -> dict:
-    from clicks2pref.data.io import load_impressions
-    from clicks2pref.data.sources import click_log_source
-    from clicks2pref.errors import ClickLogError
-    from clicks2pref.loggers import log_metrics
-    from clicks2pref.rewards.base import RewardBatch, RewardResources
-    from clicks2pref.rewards.composite import build_components, enabled, needed_reward_models
-    from clicks2pref.rewards.fusion import fuse
-    from clicks2pref.rewards.ppl import ReferenceScorer, calibrate_tau
-    from clicks2pref.rewards.rule import RuleReward
-    from clicks2pref.stages import rm as rm_stage
-    from clicks2pref.stages import sft as sft_stage
-    from clicks2pref.report import write_job_metrics
-    from clicks2pref.stages.artifacts import artifact_path, atomic_dir
-    from clicks2pref.stages.grpo import check_config, logged_panels, rm_models, sft_dir
-    from clicks2pref.stages.sft import load_sft_policy
-
-    check_config(cfg)
-    fc = cfg.fusion
-    names = enabled(cfg.rewards)
-    inputs = {"sft": sft_stage.run(cfg, loggers)}
-    if needed_reward_models(cfg.rewards):
-        inputs["rm"] = rm_stage.run(cfg, loggers)
-    key = fusion_key(cfg, inputs)
-    final = artifact_path(cfg, "fusion", key)
+def publish(cfg, result: dict, loggers, fresh: bool) -> dict:
     out_dir = Path(cfg.paths.output_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    if cfg.cache and (final / "fusion_weights.json").exists():
-        log.info("fusion: reusing %s", final)
-        result = json.loads((final / "fusion_weights.json").read_text())
-        (out_dir / "fusion_weights.json").write_text(json.dumps(result, indent=2))
-        write_job_metrics(cfg, "fusion", flat_metrics(result))
-        return result
-
-    start = time.time()
-    source = click_log_source(cfg)
-    records = load_impressions(source, cfg.data.on_invalid)
-    held = [r for r in records if r["week"] in fc.weeks]
-    rest = [r for r in records if r["week"] not in fc.weeks] or records
-    if not held:
-        raise ClickLogError(f"fusion.weeks {list(fc.weeks)}: no impressions in those weeks (weeks present: "
-                            f"{sorted({r['week'] for r in records})}); set fusion.weeks", str(source),
-                            field="fusion.weeks")
-
-    model, tok = load_sft_policy(sft_dir(cfg, inputs), cfg, merge=True)
-    template = cfg.prompt[inputs["sft"]["template"]]
-    scorer = ReferenceScorer(model, tok, template, cfg.grpo.temperature, cfg.grpo.micro_batch_size)
-    resources = RewardResources(rm_models(cfg, inputs), scorer, cfg.paths.model_cache)
-    components = build_components(cfg.rewards, resources)
-    k = len(cfg.simulator.examination)
-
-    # τ: a quantile of logged panels' reference log-PPL (training weeks), used by `ppl` and the constraint
-    quantile = cfg.rewards.ppl.quantile if "ppl" in components else 0.95
-    calibration_panels = cfg.rewards.ppl.calibration_panels if "ppl" in components else 64
-    if "ppl" in components and components["ppl"].tau is not None:
-        tau = components["ppl"].tau
-    else:
-        contexts, panels = logged_panels(rest, calibration_panels, cfg.seed)
-        tau = calibrate_tau(scorer(contexts, panels), quantile)
-    if "ppl" in components:
-        components["ppl"].tau = tau
-
-    # stage one's data: component scores of held-out panels, one row per impression
-    from clicks2pref.data.parsing import format_suggestions
-
-    panels, rows, clicks = panel_table(held)
-    logged = RewardBatch([p["context"] for p in panels], [format_suggestions(p["suggestions"]) for p in panels], k)
-    panel_scores = score_matrix(components, logged)
-    log.info("fusion: %d held-out impressions (%d panels, CTR %.3f) scored by %s", len(rows), len(panels),
-             clicks.mean(), ", ".join(names))
-
-    # stage two's candidates: reference-policy samples for held-out contexts
-    cand_contexts, cand_texts = candidates(cfg, model, tok, template, held, k)
-    cand_scores = cand_pass = cand_in_dist = None
-    if cand_texts:
-        batch = RewardBatch(cand_contexts, cand_texts, k)
-        S = fc.samples_per_context
-        cand_scores = score_matrix(components, batch).reshape(-1, S, len(names))
-        rule = components.get("rule") or RuleReward()
-        cand_pass = rule.passes(batch).numpy().reshape(-1, S)
-        log_ppl = batch.ref_log_ppl if batch.ref_log_ppl is not None else scorer(batch.contexts, batch.completions)
-        cand_in_dist = (np.asarray(log_ppl) <= tau).reshape(-1, S)
-
-    fused = fuse(names, panel_scores[rows], clicks, fc, cand_scores, cand_pass, cand_in_dist, cfg.seed)
-    result = {"key": key, "rewards": cfg.rewards.name, "components": names, "weights": fused["weights"], "tau": tau,
-              "tau_quantile": quantile, "stage_one": fused["stage_one"], "chosen": fused["chosen"],
-              "constraints": {"min_rule_pass": fc.min_rule_pass, "min_in_distribution": fc.min_in_distribution,
-                              "met": fused["constraints_met"]},
-              "data": {"weeks": list(fc.weeks), "impressions": int(len(rows)), "panels": len(panels),
-                       "ctr": float(clicks.mean()), "candidates": len(cand_texts),
-                       "candidate_rule_pass": float(cand_pass.mean()) if cand_pass is not None else None,
-                       "candidate_in_distribution": float(cand_in_dist.mean()) if cand_in_dist is not None else None},
-              "grid_size": fused["grid_size"], "front": fused["front"], "inputs": {s: inputs[s]["key"] for s in inputs},
-              "seconds": time.time() - start}
-    with atomic_dir(final) as tmp:
-        (tmp / "fusion_weights.json").write_text(json.dumps(result, indent=2))
     (out_dir / "fusion_weights.json").write_text(json.dumps(result, indent=2))
-    log_metrics(loggers, flat_metrics(result))
     write_job_metrics(cfg, "fusion", flat_metrics(result))
-    print(f"\nfusion ({cfg.rewards.name}): stage one {_fmt(result['stage_one']['weights'])} (click AUC "
-          f"{result['stage_one']['auc']:.3f}); chosen {_fmt(result['weights'])} (AUC {result['chosen']['auc']:.3f}, "
-          f"rule pass {result['chosen']['rule_pass']:.2f}, in-distribution {result['chosen']['in_distribution']:.2f}); "
-          f"τ {tau:.3f}; {len(result['front'])} Pareto points of {result['grid_size']} -> {final}")
+    if fresh:
+        log_metrics(loggers, flat_metrics(result))
+        chosen, where = result["chosen"], artifacts.artifact_path(cfg, "fusion", result["key"])
+        print(f"\nfusion ({result['rewards']}): stage one {_fmt(result['stage_one']['weights'])} (click AUC "
+              f"{result['stage_one']['auc']:.3f}); chosen {_fmt(result['weights'])} (AUC {chosen['auc']:.3f}, "
+              f"rule pass {chosen['rule_pass']:.2f}, in-distribution {chosen['in_distribution']:.2f}); "
+              f"τ {result['tau']:.3f}; {len(result['front'])} Pareto points of {result['grid_size']} -> {where}")
     return result
 
 

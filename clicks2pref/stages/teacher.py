@@ -9,42 +9,32 @@ ranked by how often the teacher produced them. The candidates are cached under
 """
 from __future__ import annotations
 
+import inspect
 import json
 import logging
 import shutil
 import time
 from collections import Counter
-from dataclasses import dataclass, field
-from typing import Optional
 
-from clicks2pref.data.sft_data import normalize
-from clicks2pref.models.generate import GenerationConfig
+import torch
+from transformers import DynamicCache
+
+from clicks2pref.config.sft import training_model_config
+from clicks2pref.data.io import read_jsonl, write_jsonl
+from clicks2pref.data.parsing import format_suggestions, parse_suggestions
+from clicks2pref.data.prompts import PromptTemplate, build_messages
+from clicks2pref.data.sft_data import normalize, single_suggestion_examples, split_groups
+from clicks2pref.lit.fit import fit_causal_lm
+from clicks2pref.models.generate import GenerationConfig, chat_inputs
 from clicks2pref.models.placement import on_device
-from clicks2pref.models.registry import LoraConfig, ModelConfig
-from clicks2pref.stages.sft import SFTTrainConfig
+from clicks2pref.models.registry import load_causal_lm
+from clicks2pref.stages import artifacts
 
 log = logging.getLogger(__name__)
 
 
-@dataclass
-class TeacherConfig:
-    name: str = "none"  # label in reports (none = no teacher, the clicks are the candidates)
-    model: Optional[ModelConfig] = None  # the teacher model; null = no teacher
-    method: str = "lora"  # full | lora | qlora
-    lora: LoraConfig = field(default_factory=LoraConfig)
-    system: Optional[str] = "You predict the user's next question."  # teacher prompt: system turn
-    instruction: str = "My next question, as one line numbered 1."
-    train: SFTTrainConfig = field(default_factory=SFTTrainConfig)
-    num_candidates: int = 5  # questions sampled per context
-    keep_clicked: bool = False  # also keep the clicked suggestions as candidates (ranked first)
-    generation: GenerationConfig = field(default_factory=lambda: GenerationConfig(
-        max_new_tokens=24, temperature=1.0, top_p=0.95, do_sample=True, batch_size=16))
-
-
 def parse_candidate(text: str) -> str:
     """The question in one teacher reply: its numbered/bulleted item, else its first line."""
-    from clicks2pref.data.parsing import parse_suggestions
-
     items = parse_suggestions(text, 1).suggestions
     if items:
         return items[0].strip().strip('"').strip()
@@ -66,8 +56,6 @@ def rank_samples(samples: list[str]) -> list[dict]:
 
 
 def teacher_template(tcfg):
-    from clicks2pref.data.prompts import PromptTemplate
-
     return PromptTemplate(instruction=tcfg.instruction, system=tcfg.system)
 
 
@@ -79,13 +67,6 @@ def sample_shared_prefix(model, tok, messages: list[list[dict]], gen: Generation
     prompt n times as `num_return_sequences` does: on a CPU the prompts cost more than the short
     completions, so this is several times faster for the same samples.
     """
-    import inspect
-
-    import torch
-    from transformers import DynamicCache
-
-    from clicks2pref.models.generate import chat_inputs
-
     ids = chat_inputs(tok, messages)
     order = sorted(range(len(ids)), key=lambda i: len(ids[i]))
     out: list[list[str]] = [[] for _ in ids]
@@ -121,8 +102,6 @@ def sample_shared_prefix(model, tok, messages: list[list[dict]], gen: Generation
 
 def sample_candidates(model, tok, groups: list[dict], tcfg, seed: int) -> list[list[dict]]:
     """`num_candidates` teacher samples per group, parsed and ranked."""
-    from clicks2pref.data.prompts import build_messages
-
     template = teacher_template(tcfg)
     n = tcfg.num_candidates
     outs = sample_shared_prefix(model, tok, [build_messages(template, g["context"]) for g in groups],
@@ -130,53 +109,50 @@ def sample_candidates(model, tok, groups: list[dict], tcfg, seed: int) -> list[l
     return [rank_samples([parse_candidate(o) for o in outs[i * n:(i + 1) * n]]) for i in range(len(groups))]
 
 
-def teacher_candidates(cfg, groups: list[dict], loggers=()) -> tuple[list[dict], dict]:
-    """Groups with their assembly candidates, and the teacher's report (`{"name": "none"}` without one)."""
-    from clicks2pref.data.io import read_jsonl, write_jsonl
-    from clicks2pref.data.parsing import format_suggestions
-    from clicks2pref.data.sft_data import single_suggestion_examples, split_groups
-    from clicks2pref.models.registry import load_causal_lm
-    from clicks2pref.stages.artifacts import artifact_path, atomic_dir
-    from clicks2pref.stages.sft import fit_causal_lm, keyed, training_model_config
+def teacher_candidates(cfg, groups: list[dict], inputs: dict, loggers=()) -> tuple[list[dict], dict]:
+    """Groups with their assembly candidates, and the teacher's report (`{"name": "none"}` without one).
 
+    `inputs` are the results of the stages sft read (the teacher's key folds in the same click logs)."""
     tcfg = cfg.teacher
     if tcfg.model is None:
         return groups, {"name": tcfg.name}
-    key = keyed(cfg, "teacher")
-    final = artifact_path(cfg, "teacher", key)
-    if cfg.cache and (final / "teacher.json").exists():
-        log.info("teacher: reusing candidates from %s", final)
-        report = json.loads((final / "teacher.json").read_text())
+    key = artifacts.key(cfg, "teacher", inputs)
+    if (report := artifacts.reuse(cfg, "teacher", key)) is not None:
+        final = artifacts.artifact_path(cfg, "teacher", key)
         sampled = {r["group"]: r["candidates"] for r in read_jsonl(final / "candidates.jsonl")}
     else:
-        start = time.time()
-        from clicks2pref.data.prompts import build_messages
-
-        template = teacher_template(tcfg)
-        train_groups, val_groups = split_groups(groups, cfg.sft.data.val_fraction)
-        as_messages = lambda gs: [{"messages": build_messages(template, e["context"]),  # noqa: E731
-                                   "target": format_suggestions([e["target"]])} for e in single_suggestion_examples(gs)]
-        model, tok = load_causal_lm(training_model_config(tcfg.model, tcfg.method, tcfg.lora), cfg.paths.model_cache,
-                                    seed=cfg.seed)
-        work = final.parent / f".work-{key}"
-        stats = fit_causal_lm(cfg, model, tok, as_messages(train_groups), as_messages(val_groups), tcfg.train, work,
-                              loggers, "teacher", 1, tcfg.generation.max_new_tokens)
-        gen_start = time.time()
-        ranked = sample_candidates(model, tok, groups, tcfg, cfg.seed)
-        sampled = {g["group"]: r for g, r in zip(groups, ranked)}
-        report = {"name": tcfg.name, "model": tcfg.model.name, "key": key, "train": stats,
-                  "num_candidates": tcfg.num_candidates, "generate_seconds": time.time() - gen_start,
-                  "distinct_per_context": sum(len(r) for r in ranked) / max(len(ranked), 1),
-                  "seconds": time.time() - start}
-        with atomic_dir(final) as tmp:
-            write_jsonl([{"group": g, "candidates": c} for g, c in sampled.items()], tmp / "candidates.jsonl")
-            (tmp / "teacher.json").write_text(json.dumps(report, indent=2))
-        shutil.rmtree(work, ignore_errors=True)
-        log.info("teacher %s: trained in %.0fs, %d candidates/context (%.1f distinct) in %.0fs", tcfg.name,
-                 stats["seconds"], tcfg.num_candidates, report["distinct_per_context"], report["generate_seconds"])
-        del model
+        sampled, report = train_and_sample(cfg, groups, key, loggers)
     out = []
     for g in groups:
         cands = (list(g["candidates"]) if tcfg.keep_clicked else []) + sampled.get(g["group"], [])
         out.append({**g, "candidates": cands})
     return out, report
+
+
+def train_and_sample(cfg, groups: list[dict], key: str, loggers) -> tuple[dict, dict]:
+    """Fine-tune the teacher on single clicked suggestions, sample candidates, write its artifact."""
+    tcfg = cfg.teacher
+    start = time.time()
+    template = teacher_template(tcfg)
+    train_groups, val_groups = split_groups(groups, cfg.sft.data.val_fraction)
+    as_messages = lambda gs: [{"messages": build_messages(template, e["context"]),  # noqa: E731
+                               "target": format_suggestions([e["target"]])} for e in single_suggestion_examples(gs)]
+    model, tok = load_causal_lm(training_model_config(tcfg.model, tcfg.method, tcfg.lora), cfg.paths.model_cache,
+                                seed=cfg.seed)
+    work = artifacts.work_dir(cfg, "teacher", key)
+    stats = fit_causal_lm(cfg, model, tok, as_messages(train_groups), as_messages(val_groups), tcfg.train, work,
+                          loggers, "teacher", 1, tcfg.generation.max_new_tokens)
+    gen_start = time.time()
+    ranked = sample_candidates(model, tok, groups, tcfg, cfg.seed)
+    sampled = {g["group"]: r for g, r in zip(groups, ranked)}
+    report = {"name": tcfg.name, "model": tcfg.model.name, "key": key, "train": stats,
+              "num_candidates": tcfg.num_candidates, "generate_seconds": time.time() - gen_start,
+              "distinct_per_context": sum(len(r) for r in ranked) / max(len(ranked), 1),
+              "seconds": time.time() - start}
+    with artifacts.atomic_dir(artifacts.artifact_path(cfg, "teacher", key)) as tmp:
+        write_jsonl([{"group": g, "candidates": c} for g, c in sampled.items()], tmp / "candidates.jsonl")
+        (tmp / "teacher.json").write_text(json.dumps(report, indent=2))
+    shutil.rmtree(work, ignore_errors=True)
+    log.info("teacher %s: trained in %.0fs, %d candidates/context (%.1f distinct) in %.0fs", tcfg.name,
+             stats["seconds"], tcfg.num_candidates, report["distinct_per_context"], report["generate_seconds"])
+    return sampled, report

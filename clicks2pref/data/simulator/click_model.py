@@ -11,10 +11,13 @@ from dataclasses import dataclass, field
 from typing import Dict, List, Optional, Sequence
 
 import numpy as np
+from omegaconf import OmegaConf
 
 from clicks2pref.data.simulator.quality import QualityConfig, quality_logits
+from clicks2pref.data.simulator.similarity import EmbeddingSimilarity, LexicalSimilarity
 from clicks2pref.data.simulator.users import SegmentConfig, intent_distribution
 from clicks2pref.data.simulator.world import Topic, context_messages, load_world
+from clicks2pref.models.registry import load_sentence_embedder
 
 
 @dataclass
@@ -111,17 +114,11 @@ class ClickSimulator:
 
 def build_simulator(cfg: SimulatorConfig, world: Optional[dict[str, Topic]] = None) -> ClickSimulator:
     """The simulator with the configured similarity backend."""
-    from omegaconf import OmegaConf
-
-    from clicks2pref.data.simulator.similarity import EmbeddingSimilarity, LexicalSimilarity
-
     if OmegaConf.is_config(cfg):
         cfg = OmegaConf.to_object(cfg)
     if cfg.similarity == "lexical":
         sim = LexicalSimilarity()
     elif cfg.similarity == "minilm":
-        from clicks2pref.models.registry import load_sentence_embedder
-
         sim = EmbeddingSimilarity(load_sentence_embedder(cfg.embedder))
     else:
         raise ValueError(f"simulator.similarity '{cfg.similarity}' is not one of minilm, lexical")
