@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import logging
+import math
 import sys
 import traceback
 from pathlib import Path
@@ -13,13 +14,27 @@ from hydra.types import RunMode
 from hydra.utils import get_method
 from omegaconf import DictConfig, OmegaConf
 
+from clicks2pref import CONF_DIR
 from clicks2pref.config import register_configs, validate
 from clicks2pref.errors import Clicks2PrefError
 from clicks2pref.loggers import finalize, instantiate_loggers, log_config
 from clicks2pref.models.placement import use_accelerator
+from clicks2pref.stages.artifacts import release_locks
 
 log = logging.getLogger("clicks2pref")
 register_configs()
+
+# stage -> its headline metric in the result dict its `run` returns: the number the job returns, which a Hydra
+# sweeper (`hparams_search=grpo_optuna`) optimises; `optimized_metric=<dotted path>` picks another
+HEADLINE = {
+    "collect": lambda r: max(t["oracle_ctr"] for t in r["templates"]),  # the best template's oracle CTR
+    "sft": lambda r: r["eval"]["sft"]["oracle_ctr"],  # the SFT policy's oracle CTR on held-out contexts
+    "rm": lambda r: r["metrics"]["garm"]["iid"]["accuracy"],  # GaRM's pair accuracy on the IID week
+    "fusion": lambda r: r["chosen"]["auc"],  # click AUC of the chosen weights
+    "grpo": lambda r: r["eval"]["grpo"]["oracle_ctr"],  # the GRPO policy's oracle CTR on held-out contexts
+    "evaluate": lambda r: r["rows"][-1]["oracle_ctr"],  # the last of eval.policies
+    "pipeline": lambda r: r["stages"]["evaluate"]["rows"][-1]["oracle_ctr"],
+}
 
 
 def run_stage(cfg: DictConfig):
@@ -35,21 +50,40 @@ def run_stage(cfg: DictConfig):
         status = "success"
         return result
     finally:
+        release_locks()  # a stage that failed leaves no artifact lock behind for the next one
         finalize(loggers, status)
 
 
-@hydra.main(version_base="1.3", config_path="../conf", config_name="config")
-def _main(cfg: DictConfig):
+def headline(cfg: DictConfig, result: dict) -> float:
+    """The job's metric: `optimized_metric` (a dotted path into `result`, list items by index) or the stage's
+    HEADLINE; NaN when the result lacks it (e.g. `sft.eval.enabled=false`)."""
+    try:
+        if cfg.get("optimized_metric"):
+            value = result
+            for part in cfg.optimized_metric.split("."):
+                value = value[int(part)] if isinstance(value, list) else value[part]
+            return float(value)
+        return float(HEADLINE[cfg.stage.name](result))
+    except (KeyError, IndexError, TypeError, ValueError):
+        log.warning("no metric %s in the %s result; the job returns NaN", cfg.get("optimized_metric") or "headline",
+                    cfg.stage.name)
+        return math.nan
+
+
+# an absolute path: the installed package's `clicks2pref/conf` or the checkout's `conf/` (see `CONF_DIR`)
+@hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="config")
+def _main(cfg: DictConfig) -> float:
+    """One job: the stage's headline metric (HEADLINE), or NaN for a sweep job that failed."""
     log.info("config:\n%s", OmegaConf.to_yaml(cfg, resolve=False))
     sweep_job = HydraConfig.get().mode == RunMode.MULTIRUN
     try:
-        run_stage(cfg)
+        return headline(cfg, run_stage(cfg))
     except Clicks2PrefError as e:  # the user's input: one clear line, no traceback
         log.error("%s", e)
         print(f"error: {e}", file=sys.stderr)
         if sweep_job:
             _record_failure(cfg, f"error: {e}\n")
-            return
+            return math.nan
         sys.exit(1)
     except Exception:
         if not sweep_job:
@@ -57,6 +91,7 @@ def _main(cfg: DictConfig):
         # one broken job must not stop a sweep: record it (the report lists it as failed) and go on
         log.exception("job failed; the sweep continues")
         _record_failure(cfg, traceback.format_exc())
+        return math.nan
 
 
 def _record_failure(cfg: DictConfig, text: str) -> None:

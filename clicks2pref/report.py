@@ -2,7 +2,8 @@
 
 Each job folder holds Hydra's `.hydra/overrides.yaml` (the swept values become columns) and the
 stage's flat `metrics.json`; the result is `report.md`, `report.csv` and one comparison plot per
-headline metric, written into the multirun folder. A job that failed (no metrics) is listed with
+headline metric, written into the multirun folder; for a GRPO sweep also `table4.md` (one row per
+reward preset: GRPO against the SFT policy, from each job's `grpo.json`). A job that failed (no metrics) is listed with
 its status, so one broken job never hides the others.
 """
 from __future__ import annotations
@@ -64,7 +65,27 @@ def write_report(sweep: Path) -> list[Path]:
     labels = [", ".join(f"{c}={r.get(c)}" for c in swept) or str(r["job"]) for r in rows]
     for metric in [c for c in columns if any(c.endswith(h) for h in HEADLINE)]:
         written.append(_plot(sweep, metric, labels, [r.get(metric) for r in rows]))
+    grpo = sorted(sweep.glob("*/grpo.json"), key=lambda p: int(p.parent.name) if p.parent.name.isdigit() else -1)
+    if grpo:  # a GRPO sweep (Table 4): one row per reward preset, GRPO against the SFT policy
+        table4 = [summary_row(json.loads(p.read_text())) for p in grpo]
+        md = ["| " + " | ".join(TABLE4) + " |", "|" + "---|" * len(TABLE4)]
+        md += ["| " + " | ".join(fmt(r[c]) for c in TABLE4) + " |" for r in table4]
+        (sweep / "table4.md").write_text("\n".join(md) + "\n")
+        written.append(sweep / "table4.md")
     return written
+
+
+TABLE4 = ("rewards", "oracle_ctr", "ci_low", "ci_high", "sft_ctr", "ctr_diff", "gsb", "format_rate", "distinct_2",
+          "mean_cosine", "hacking_flag")
+
+
+def summary_row(result: dict) -> dict:
+    """One Table-4 row: the preset and GRPO vs. SFT on held-out contexts."""
+    ev = result["eval"]
+    return {"rewards": result["rewards"], "oracle_ctr": ev["grpo"]["oracle_ctr"], "ci_low": ev["grpo"]["ci_low"],
+            "ci_high": ev["grpo"]["ci_high"], "sft_ctr": ev["sft"]["oracle_ctr"], "ctr_diff": ev["lift"]["ctr_diff"],
+            "gsb": ev["gsb"]["gsb"], "format_rate": ev["grpo"]["format_rate"], "distinct_2": ev["grpo"]["distinct_2"],
+            "mean_cosine": ev["grpo"]["mean_pairwise_cosine"], "hacking_flag": result["monitor"]["flagged"]}
 
 
 def _plot(sweep: Path, metric: str, labels: list[str], values: list) -> Path:

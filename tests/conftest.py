@@ -24,6 +24,7 @@ def compose_config(overrides: list[str], output_dir: Path):
     with open_dict(cfg):
         cfg.hydra.runtime.output_dir = str(output_dir)
         cfg.paths.root_dir = str(output_dir)
+        cfg.paths.output_dir = str(output_dir)  # not read through the global HydraConfig a later test replaces
     HydraConfig().set_config(cfg)
     return cfg
 

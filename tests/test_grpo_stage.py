@@ -96,7 +96,7 @@ def test_config_errors_name_the_key(smoke_collect, tmp_path):
 
 @pytest.mark.slow
 def test_table4_multirun_at_smoke_size(smoke_collect, tmp_path):
-    from clicks2pref.stages.grpo import summary_row
+    from clicks2pref.report import summary_row
 
     _, collected = smoke_collect
     cmd = [sys.executable, "-m", "clicks2pref", "-m", "experiment=[smoke,table4]", "grpo.rl_logs.enabled=false",
@@ -118,5 +118,6 @@ def test_table4_multirun_at_smoke_size(smoke_collect, tmp_path):
     from tests.test_report import run_notebook
 
     assert report_main([str(tmp_path / "sweep")]) == 0
+    assert len((tmp_path / "sweep" / "table4.md").read_text().splitlines()) == 2 + 8
     assert [r["status"] for r in job_rows(tmp_path / "sweep")] == ["ok"] * 8
     run_notebook("ablations.ipynb", {"SWEEP_DIR": str(tmp_path / "sweep")})

@@ -7,15 +7,19 @@ stage and no Lightning module: library code reads its settings from here.
 """
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, List, Optional, Sequence
 
+from hydra import compose, initialize_config_dir
 from hydra.core.config_store import ConfigStore
+from hydra.core.global_hydra import GlobalHydra
+from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from clicks2pref.config.collect import CollectConfig, EvalConfig
 from clicks2pref.config.data import DataConfig
-from clicks2pref.config.grpo import GRPOStageConfig
+from clicks2pref.config.grpo import GRPOStageConfig, move_trl_aliases
 from clicks2pref.config.reward_model import RewardModelConfig
 from clicks2pref.config.sft import SFTConfig, TeacherConfig
 from clicks2pref.data.prompts import PromptTemplate
@@ -71,6 +75,9 @@ class Config:
     seed: int = 1234
     cache: bool = True  # reuse a stage's artifact when its key matches; cache=off recomputes
     ckpt_path: Optional[str] = None
+    # the number the job returns, a sweeper's objective (conf/hparams_search/): a dotted path into the stage's
+    # result dict (`eval.grpo.oracle_ctr`); null = the stage's headline metric (`clicks2pref.__main__.HEADLINE`)
+    optimized_metric: Optional[str] = None
 
     def __post_init__(self):
         """Checks across groups (each group's own range checks ran in its `__post_init__`)."""
@@ -90,13 +97,32 @@ def validate(cfg: DictConfig) -> Config:
     """The typed config: every `__post_init__` check runs once, and the first failure names its full key.
 
     Groups are built deepest first, so a check raised inside `grpo.eval` is reported as `grpo.eval.<key>`.
+    TRL's GRPO names are moved onto ours first, in `cfg` itself: stages read the DictConfig.
     """
+    resolve_aliases(cfg)
     if "hydra" in cfg:  # a config composed with `return_hydra_config` (tests, the Python API)
         cfg = cfg.copy()
         with open_dict(cfg):
             cfg.pop("hydra")
     _check_groups(cfg, "")
     return OmegaConf.to_object(cfg)
+
+
+def resolve_aliases(cfg: DictConfig) -> None:
+    """Move each TRL name set in `grpo` (`grpo.num_generations=8`) onto ours (`grpo.group_size`) and null it.
+
+    A key of ours given as an override too (`grpo.group_size=4`) with another value is a conflict: ConfigError
+    naming both. A value of ours from a preset (`grpo=smoke`) is simply replaced by the alias.
+    """
+    if OmegaConf.select(cfg, "grpo") is None:
+        return
+    if "hydra" in cfg:
+        overrides = OmegaConf.select(cfg, "hydra.overrides.task", default=None) or []
+    else:
+        overrides = HydraConfig.get().overrides.task if HydraConfig.initialized() else []
+    given = (o.lstrip("+~").split("=", 1)[0] for o in overrides)
+    with open_dict(cfg):
+        move_trl_aliases(cfg.grpo, [k[len("grpo."):] for k in given if k.startswith("grpo.")], "grpo.")
 
 
 def _check_groups(node: DictConfig, prefix: str) -> None:
@@ -111,5 +137,25 @@ def _check_groups(node: DictConfig, prefix: str) -> None:
             raise e.under(prefix[:-1]) from None
 
 
+def compose_job(conf_dir: str, overrides: Sequence[str] = (), output_dir: Optional[str] = None) -> DictConfig:
+    """The config of `python -m clicks2pref <overrides>`, composed without a Hydra run (`clicks2pref.compose`).
+
+    What the run would set is set: the run folder (`output_dir`, by default `hydra.run.dir`) in
+    `hydra.runtime.output_dir` and, as a plain value, in `paths.output_dir`; and the current `HydraConfig`.
+    """
+    register_configs()
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(conf_dir, version_base="1.3", job_name="clicks2pref"):
+        cfg = compose("config", overrides=list(overrides), return_hydra_config=True)
+    out = str(output_dir if output_dir is not None else OmegaConf.select(cfg, "hydra.run.dir"))
+    with open_dict(cfg):
+        cfg.hydra.runtime.output_dir = out
+        cfg.paths.output_dir = out  # not `${hydra:...}`: the config keeps its folder after another compose
+    HydraConfig().set_config(cfg)
+    return cfg
+
+
 def register_configs() -> None:
     ConfigStore.instance().store(name="c2p_schema", node=Config)
+    # the process id, so two runs started in the same second get their own run folders
+    OmegaConf.register_new_resolver("c2p.pid", os.getpid, replace=True)

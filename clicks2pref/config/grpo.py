@@ -1,17 +1,53 @@
 """`grpo`: the algorithm's knobs (TRL's names, read by `clicks2pref.lit.grpo_module`) and the stage's own."""
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from typing import Optional
+from dataclasses import dataclass, field, fields
+from typing import Collection, Optional
 
 from clicks2pref.config.checks import at_least, fraction, one_of, positive
 from clicks2pref.config.collect import HeldOutConfig
+from clicks2pref.errors import ConfigError
 from clicks2pref.models.registry import LoraConfig
 from clicks2pref.objectives.grpo import LOSS_TYPES, SCALE_REWARDS
 
 INITS = ("sft", "base")
 LR_SCHEDULERS = ("constant", "linear")
 IS_LEVELS = ("token", "sequence")
+
+# TRL GRPOConfig names accepted beside ours (`grpo.num_generations=8` is `grpo.group_size=8`; every other knob
+# has TRL's name already): alias -> (our key, the key TRL's count is a multiple of, or None). Each alias is a
+# null field; a set one is moved onto our key by `move_trl_aliases`.
+TRL_ALIASES = {
+    "num_generations": ("group_size", None),
+    "lr_scheduler_type": ("lr_scheduler", None),
+    "per_device_train_batch_size": ("micro_batch_size", None),  # on one device: sequences per forward/backward
+    "generation_batch_size": ("prompts_per_step", "group_size"),  # completions per batch = prompts × group_size
+    "max_steps": ("steps", "num_iterations"),  # optimiser steps = batches × num_iterations
+}
+
+
+def move_trl_aliases(node, explicit: Collection[str] = (), prefix: str = "") -> None:
+    """Move each set TRL alias of `node` (a GRPO dataclass or the composed `grpo` node) onto our key; null it.
+
+    `explicit` names our keys the user set as well: a different value there is a conflict. Raises ConfigError
+    naming both keys, or when a TRL count is not a whole multiple of the key it is divided by.
+    """
+    for alias, (ours, per) in TRL_ALIASES.items():
+        given = getattr(node, alias, None)
+        if given is None:
+            continue
+        value = given
+        if per is not None:
+            unit = getattr(node, per)
+            if unit < 1 or given % unit:
+                raise ConfigError(f"{given} is not a whole multiple of {prefix}{per}={unit} (TRL's {alias} = "
+                                  f"{ours} × {per}); set {prefix}{ours} instead", f"{prefix}{alias}")
+            value = given // unit
+        if ours in explicit and getattr(node, ours) != value:
+            raise ConfigError(f"{given} disagrees with {prefix}{ours}={getattr(node, ours)} ({alias} is TRL's name "
+                              f"for {ours}{f' × {per}' if per else ''}); set only one of them", f"{prefix}{alias}")
+        setattr(node, ours, value)
+        setattr(node, alias, None)
 
 
 @dataclass
@@ -44,8 +80,18 @@ class GRPOConfig:
         target_modules=["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]))
     max_nonfinite_steps: int = 5
     log_completions_every: int = 4  # steps between sample-completion snapshots (0 = off)
+    # TRL's names, null unless set; a set one replaces our key (TRL_ALIASES)
+    num_generations: Optional[int] = None  # = group_size
+    lr_scheduler_type: Optional[str] = None  # = lr_scheduler
+    per_device_train_batch_size: Optional[int] = None  # = micro_batch_size
+    generation_batch_size: Optional[int] = None  # = prompts_per_step × group_size
 
     def __post_init__(self):
+        # built directly (not from a composed config, whose aliases `validate` moved already): a key of ours
+        # that differs from its default counts as set
+        defaults = {f.name: f.default for f in fields(self)}
+        move_trl_aliases(self, [ours for alias, (ours, _) in TRL_ALIASES.items()
+                                if hasattr(self, alias) and getattr(self, ours) != defaults[ours]])
         at_least("group_size", self.group_size, 2, " (advantages are relative to the group)")
         for key in ("prompts_per_step", "max_completion_length", "num_iterations", "micro_batch_size",
                     "max_nonfinite_steps"):
@@ -109,6 +155,7 @@ class GRPOStageConfig(GRPOConfig):
     monitor: MonitorConfig = field(default_factory=MonitorConfig)
     eval: GRPOEvalConfig = field(default_factory=GRPOEvalConfig)
     rl_logs: RLLogsConfig = field(default_factory=RLLogsConfig)
+    max_steps: Optional[int] = None  # TRL's name: = steps × num_iterations (null unless set)
 
     def __post_init__(self):
         super().__post_init__()

@@ -93,7 +93,7 @@ def _parse_json_line(raw: bytes, path: str, line: int):
     except UnicodeDecodeError as e:
         return ClickLogError(f"not valid UTF-8 ({e.reason} at byte {e.start})", path, line, "record")
     except json.JSONDecodeError as e:
-        return ClickLogError(f"not valid JSON ({e.msg} at column {e.colno})", path, line, "record")
+        return ClickLogError(f"not valid JSON ({e.msg}; column {e.colno})", path, line, "record")
     if not isinstance(value, dict):
         kind = "null" if value is None else type(value).__name__
         return ClickLogError(f"must be a JSON object, got {kind}; write one object per line", path, line, "record")
@@ -166,6 +166,9 @@ def read_impressions(source, on_invalid: str = "error") -> tuple[list[dict], Loa
                 report.reasons += [str(p) for p in problems][: MAX_REASONS - len(report.reasons)]
             else:
                 records.append(rec)
+    if not report.n_read:  # empty or blank files: nothing downstream can learn from them
+        shown = source if isinstance(source, (str, os.PathLike)) else ", ".join(map(os.fspath, source))
+        raise ClickLogError(f"read 0 impressions from {shown} ({len(paths)} file(s)); every file is empty or blank")
     return records, report
 
 
@@ -179,10 +182,15 @@ def load_impressions(source, on_invalid: str = "error") -> list[dict]:
 
 
 def iter_problems(source) -> Iterator[ClickLogError]:
-    """Yield every problem in every file (does not stop at the first), for `validate`."""
+    """Yield every problem in every file (does not stop at the first), for `validate`; a file with no
+    impression at all (empty or blank) is a problem too."""
     for path in expand_sources(source):
+        rows = 0
         for _, _, problems in _scan_file(path):
+            rows += 1
             yield from problems
+        if not rows:
+            yield ClickLogError("no impressions", str(path))
 
 
 def read_jsonl(path) -> list[dict]:
@@ -224,6 +232,21 @@ def _umask() -> int:
     mask = os.umask(0)
     os.umask(mask)
     return mask
+
+
+def read_cached_json(path) -> dict | None:
+    """A cache file's JSON; None when it is absent, or unreadable (then moved aside with a warning, so the
+    caller recomputes it and a later run is not stuck on the same broken file)."""
+    path = Path(path)
+    if not path.exists():
+        return None
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError) as e:
+        aside = path.with_name(f"{path.name}.corrupt-{os.getpid()}")
+        os.replace(path, aside)
+        log.warning("cache file %s is unreadable (%s); moved to %s, recomputing", path, e, aside.name)
+        return None
 
 
 def atomic_write_text(text: str, path) -> Path:

@@ -9,7 +9,7 @@ from typing import Sequence
 
 from omegaconf import OmegaConf
 
-from clicks2pref.data.io import atomic_write_text
+from clicks2pref.data.io import atomic_write_text, read_cached_json
 from clicks2pref.data.parsing import parse_suggestions
 from clicks2pref.data.prompts import PromptTemplate, build_messages
 from clicks2pref.eval.ctr import bootstrap_mean
@@ -56,8 +56,8 @@ def cached_evaluation(cfg, policy_id: str, load_model, template: PromptTemplate,
     each policy once. `load_model()` -> (model, tokenizer) runs only on a miss; `cache=off` recomputes."""
     key = evaluation_key(cfg, policy_id, template, split, contexts, bootstrap_samples, ci_level)
     path = Path(cfg.paths.artifacts_dir) / "eval" / f"{key}.json"
-    if cfg.cache and path.exists():
-        return json.loads(path.read_text())
+    if cfg.cache and (cached := read_cached_json(path)) is not None:
+        return cached
     model, tok = load_model()
     result = evaluate_policy(model, tok, template, sim, contexts, cfg.policy.generation, cfg.seed,
                              bootstrap_samples, ci_level)

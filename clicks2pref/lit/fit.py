@@ -16,6 +16,7 @@ from hydra.utils import instantiate
 from pytorch_lightning.callbacks import ModelCheckpoint
 from pytorch_lightning.loggers import CSVLogger
 
+from clicks2pref.lit.checkpoints import resume_checkpoint
 from clicks2pref.lit.sft_datamodule import SFTDataModule
 from clicks2pref.lit.sft_module import SFTModule
 from clicks2pref.models.generate import GenerationConfig
@@ -41,10 +42,7 @@ def fit_causal_lm(cfg, model, tok, train: list[dict], val: list[dict], tcfg, wor
                 and tcfg.val_every_n_steps > 0 else dict(limit_val_batches=0))
     trainer = instantiate(cfg.trainer, logger=list(loggers) or False, callbacks=[checkpoint], max_steps=tcfg.max_steps,
                           max_epochs=-1, num_sanity_val_steps=0, **schedule, _convert_="object")
-    last = work / "ckpt" / "last.ckpt"
-    resume = ckpt_path or (str(last) if last.exists() else None)
-    if resume:
-        log.info("%s: resuming from %s", prefix, resume)
+    resume = resume_checkpoint(work, ckpt_path, prefix)
     share_csv_header(loggers)
     trainer.fit(module, datamodule=dm, ckpt_path=resume, weights_only=True)
     share_csv_header(loggers)  # spawned workers wrote the file: the main process's writer learns its columns

@@ -52,6 +52,15 @@ class ModelConfig:
     tiny_intermediate_size: int = 128
 
 
+def user_code_policy(model: dict, allowed: bool, where: str, key: str) -> dict:
+    """A model config read from a folder's own metadata, with `trust_remote_code` taken from the user's config
+    only: a folder that asks for it (and so would run code shipped inside it) is refused unless `key` allows."""
+    if model.get("trust_remote_code") and not allowed:
+        raise ModelNotFoundError(f"{where} asks for trust_remote_code (code shipped in the folder would run); "
+                                 f"refused: set {key}=true if you trust it")
+    return {**model, "trust_remote_code": bool(allowed)}
+
+
 def _package_file(dist: str, suffix: str) -> Path:
     """Locate a file shipped in a distribution without importing it (its own deps are not installed)."""
     try:

@@ -27,7 +27,7 @@ from torch import Tensor, nn
 
 from clicks2pref.errors import ModelNotFoundError
 from clicks2pref.models.placement import on_device
-from clicks2pref.models.registry import LoraConfig, ModelConfig, load_backbone
+from clicks2pref.models.registry import LoraConfig, ModelConfig, load_backbone, user_code_policy
 from clicks2pref.objectives.gaussian import sigma_from_raw
 
 KINDS = ("garm", "btrm")
@@ -197,18 +197,21 @@ def save_reward_model(model: RewardModel, path, backbone_cfg, seed: int = 0, ext
     return path
 
 
-def load_reward_model(path, cache_dir: Optional[str] = None, device: str = "cpu") -> RewardModel:
+def load_reward_model(path, cache_dir: Optional[str] = None, device: str = "cpu",
+                      trust_remote_code: bool = False) -> RewardModel:
     """A reward model saved by `save_reward_model`, in eval mode on `device`.
 
     `cache_dir` is the registry's model cache (default: $CLICKS2PREF_CACHE or ~/.cache/clicks2pref),
-    where the base weights of a LoRA model come from.
+    where the base weights of a LoRA model come from. `trust_remote_code` is the user's switch
+    (`reward_model.backbone.trust_remote_code`): the folder's own metadata never turns it on.
     """
     path = Path(path)
     if not (path / "reward_model.json").is_file():
         raise ModelNotFoundError(f"'{path}' holds no reward_model.json; pass a folder written by stage=rm "
                                  f"(artifacts/rm/<key>/<kind>)")
     meta = json.loads((path / "reward_model.json").read_text())
-    backbone = dict(meta["backbone"])
+    backbone = user_code_policy(dict(meta["backbone"]), trust_remote_code, str(path / "reward_model.json"),
+                                "reward_model.backbone.trust_remote_code")
     backbone["lora"] = LoraConfig(**backbone["lora"]) if backbone.get("lora") else None
     backbone_cfg = ModelConfig(**backbone)
     cache_dir = cache_dir or os.environ.get("CLICKS2PREF_CACHE", "~/.cache/clicks2pref")

@@ -10,13 +10,15 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, field
 from functools import cached_property
+from pathlib import Path
 from typing import Callable, Optional, Sequence
 
 import torch
 from torch import Tensor
 
 from clicks2pref.data.parsing import Parsed, parse_suggestions
-from clicks2pref.errors import ConfigError
+from clicks2pref.errors import ConfigError, ModelNotFoundError
+from clicks2pref.manifest import verify_given
 from clicks2pref.models.reward_heads import load_reward_model
 
 # Part of the fusion and grpo artifact keys: raised when the scores of the same configuration change
@@ -111,12 +113,13 @@ class RewardResources:
     (anything with `.rewards(contexts, suggestions, kappa, batch_size)`); each is loaded once and shared
     (the `btrm` and `external` components use one BTRM). `reference`: a callable (contexts, completions)
     -> mean token NLL of each completion under the reference policy, for the `ppl` component.
+    A folder is checked against its manifest first; `trust_remote_code` is the user's switch only.
     """
 
     def __init__(self, reward_models: Optional[dict] = None, reference: Optional[Callable] = None,
-                 cache_dir: Optional[str] = None):
+                 cache_dir: Optional[str] = None, trust_remote_code: bool = False):
         self.reward_models = dict(reward_models or {})
-        self.reference, self.cache_dir = reference, cache_dir
+        self.reference, self.cache_dir, self.trust_remote_code = reference, cache_dir, trust_remote_code
         self._loaded: dict = {}
         self._scorers: dict = {}
 
@@ -134,6 +137,21 @@ class RewardResources:
                 raise ConfigError(f"the {kind} reward needs a trained {kind}: run stage=rm with {kind} in "
                                   f"reward_model.kinds, or set rewards.<component>.path to its folder")
             if isinstance(source, (str, bytes)) or hasattr(source, "__fspath__"):
-                source = load_reward_model(source, self.cache_dir)
+                source = load_checked(source, self.cache_dir, self.trust_remote_code)
             self._loaded[key] = source
         return self._loaded[key]
+
+
+def load_checked(folder, cache_dir: Optional[str], trust_remote_code: bool):
+    """A reward-model folder verified against its manifest (when it has one), loaded, or one clear error."""
+    problem = verify_given(Path(folder))
+    if problem:
+        raise ModelNotFoundError(f"reward model {folder} fails verification: {problem}")
+    try:
+        return load_reward_model(folder, cache_dir, trust_remote_code=trust_remote_code)
+    except ModelNotFoundError:
+        raise
+    except Exception as e:  # a truncated or foreign file: one line, not a traceback from deep inside torch
+        raise ModelNotFoundError(f"reward model {folder} does not load: {type(e).__name__}: "
+                                 f"{str(e).splitlines()[0] if str(e) else ''}") from None
+

@@ -6,29 +6,40 @@ reads click logs, and the result file written last that marks the artifact compl
 `key` hashes the inputs, `upstream` runs or reuses the stages read, `reuse` returns a complete
 artifact's result, and `atomic_dir` writes a new one under a temporary name, renamed when complete,
 so a killed run never leaves an artifact that a later run would trust.
+
+Trust: every artifact carries a manifest (each file's size and sha256), written last and checked on
+reuse; a mismatch moves the folder aside (`<key>.corrupt-<time>`, nothing deleted) and the stage
+rebuilds it. One file lock per artifact key: a second run that needs an artifact another run is
+building waits for it, then reuses it, and never trains into the same work folder.
 """
 from __future__ import annotations
 
+import ast
 import contextlib
+import functools
 import hashlib
 import json
 import logging
 import os
 import shutil
 import tempfile
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterator, Optional
 
+from filelock import FileLock, Timeout
 from hydra.utils import get_method
 from omegaconf import OmegaConf
 
 from clicks2pref.data.io import expand_sources
 from clicks2pref.errors import ClickLogError
+from clicks2pref.manifest import verify, write_manifest
 from clicks2pref.rewards.base import SCORING_VERSION
 from clicks2pref.rewards.composite import needed_reward_models
 
 log = logging.getLogger(__name__)
+_locks: dict[Path, FileLock] = {}  # artifact folder -> its lock, held by this process while it builds it
 
 # the Trainer keys that change what a fit trains (the accelerator and loggers do not)
 TRAIN_KEYS = ("trainer.accumulate_grad_batches", "trainer.gradient_clip_val", "trainer.precision",
@@ -108,9 +119,36 @@ def logs_fingerprint(cfg) -> str:
     return f"logs:{_files_digest(cfg.data.logs)}" if cfg.data.logs else f"collect:{key(cfg, 'collect')}"
 
 
+@functools.lru_cache(maxsize=None)
+def code_fingerprint(stage: str) -> str:
+    """Hash of the source of every clicks2pref module `stage`'s module imports, directly or not: editing a
+    loss, a reward or a sampler changes the keys of the stages that run it, so no stale artifact is reused."""
+    root = Path(__file__).resolve().parents[1]  # the clicks2pref package
+    seen, todo = set(), [f"clicks2pref.stages.{stage}"]
+    digest = hashlib.sha256()
+    while todo:
+        name = todo.pop()
+        if name in seen:
+            continue
+        seen.add(name)
+        parts = name.split(".")[1:]
+        path = next((p for p in (root.joinpath(*parts).with_suffix(".py"), root.joinpath(*parts, "__init__.py"))
+                     if parts and p.is_file()), None)
+        if path is None:  # a name imported from a module, not a module
+            continue
+        source = path.read_bytes()
+        digest.update(name.encode() + source)
+        for node in ast.walk(ast.parse(source)):
+            if isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("clicks2pref"):
+                todo += [node.module] + [f"{node.module}.{a.name}" for a in node.names]
+            elif isinstance(node, ast.Import):
+                todo += [a.name for a in node.names if a.name.startswith("clicks2pref")]
+    return digest.hexdigest()[:12]
+
+
 def key(cfg, stage: str, inputs: Optional[dict] = None, extra: str = "") -> str:
     """Short hash of everything `stage`'s output depends on: its config subtrees, the click logs and other
-    files it reads, its code version, the keys of the upstream results in `inputs`, and `extra`."""
+    files it reads, its code (`code_fingerprint`), the keys of the upstream results in `inputs`, and `extra`."""
     spec = SPECS[stage]
     parts = {}
     for name in spec.hashes:
@@ -123,6 +161,7 @@ def key(cfg, stage: str, inputs: Optional[dict] = None, extra: str = "") -> str:
         fold.append(logs_fingerprint(cfg))
     fold += [_files_digest(OmegaConf.select(cfg, f)) if OmegaConf.select(cfg, f) else "" for f in spec.files]
     fold += [spec.version] if spec.version else []
+    fold.append(code_fingerprint(stage))
     fold += [inputs[s]["key"] for s in spec.reads(cfg) if inputs and s in inputs]
     fold += [extra] if extra else []
     return hashlib.sha256("|".join(fold).encode()).hexdigest()[:12]
@@ -138,18 +177,62 @@ def upstream(cfg, stage: str, loggers=()) -> dict:
 
 
 def reuse(cfg, stage: str, key: str) -> Optional[dict]:
-    """The result of a complete artifact of this key, unless `cache=off`; None when it must be built."""
+    """The result of a complete, verified artifact of this key (unless `cache=off`); else None, and this
+    process now holds the key's lock until `atomic_dir` writes the artifact (or the process ends).
+
+    When another run holds the lock, this one says so, waits, and reuses what that run built."""
     final = artifact_path(cfg, stage, key)
-    marker = final / SPECS[stage].marker
-    if not (cfg.cache and marker.exists()):
+    if (result := _complete(cfg, stage, final)) is not None:
+        return result
+    lock = _locks.setdefault(final, FileLock(f"{final}.lock"))
+    try:
+        lock.acquire(timeout=0)
+    except Timeout:
+        log.info("%s: another run is building %s; waiting for it", stage, final)
+        lock.acquire()
+    if (result := _complete(cfg, stage, final)) is not None:  # built by the run we waited for
+        lock.release()
+        return result
+    return None
+
+
+def _complete(cfg, stage: str, final: Path) -> Optional[dict]:
+    if not (cfg.cache and final.exists()):
         return None
-    log.info("%s: reusing %s", stage, final)
-    return json.loads(marker.read_text())
+    problem = verify(final)
+    if problem is None:
+        try:
+            result = json.loads((final / SPECS[stage].marker).read_text())
+            log.info("%s: reusing %s", stage, final)
+            return result
+        except (OSError, ValueError) as e:
+            problem = f"{SPECS[stage].marker}: {e}"
+    aside = move_aside(final, "corrupt")
+    log.warning("%s: %s fails verification (%s); moved to %s, rebuilding", stage, final, problem, aside.name)
+    return None
+
+
+def move_aside(path: Path, why: str) -> Path:
+    """Rename `path` to `<path>.<why>-<time>` beside it (nothing is deleted)."""
+    aside = path.with_name(f"{path.name}.{why}-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}")
+    os.replace(path, aside)
+    return aside
+
+
+def release_locks() -> None:
+    """Release every artifact lock this process holds (a stage that failed keeps none)."""
+    for lock in _locks.values():
+        lock.release(force=True)
 
 
 def work_dir(cfg, stage: str, key: str) -> Path:
-    """Where an unfinished build keeps its checkpoints, so a killed run resumes."""
-    return Path(cfg.paths.artifacts_dir) / stage / f".work-{key}"
+    """Where an unfinished build keeps its checkpoints, so a killed run resumes; with `cache=off` an old one is
+    moved aside and training starts from scratch. Call once per build (the caller holds the key's lock)."""
+    work = Path(cfg.paths.artifacts_dir) / stage / f".work-{key}"
+    if not cfg.cache and work.exists():
+        aside = move_aside(work, "old")
+        log.info("%s: cache=off: moved the old work folder aside to %s", stage, aside.name)
+    return work
 
 
 def logs_source(cfg) -> str:
@@ -165,13 +248,18 @@ def logs_source(cfg) -> str:
 
 @contextlib.contextmanager
 def atomic_dir(final: Path) -> Iterator[Path]:
-    """Yield a temp folder beside `final`; rename it to `final` only if the block completes."""
+    """Yield a temp folder beside `final`; when the block completes, write its manifest and rename it to
+    `final`; then release the key's lock (held since `reuse` found nothing to reuse)."""
     final.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.tmp-", dir=final.parent))
     try:
         yield tmp
-        if final.exists():
+        stage = final.parent.name
+        write_manifest(tmp, {"code": code_fingerprint(stage)} if stage in SPECS and SPECS[stage].marker else None)
+        if final.exists():  # cache=off rebuilt a verified artifact
             shutil.rmtree(final)
         os.replace(tmp, final)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+        if final in _locks and _locks[final].is_locked:
+            _locks[final].release(force=True)

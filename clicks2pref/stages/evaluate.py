@@ -17,14 +17,15 @@ from typing import Optional
 
 from omegaconf import OmegaConf
 
-from clicks2pref.data.io import atomic_write_text, expand_sources, load_impressions, read_jsonl
+from clicks2pref.data.io import atomic_write_text, expand_sources, load_impressions, read_cached_json, read_jsonl
 from clicks2pref.data.pairs import build_pairs
 from clicks2pref.data.simulator import build_simulator
-from clicks2pref.errors import ModelNotFoundError
+from clicks2pref.errors import Clicks2PrefError, ModelNotFoundError
 from clicks2pref.eval.calibration_report import markdown_report, write_report
 from clicks2pref.eval.heldout import heldout_contexts, markdown_table, paired, score_policy
 from clicks2pref.eval.policy import baseline_id
 from clicks2pref.loggers import log_metrics, log_table
+from clicks2pref.manifest import verify_given
 from clicks2pref.models.registry import load_causal_lm
 from clicks2pref.models.reward_heads import load_reward_model
 from clicks2pref.rewards.diversity import DiversityReward
@@ -83,19 +84,42 @@ def policy_source(cfg, name: str, inputs: dict):
         folder = artifacts.artifact_path(cfg, name, inputs[name]["key"])
     else:
         folder = Path(name).expanduser()
+        if not folder.is_dir():
+            raise ModelNotFoundError(f"eval.policies: '{name}' is neither baseline, sft, grpo nor an existing folder")
+        if problem := verify_given(folder):
+            raise ModelNotFoundError(f"eval.policies: {folder} fails verification: {problem}")
     if (folder / "sft.json").exists():
-        meta = json.loads((folder / "sft.json").read_text())
-        return f"sft:{meta['key']}", lambda: load_sft_policy(folder, cfg, merge=True), meta["template"], meta
+        meta = read_meta(folder / "sft.json")
+        return f"sft:{meta['key']}", loads(folder, lambda: load_sft_policy(folder, cfg, merge=True)), \
+            meta["template"], meta
     if (folder / "grpo.json").exists():
-        meta = json.loads((folder / "grpo.json").read_text())
+        meta = read_meta(folder / "grpo.json")
         if meta.get("rl_logs"):  # recorded as an absolute path; the folder may have moved since
             meta["rl_logs"] = str(folder / Path(meta["rl_logs"]).name)
-        return f"grpo:{meta['key']}", lambda: load_grpo_policy(folder, cfg), meta["template"], meta
-    if folder.is_dir():
-        stamp = max((p.stat().st_mtime_ns for p in folder.rglob("*") if p.is_file()), default=0)
-        load = lambda: load_causal_lm(replace(base, name=str(folder), lora=None), cfg.paths.model_cache)  # noqa: E731
-        return f"path:{folder.resolve()}@{stamp}", load, resolve_template(cfg), {}
-    raise ModelNotFoundError(f"eval.policies: '{name}' is neither baseline, sft, grpo nor an existing folder")
+        return f"grpo:{meta['key']}", loads(folder, lambda: load_grpo_policy(folder, cfg)), meta["template"], meta
+    stamp = max((p.stat().st_mtime_ns for p in folder.rglob("*") if p.is_file()), default=0)
+    load = lambda: load_causal_lm(replace(base, name=str(folder), lora=None), cfg.paths.model_cache)  # noqa: E731
+    return f"path:{folder.resolve()}@{stamp}", loads(folder, load), resolve_template(cfg), {}
+
+
+def read_meta(path: Path) -> dict:
+    try:
+        return json.loads(path.read_text())
+    except ValueError as e:
+        raise ModelNotFoundError(f"eval.policies: {path} is not valid JSON ({e})") from None
+
+
+def loads(folder: Path, load):
+    """`load`, with anything it raises on a broken folder turned into one line naming the folder."""
+    def checked():
+        try:
+            return load()
+        except Clicks2PrefError:
+            raise
+        except Exception as e:  # a truncated or foreign file: one line, not a traceback from deep inside torch
+            first = str(e).strip().splitlines()[0] if str(e).strip() else ""
+            raise ModelNotFoundError(f"eval.policies: {folder} does not load: {type(e).__name__}: {first}") from None
+    return checked
 
 
 def compare(results: dict, reference: str, ev, seed: int) -> list[dict]:
@@ -160,8 +184,7 @@ def calibration_section(cfg, trained: dict, out_dir: Path, ood_logs: Optional[st
     for path in expand_sources(source) if source else []:
         digest.update(path.read_bytes())
     cached = Path(cfg.paths.artifacts_dir) / "eval" / f"calibration-{digest.hexdigest()[:12]}.json"
-    if cfg.cache and cached.exists():
-        report = json.loads(cached.read_text())
+    if cfg.cache and (report := read_cached_json(cached)) is not None:
         write_report(report, out_dir)
         print("\n" + markdown_report(report))
         return report
@@ -177,7 +200,8 @@ def calibration_section(cfg, trained: dict, out_dir: Path, ood_logs: Optional[st
     ppl = rm_stage.reference_ppl(cfg, splits) if cfg.reward_model.calibration.reference_ppl else {}
     report = {"key": trained["key"], "pairs": {k: len(v) for k, v in splits.items()}, "notes": notes, "kinds": {}}
     for kind in cfg.reward_model.kinds:
-        model = load_reward_model(folder / kind, cfg.paths.model_cache)
+        model = load_reward_model(folder / kind, cfg.paths.model_cache,
+                                  trust_remote_code=cfg.reward_model.backbone.trust_remote_code)
         report["kinds"][kind] = {"train_seconds": trained["train_seconds"][kind],
                                  "splits": rm_stage.calibrate(cfg, model, splits, ppl)}
     atomic_write_text(json.dumps(report), cached)

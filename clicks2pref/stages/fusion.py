@@ -42,73 +42,87 @@ def run(cfg, loggers=()) -> dict:
     # 1. what fusion reads: the SFT policy (reference and candidate sampler), the reward models, the logs
     inputs = artifacts.upstream(cfg, "fusion", loggers)
     key = artifacts.key(cfg, "fusion", inputs)
-    final = artifacts.artifact_path(cfg, "fusion", key)
     if (result := artifacts.reuse(cfg, "fusion", key)) is not None:
         return publish(cfg, result, loggers, fresh=False)
 
     # 2. the held-out weeks' impressions (clicks to fit) and the rest (τ's calibration panels)
     start = time.time()
-    source = artifacts.logs_source(cfg)
-    records = load_impressions(source, cfg.data.on_invalid)
-    held = [r for r in records if r["week"] in fc.weeks]
-    rest = [r for r in records if r["week"] not in fc.weeks] or records
-    if not held:
-        raise ClickLogError(f"fusion.weeks {list(fc.weeks)}: no impressions in those weeks (weeks present: "
-                            f"{sorted({r['week'] for r in records})}); set fusion.weeks", str(source),
-                            field="fusion.weeks")
+    held, rest = held_out_weeks(cfg)
 
-    # 3. the components, with the SFT policy as the perplexity reference
+    # 3. the components, with the SFT policy as the perplexity reference, and τ
     model, tok = load_sft_policy(artifacts.artifact_path(cfg, "sft", inputs["sft"]["key"]), cfg, merge=True)
     template = cfg.prompt[inputs["sft"]["template"]]
     scorer = ReferenceScorer(model, tok, template, cfg.grpo.temperature, cfg.grpo.micro_batch_size)
-    components = build_components(cfg.rewards, RewardResources(rm_models(cfg, inputs), scorer, cfg.paths.model_cache))
-    k = len(cfg.simulator.examination)
+    resources = RewardResources(rm_models(cfg, inputs), scorer, cfg.paths.model_cache,
+                                cfg.reward_model.backbone.trust_remote_code)
+    components = build_components(cfg.rewards, resources)
+    tau, quantile = calibrate(cfg, components, scorer, rest)
 
-    # 4. τ: a quantile of logged panels' reference log-PPL (training weeks), used by `ppl` and the constraint
-    quantile = cfg.rewards.ppl.quantile if "ppl" in components else 0.95
-    calibration_panels = cfg.rewards.ppl.calibration_panels if "ppl" in components else 64
-    if "ppl" in components and components["ppl"].tau is not None:
-        tau = components["ppl"].tau
-    else:
-        contexts, panels = logged_panels(rest, calibration_panels, cfg.seed)
-        tau = calibrate_tau(scorer(contexts, panels), quantile)
-    if "ppl" in components:
-        components["ppl"].tau = tau
-
-    # 5. stage one's data: component scores of held-out panels, one row per impression
+    # 4. stage one's data: component scores of held-out panels, one row per impression
     panels, rows, clicks = panel_table(held)
+    k = len(cfg.simulator.examination)
     logged = RewardBatch([p["context"] for p in panels], [format_suggestions(p["suggestions"]) for p in panels], k)
     panel_scores = score_matrix(components, logged)
     log.info("fusion: %d held-out impressions (%d panels, CTR %.3f) scored by %s", len(rows), len(panels),
              clicks.mean(), ", ".join(names))
 
-    # 6. stage two's candidates: reference-policy samples for held-out contexts, and the constraints on them
-    cand_contexts, cand_texts = candidates(cfg, model, tok, template, held, k)
-    cand_scores = cand_pass = cand_in_dist = None
-    if cand_texts:
-        batch = RewardBatch(cand_contexts, cand_texts, k)
-        S = fc.samples_per_context
-        cand_scores = score_matrix(components, batch).reshape(-1, S, len(names))
-        rule = components.get("rule") or RuleReward()
-        cand_pass = rule.passes(batch).numpy().reshape(-1, S)
-        log_ppl = batch.ref_log_ppl if batch.ref_log_ppl is not None else scorer(batch.contexts, batch.completions)
-        cand_in_dist = (np.asarray(log_ppl) <= tau).reshape(-1, S)
+    # 5. stage two's candidates: reference-policy samples for held-out contexts, and the constraints on them
+    n_cand, cand_scores, cand_pass, cand_in_dist = candidate_scores(cfg, components, scorer, model, tok, template,
+                                                                    held, tau)
 
-    # 7. fit, grid, choose; the weights are the artifact
+    # 6. fit, grid, choose; the weights (with what they were fitted on) are the artifact
     fused = fuse(names, panel_scores[rows], clicks, fc, cand_scores, cand_pass, cand_in_dist, cfg.seed)
+    mean = lambda x: float(x.mean()) if x is not None else None  # noqa: E731
     result = {"key": key, "rewards": cfg.rewards.name, "components": names, "weights": fused["weights"], "tau": tau,
               "tau_quantile": quantile, "stage_one": fused["stage_one"], "chosen": fused["chosen"],
               "constraints": {"min_rule_pass": fc.min_rule_pass, "min_in_distribution": fc.min_in_distribution,
                               "met": fused["constraints_met"]},
               "data": {"weeks": list(fc.weeks), "impressions": int(len(rows)), "panels": len(panels),
-                       "ctr": float(clicks.mean()), "candidates": len(cand_texts),
-                       "candidate_rule_pass": float(cand_pass.mean()) if cand_pass is not None else None,
-                       "candidate_in_distribution": float(cand_in_dist.mean()) if cand_in_dist is not None else None},
+                       "ctr": float(clicks.mean()), "candidates": n_cand, "candidate_rule_pass": mean(cand_pass),
+                       "candidate_in_distribution": mean(cand_in_dist)},
               "grid_size": fused["grid_size"], "front": fused["front"], "inputs": {s: inputs[s]["key"] for s in inputs},
               "seconds": time.time() - start}
-    with artifacts.atomic_dir(final) as tmp:
+    with artifacts.atomic_dir(artifacts.artifact_path(cfg, "fusion", key)) as tmp:
         (tmp / "fusion_weights.json").write_text(json.dumps(result, indent=2))
     return publish(cfg, result, loggers, fresh=True)
+
+
+def held_out_weeks(cfg) -> tuple[list[dict], list[dict]]:
+    """Impressions of `fusion.weeks` (not used to train the reward models) and the rest (all, if none)."""
+    source = artifacts.logs_source(cfg)
+    records = load_impressions(source, cfg.data.on_invalid)
+    held = [r for r in records if r["week"] in cfg.fusion.weeks]
+    if not held:
+        raise ClickLogError(f"fusion.weeks {list(cfg.fusion.weeks)}: no impressions in those weeks (weeks present: "
+                            f"{sorted({r['week'] for r in records})}); set fusion.weeks", str(source),
+                            field="fusion.weeks")
+    return held, [r for r in records if r["week"] not in cfg.fusion.weeks] or records
+
+
+def calibrate(cfg, components: dict, scorer, records: list[dict]) -> tuple[float, float]:
+    """(τ, its quantile): a quantile of logged panels' reference log-PPL, used by `ppl` and the constraint."""
+    if "ppl" in components and components["ppl"].tau is not None:
+        return components["ppl"].tau, cfg.rewards.ppl.quantile
+    quantile = cfg.rewards.ppl.quantile if "ppl" in components else 0.95
+    calibration_panels = cfg.rewards.ppl.calibration_panels if "ppl" in components else 64
+    contexts, panels = logged_panels(records, calibration_panels, cfg.seed)
+    tau = calibrate_tau(scorer(contexts, panels), quantile)
+    if "ppl" in components:
+        components["ppl"].tau = tau
+    return tau, quantile
+
+
+def candidate_scores(cfg, components: dict, scorer, model, tok, template, held: list[dict], tau: float):
+    """(number of candidates, their component scores [C, S, K], rule pass [C, S], log-PPL ≤ τ [C, S])."""
+    k, S = len(cfg.simulator.examination), cfg.fusion.samples_per_context
+    contexts, texts = candidates(cfg, model, tok, template, held, k)
+    if not texts:
+        return 0, None, None, None
+    batch = RewardBatch(contexts, texts, k)
+    scores = score_matrix(components, batch).reshape(-1, S, len(components))
+    passes = (components.get("rule") or RuleReward()).passes(batch).numpy().reshape(-1, S)
+    log_ppl = batch.ref_log_ppl if batch.ref_log_ppl is not None else scorer(batch.contexts, batch.completions)
+    return len(texts), scores, passes, (np.asarray(log_ppl) <= tau).reshape(-1, S)
 
 
 def rm_models(cfg, inputs: dict) -> dict:

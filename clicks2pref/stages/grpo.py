@@ -38,6 +38,7 @@ from clicks2pref.data.simulator import build_simulator, split_contexts
 from clicks2pref.eval.heldout import heldout_contexts, paired, score_policy
 from clicks2pref.eval.monitor import RewardHackingMonitor
 from clicks2pref.eval.policy import baseline_id
+from clicks2pref.lit.checkpoints import resume_checkpoint
 from clicks2pref.lit.grpo_module import GRPOModule, prompt_loader
 from clicks2pref.loggers import log_metrics, log_table
 from clicks2pref.models.registry import apply_training_options, load_causal_lm
@@ -61,7 +62,6 @@ def run(cfg, loggers=()) -> dict:
     # 1. what GRPO reads: the SFT policy, the reward models and the fused weights (each run or reused)
     inputs = artifacts.upstream(cfg, "grpo", loggers)
     key = artifacts.key(cfg, "grpo", inputs)
-    final = artifacts.artifact_path(cfg, "grpo", key)
     if (result := artifacts.reuse(cfg, "grpo", key)) is not None:
         return publish(cfg, result, [], loggers, fresh=False)
 
@@ -88,34 +88,39 @@ def run(cfg, loggers=()) -> dict:
 
     # 5. train; a killed run resumes from the work folder's last checkpoint
     train_start = time.time()
-    trainer = fit(cfg, module, loader, monitor, artifacts.work_dir(cfg, "grpo", key), loggers)
+    work = artifacts.work_dir(cfg, "grpo", key)
+    trainer = fit(cfg, module, loader, monitor, work, loggers)
     train_seconds = time.time() - train_start
     log.info("grpo: %d steps in %.0fs", g.steps, train_seconds)
 
     # 6. GRPO against the policy it started from, on held-out contexts (oracle CTR)
     reference_id = f"sft:{inputs['sft']['key']}" if g.init == "sft" else baseline_id(cfg)
-    evaluation = evaluate(cfg, module, sim, template, f"grpo:{key}", reference_id)
     result = {"key": key, "rewards": cfg.rewards.name, "reward": reward.describe(), "weights": reward.weights,
               "tau": tau, "template": template_name, "init": g.init, "steps": g.steps,
               "optimizer_steps": int(trainer.global_step), "train_seconds": train_seconds,
-              "nonfinite_steps": module.nonfinite_total, "eval": evaluation, "monitor": monitor.detector.summary(),
-              "inputs": {s: inputs[s]["key"] for s in inputs}}
+              "nonfinite_steps": module.nonfinite_total,
+              "eval": evaluate(cfg, module, sim, template, f"grpo:{key}", reference_id),
+              "monitor": monitor.detector.summary(), "inputs": {s: inputs[s]["key"] for s in inputs}}
 
     # 7. the artifact: adapters, sampled completions, a week of RL logs, and the result, written last
+    write_artifact(cfg, result, module, sim, template, start)
+    shutil.rmtree(work, ignore_errors=True)
+    return publish(cfg, result, module.samples, loggers, fresh=True)
+
+
+def write_artifact(cfg, result: dict, module, sim, template, start: float) -> None:
+    final = artifacts.artifact_path(cfg, "grpo", result["key"])
     with artifacts.atomic_dir(final) as tmp:
-        model.save_pretrained(tmp / "policy", safe_serialization=True)
-        tok.save_pretrained(tmp / "policy")
+        module.model.save_pretrained(tmp / "policy", safe_serialization=True)
+        module.tokenizer.save_pretrained(tmp / "policy")
         write_jsonl(module.samples, tmp / "completions.jsonl")
-        result["rl_logs"] = rl_logs(cfg, model, tok, sim, template, tmp)
-        if result["rl_logs"]:
-            result["rl_logs"] = str(final / result["rl_logs"])
+        logged = rl_logs(cfg, module.model, module.tokenizer, sim, template, tmp)
+        result["rl_logs"] = str(final / logged) if logged else None
         result["path"] = str(final)
         result["seconds"] = time.time() - start
         (tmp / "grpo.md").write_text(markdown_report(result))
         (tmp / "metrics.json").write_text(json.dumps(flat_metrics(result), indent=2))
         (tmp / "grpo.json").write_text(json.dumps(result, indent=2))
-    shutil.rmtree(artifacts.work_dir(cfg, "grpo", key), ignore_errors=True)
-    return publish(cfg, result, module.samples, loggers, fresh=True)
 
 
 # --- inputs --------------------------------------------------------------------------------------
@@ -157,7 +162,8 @@ def build_reward(cfg, reference_model, tok, template, reference_context, rm_fold
     """The composite reward with τ calibrated (or taken from fusion) and weights resolved."""
     scorer = ReferenceScorer(reference_model, tok, template, cfg.grpo.temperature, cfg.grpo.micro_batch_size,
                              reference_context)
-    components = build_components(cfg.rewards, RewardResources(rm_folders, scorer, cfg.paths.model_cache))
+    components = build_components(cfg.rewards, RewardResources(rm_folders, scorer, cfg.paths.model_cache,
+                                                                  cfg.reward_model.backbone.trust_remote_code))
     tau = None
     if "ppl" in components:
         ppl = components["ppl"]
@@ -197,11 +203,7 @@ def fit(cfg, module, loader, monitor, work: Path, loggers) -> pl.Trainer:
                           accumulate_grad_batches=1, limit_val_batches=0, num_sanity_val_steps=0, _convert_="object")
     # a manual-optimisation checkpoint holds the weights after the step, which is what resuming wants
     warnings.filterwarnings("ignore", message="Using ModelCheckpoint with manual optimization")
-    last = work / "ckpt" / "last.ckpt"
-    resume = cfg.ckpt_path or (str(last) if last.exists() else None)
-    if resume:
-        log.info("grpo: resuming from %s", resume)
-    trainer.fit(module, loader, ckpt_path=resume, weights_only=False)
+    trainer.fit(module, loader, ckpt_path=resume_checkpoint(work, cfg.ckpt_path, "grpo"), weights_only=True)
     return trainer
 
 
@@ -271,15 +273,6 @@ def publish(cfg, result: dict, samples: list, loggers, fresh: bool) -> dict:
 # --- reports -------------------------------------------------------------------------------------
 
 
-def summary_row(result: dict) -> dict:
-    """One Table-4 row: the preset and GRPO vs. SFT on held-out contexts."""
-    ev = result["eval"]
-    return {"rewards": result["rewards"], "oracle_ctr": ev["grpo"]["oracle_ctr"], "ci_low": ev["grpo"]["ci_low"],
-            "ci_high": ev["grpo"]["ci_high"], "sft_ctr": ev["sft"]["oracle_ctr"], "ctr_diff": ev["lift"]["ctr_diff"],
-            "gsb": ev["gsb"]["gsb"], "format_rate": ev["grpo"]["format_rate"], "distinct_2": ev["grpo"]["distinct_2"],
-            "mean_cosine": ev["grpo"]["mean_pairwise_cosine"], "hacking_flag": result["monitor"]["flagged"]}
-
-
 def markdown_report(result: dict) -> str:
     ev = result["eval"]
     lines = [f"GRPO ({result['rewards']}: {result['reward']}) — {result['steps']} steps in "
@@ -308,22 +301,3 @@ def flat_metrics(result: dict) -> dict:
     out.update({"grpo/eval/ctr_diff": ev["lift"]["ctr_diff"], "grpo/eval/gsb": ev["gsb"]["gsb"],
                 "grpo/eval/hacking_flag": float(result["monitor"]["flagged"])})
     return out
-
-
-def sweep_table(folder) -> str:
-    """Markdown Table 4 from a multirun folder: one row per job's grpo.json.
-
-    Command line: `python -m clicks2pref.stages.grpo DIR`."""
-    rows = [summary_row(json.loads(p.read_text())) for p in sorted(Path(folder).glob("*/grpo.json"))]
-    cols = ["rewards", "oracle_ctr", "ci_low", "ci_high", "sft_ctr", "ctr_diff", "gsb", "format_rate", "distinct_2",
-            "mean_cosine", "hacking_flag"]
-    fmt = lambda v: f"{v:.4f}" if isinstance(v, float) else str(v)  # noqa: E731
-    lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
-    lines += ["| " + " | ".join(fmt(r[c]) for c in cols) + " |" for r in rows]
-    return "\n".join(lines) + "\n"
-
-
-if __name__ == "__main__":
-    import sys
-
-    print(sweep_table(sys.argv[1]))

@@ -15,7 +15,8 @@ from omegaconf import OmegaConf
 from transformers import AutoModelForCausalLM
 
 from clicks2pref.errors import ModelNotFoundError
-from clicks2pref.models.registry import ModelConfig, _from_pretrained, _torch_dtype, load_causal_lm, load_tokenizer
+from clicks2pref.models.registry import (ModelConfig, _from_pretrained, _torch_dtype, load_causal_lm, load_tokenizer,
+                                         user_code_policy)
 from clicks2pref.stages.artifacts import artifact_path
 
 
@@ -42,7 +43,9 @@ def load_sft_policy(path, cfg, merge: bool = True, trainable: bool = False):
                                  "from `python -m clicks2pref stage=sft`")
     meta = json.loads(meta_file.read_text())
     cache = cfg.paths.model_cache
-    base = ModelConfig(**{**meta["model"], "lora": None})
+    allowed = cfg.policy.model.trust_remote_code  # the user's switch, never the folder's
+    base = ModelConfig(**{**user_code_policy(meta["model"], allowed, str(meta_file), "policy.model.trust_remote_code"),
+                          "lora": None})
     tok = load_tokenizer(replace(base, name=str(path / "policy")), cache)
     if meta["method"] == "full" or (merge and (path / "merged").exists()):
         folder = path / ("policy" if meta["method"] == "full" else "merged")

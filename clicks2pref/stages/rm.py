@@ -26,6 +26,7 @@ from clicks2pref.data.pairs import pair_splits
 from clicks2pref.errors import ClickLogError
 from clicks2pref.eval.calibration_report import (calibration_metrics, markdown_report, pair_log_ppl,
                                                   pair_predictions, reference_log_ppl, unique_items, write_report)
+from clicks2pref.lit.checkpoints import resume_checkpoint
 from clicks2pref.lit.reward_module import RewardModule, pair_loader
 from clicks2pref.loggers import log_metrics, log_table
 from clicks2pref.models.registry import load_causal_lm
@@ -139,10 +140,7 @@ def train_one(cfg, kind: str, splits: dict, work: Path, loggers) -> tuple[object
                                  every_n_train_steps=rm.checkpoint_every_n_steps)
     trainer = instantiate(cfg.trainer, logger=list(loggers) or False, callbacks=[checkpoint],
                           max_epochs=rm.optim.epochs, _convert_="object")
-    last = work / "ckpt" / "last.ckpt"
-    if last.exists():
-        log.info("rm: resuming %s from %s", kind, last)
-    trainer.fit(module, train, val, ckpt_path=str(last) if last.exists() else None)
+    trainer.fit(module, train, val, ckpt_path=resume_checkpoint(work, None, f"rm {kind}"), weights_only=True)
     stats = {"train_seconds": time.time() - start, "steps": int(trainer.global_step),
              "max_grad_norm": module.max_grad_norm, "nonfinite_steps": module.nonfinite_steps,
              "val": {k.split("/")[-1]: float(v) for k, v in trainer.callback_metrics.items() if "/val_" in k}}

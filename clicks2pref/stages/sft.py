@@ -47,18 +47,13 @@ def run(cfg, loggers=()) -> dict:
     inputs = artifacts.upstream(cfg, "sft", loggers)
     template_name = resolve_template(cfg)
     key = artifacts.key(cfg, "sft", inputs, extra=template_name)
-    final = artifacts.artifact_path(cfg, "sft", key)
     if (result := artifacts.reuse(cfg, "sft", key)) is not None:
         return publish(cfg, result, loggers, fresh=False)
 
     # 2. (a) clicked suggestions grouped by context
     start = time.time()
     source = artifacts.logs_source(cfg)
-    template = cfg.prompt[template_name]
-    groups = click_groups(load_impressions(source, cfg.data.on_invalid), sft.data)
-    if not any(g["candidates"] for g in groups):
-        raise ClickLogError(f"no suggestion clicked at least {sft.data.min_clicks} time(s) in weeks "
-                            f"{sft.data.first_week}..{sft.data.last_week or 'last'}; widen sft.data", str(source))
+    groups = clicked(cfg, source)
     data = click_summary(groups)
     log.info("sft: %d context groups, %d clicked suggestions from %s; template %s", data["groups"],
              data["clicked_suggestions"], source, template_name)
@@ -67,24 +62,16 @@ def run(cfg, loggers=()) -> dict:
     cand_groups, teacher_result = teacher_candidates(cfg, groups, inputs, loggers)
 
     # 4. (c) diversity-aware assembly into k-suggestion targets, split by context group
-    embedder = build_embedder(sft.assembly) if sft.assembly.enabled else None
-    examples, assembly = assemble(cand_groups, embedder, sft.assembly)
-    log.info("sft: assembly %s: %d full panels of %d contexts; short %s; rejected %s",
-             "on" if sft.assembly.enabled else "off", assembly["full_panels"], assembly["contexts"],
-             assembly["short_panels"], assembly["rejected"])
-    if not examples:
-        raise ClickLogError("assembly produced no full panel; see the short-panel reasons above: collect more logs, "
-                            "use a teacher (teacher=smollm2) or relax sft.assembly", str(source))
+    examples, assembly = assemble_targets(cfg, cand_groups, source)
     train_rows, val_rows = split_examples(examples, groups, sft.data.val_fraction)
 
     # 5. (d) fine-tune (full, LoRA or QLoRA); a killed run resumes from the work folder
-    as_messages = lambda rows: [{"messages": build_messages(template, r["context"]), "target": r["target"]}  # noqa
-                                for r in rows]
+    template = cfg.prompt[template_name]
     model_cfg = training_model_config(cfg.policy.model, sft.method, sft.lora)
     model, tok = load_causal_lm(model_cfg, cfg.paths.model_cache, seed=cfg.seed)
     work = artifacts.work_dir(cfg, "sft", key)
-    train_stats = fit_causal_lm(cfg, model, tok, as_messages(train_rows), as_messages(val_rows), sft.train,
-                                work / "policy", loggers, "sft", len(cfg.simulator.examination),
+    train_stats = fit_causal_lm(cfg, model, tok, as_messages(template, train_rows), as_messages(template, val_rows),
+                                sft.train, work / "policy", loggers, "sft", len(cfg.simulator.examination),
                                 cfg.policy.generation.max_new_tokens, ckpt_path=cfg.ckpt_path)
     result = {"key": key, "template": template_name, "method": sft.method, "logs": str(source),
               "data": data, "teacher": teacher_result, "assembly": assembly,
@@ -97,8 +84,41 @@ def run(cfg, loggers=()) -> dict:
     result["seconds"] = time.time() - start
 
     # 7. the artifact: policy, data, candidates and the result, written last
+    write_artifact(cfg, result, model, tok, examples, groups, cand_groups)
+    shutil.rmtree(work, ignore_errors=True)
+    return publish(cfg, result, loggers, fresh=True)
+
+
+def clicked(cfg, source: str) -> list[dict]:
+    groups = click_groups(load_impressions(source, cfg.data.on_invalid), cfg.sft.data)
+    if not any(g["candidates"] for g in groups):
+        d = cfg.sft.data
+        raise ClickLogError(f"no suggestion clicked at least {d.min_clicks} time(s) in weeks "
+                            f"{d.first_week}..{d.last_week or 'last'}; widen sft.data", str(source))
+    return groups
+
+
+def assemble_targets(cfg, cand_groups: list[dict], source: str) -> tuple[list[dict], dict]:
+    a = cfg.sft.assembly
+    examples, assembly = assemble(cand_groups, build_embedder(a) if a.enabled else None, a)
+    log.info("sft: assembly %s: %d full panels of %d contexts; short %s; rejected %s", "on" if a.enabled else "off",
+             assembly["full_panels"], assembly["contexts"], assembly["short_panels"], assembly["rejected"])
+    if not examples:
+        raise ClickLogError("assembly produced no full panel; see the short-panel reasons above: collect more logs, "
+                            "use a teacher (teacher=smollm2) or relax sft.assembly", str(source))
+    return examples, assembly
+
+
+def as_messages(template, rows: list[dict]) -> list[dict]:
+    return [{"messages": build_messages(template, r["context"]), "target": r["target"]} for r in rows]
+
+
+def write_artifact(cfg, result: dict, model, tok, examples: list[dict], groups: list[dict],
+                   cand_groups: list[dict]) -> None:
+    final = artifacts.artifact_path(cfg, "sft", result["key"])
+    merged = cfg.sft.save_merged and cfg.sft.method != "full"
     with artifacts.atomic_dir(final) as tmp:
-        save_policy(model, tok, tmp / "policy", tmp / "merged" if sft.save_merged and sft.method != "full" else None)
+        save_policy(model, tok, tmp / "policy", tmp / "merged" if merged else None)
         write_jsonl(examples, tmp / "sft_data.jsonl")
         write_jsonl(single_suggestion_examples(groups), tmp / "single.jsonl")
         write_jsonl([{"group": g["group"], "context": g["context"], "candidates": g["candidates"]}
@@ -106,8 +126,6 @@ def run(cfg, loggers=()) -> dict:
         result["path"] = str(final)
         (tmp / "sft.md").write_text(markdown_report(result))
         (tmp / "sft.json").write_text(json.dumps(result, indent=2))
-    shutil.rmtree(work, ignore_errors=True)
-    return publish(cfg, result, loggers, fresh=True)
 
 
 def resolve_template(cfg) -> str:
