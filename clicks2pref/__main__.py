@@ -16,6 +16,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from clicks2pref import CONF_DIR
 from clicks2pref.config import register_configs, validate
+from clicks2pref.console import quiet_third_party
 from clicks2pref.errors import Clicks2PrefError
 from clicks2pref.loggers import finalize, instantiate_loggers, log_config
 from clicks2pref.models.placement import use_accelerator
@@ -40,6 +41,7 @@ HEADLINE = {
 def run_stage(cfg: DictConfig):
     """The task wrapper: checks, seed, loggers, the stage; loggers are always closed, errors re-raised."""
     validate(cfg)  # every range check at start-up, before anything loads
+    quiet_third_party()
     pl.seed_everything(cfg.seed, workers=True, verbose=False)
     use_accelerator(cfg.trainer.accelerator)
     loggers = instantiate_loggers(cfg.logger, cfg.task_name)

@@ -18,6 +18,8 @@ def instantiate_loggers(cfg: DictConfig | dict, task_name: str = "clicks2pref") 
         kwargs = {}
         if spec["_target_"].endswith("WandbLogger") and spec.get("group") is None:
             kwargs["group"] = run_group(task_name)
+        if spec["_target_"].endswith("WandbLogger") and spec.get("name") is None:
+            kwargs["name"] = run_name(task_name)
         loggers.append(instantiate(spec, **kwargs))
     return loggers
 
@@ -29,6 +31,14 @@ def run_group(task_name: str) -> str:
     return task_name
 
 
+def run_name(task_name: str) -> str:
+    """A sweep job's own overrides (`rewards=no_ppl`), so its W&B run is told apart from its siblings; else
+    the task."""
+    if HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN:
+        return HydraConfig.get().job.override_dirname or f"{task_name}-{HydraConfig.get().job.num}"
+    return task_name
+
+
 def log_config(loggers: Sequence, cfg: DictConfig) -> None:
     params = {k: OmegaConf.to_container(v, resolve=True) if OmegaConf.is_config(v) else v
               for k, v in cfg.items() if k != "hydra"}
@@ -37,8 +47,13 @@ def log_config(loggers: Sequence, cfg: DictConfig) -> None:
 
 
 def log_metrics(loggers: Sequence, metrics: dict[str, float], step: int | None = None) -> None:
+    """Each distinct set of metrics once per logger: a stage reused by several later ones logs once."""
     for lg in loggers:
-        lg.log_metrics(metrics, step=step)
+        sent = lg.__dict__.setdefault("_clicks2pref_sent", set())
+        once = (step, tuple(sorted(metrics.items())))
+        if once not in sent:
+            sent.add(once)
+            lg.log_metrics(metrics, step=step)
 
 
 def log_table(loggers: Sequence, key: str, rows: list[dict[str, Any]]) -> None:

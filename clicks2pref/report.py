@@ -89,19 +89,16 @@ def summary_row(result: dict) -> dict:
 
 
 def _plot(sweep: Path, metric: str, labels: list[str], values: list) -> Path:
-    import matplotlib  # lazy: matplotlib is a plotting extra
+    from matplotlib.figure import Figure  # lazy: matplotlib is a plotting extra
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt  # lazy: matplotlib is a plotting extra
-
-    fig, ax = plt.subplots(figsize=(max(4, 1.2 * len(labels)), 3.2))
+    fig = Figure(figsize=(max(4, 1.2 * len(labels)), 3.2))
+    ax = fig.subplots()
     ax.bar(range(len(values)), [v if isinstance(v, (int, float)) else 0 for v in values], color="#4c72b0")
     ax.set_xticks(range(len(labels)), labels, rotation=30, ha="right", fontsize=7)
     ax.set_ylabel(metric)
     fig.tight_layout()
     path = sweep / f"report_{metric.replace('/', '_')}.png"
     fig.savefig(path, dpi=110)
-    plt.close(fig)
     return path
 
 

@@ -38,6 +38,7 @@ def test_pipeline_runs_every_stage_and_prints_the_results_table(pipeline_run, ca
     assert base["gsb"] == 0.0 and base["diff_ci_low"] == base["diff_ci_high"] == 0.0
     assert all(0.0 <= r["ci_low"] <= r["oracle_ctr"] <= r["ci_high"] <= 1.0 for r in rows.values())
     assert (out / "ctr.png").stat().st_size > 0 and "| grpo |" in (out / "results.md").read_text()
+    assert (out / "training.png").stat().st_size > 0  # reward, KL, entropy and the monitor over GRPO steps
     # the reward models' calibration on the IID week and on the GRPO policy's week of logs (OOD)
     calibration = json.loads((out / "calibration.json").read_text())
     assert set(calibration["kinds"]) == set(cfg.reward_model.kinds)

@@ -39,6 +39,8 @@ def test_report_has_one_row_per_job_with_swept_values_and_failures(tmp_path, cap
 
 
 def run_notebook(name: str, env: dict) -> None:
+    """Executes a committed notebook with `env` set: no cell errs and every plot cell (tagged `figure` by
+    notebooks/make_notebooks.py) shows a PNG inline."""
     import nbformat
     from nbclient import NotebookClient
 
@@ -51,7 +53,11 @@ def run_notebook(name: str, env: dict) -> None:
         for k, v in old.items():
             os.environ.pop(k) if v is None else os.environ.__setitem__(k, v)
     errors = [o for c in nb.cells if c.cell_type == "code" for o in c.outputs if o.output_type == "error"]
-    assert not errors
+    assert not errors, errors[0].get("traceback", errors[0])[-1:]
+    plots = [c for c in nb.cells if "figure" in c.metadata.get("tags", [])]
+    assert plots, f"{name} has no plot cell"
+    for cell in plots:
+        assert any("image/png" in o.get("data", {}) for o in cell.outputs), f"{name}: no figure from\n{cell.source}"
 
 
 @pytest.mark.parametrize("kinds", [("garm", "btrm")])
@@ -70,6 +76,53 @@ def test_notebooks_run_on_report_files(tmp_path, kinds):
     write_report(report, tmp_path / "rm")
     run_notebook("calibration.ipynb", {"RUN_DIR": str(tmp_path / "rm")})
     run_notebook("ablations.ipynb", {"SWEEP_DIR": str(fake_sweep(tmp_path))})
+    sweep = tmp_path / "grpo_sweep"
+    for n, rewards in enumerate(["full", "no_ppl"]):
+        fake_grpo_run(sweep / str(n), rewards, csv_log=n == 0)
+    run_notebook("training.ipynb", {"RUN_DIR": str(sweep / "0"), "SWEEP_DIR": str(sweep)})
+
+
+def fake_grpo_run(folder: Path, rewards: str = "full", csv_log: bool = True) -> Path:
+    """What a GRPO run leaves: grpo.json with the monitor's history (proxy up, oracle down from step 4: flagged
+    at 6) and, with `logger=csv`, csv/metrics.csv where earlier stages' rows precede GRPO's (one per batch)."""
+    history = [{"step": s, "proxy": 0.1 * s, "oracle_ctr": 0.3 - 0.02 * max(s - 2, 0)} for s in range(0, 9, 2)]
+    (folder / "csv").mkdir(parents=True)
+    (folder / "grpo.json").write_text(json.dumps({"rewards": rewards, "monitor": {
+        "flagged": True, "flagged_at": [6], "history": history}}))
+    if csv_log:
+        rows = ["step,sft/loss,grpo/reward,grpo/kl,grpo/entropy,grpo/monitor/proxy_reward", "0,2.5,,,,", "1,2.1,,,,",
+                "0,,,,,0.0"] + [f"{s},,{0.1 * s},{0.01 * s},{2 - 0.1 * s}," for s in range(8)]
+        (folder / "csv" / "metrics.csv").write_text("\n".join(rows) + "\n")
+    return folder
+
+
+def test_training_figure_plots_reward_kl_entropy_and_the_monitor(tmp_path):
+    from clicks2pref.eval.training import load_history, sweep_histories, training_figure, write_training_plot
+
+    run = fake_grpo_run(tmp_path / "run")
+    (run / ".hydra").mkdir()
+    (run / ".hydra" / "config.yaml").write_text("grpo:\n  num_iterations: 2\n")
+    history = load_history(run)
+    assert history["label"] == "full" and history["flagged_at"] == [6]
+    assert history["reward"][:3] == [(0, 0.0), (2, 0.1), (4, 0.2)]  # batch b sampled by the policy at step b·μ
+    assert len(history["kl"]) == len(history["entropy"]) == 8 and len(history["proxy"]) == 5  # grpo.json's, not csv's
+
+    fig = training_figure([history, load_history(fake_grpo_run(tmp_path / "other", "no_ppl", csv_log=False))])
+    reward, kl, entropy, proxy, oracle = fig.axes  # four panels and the monitor's twin axis (oracle CTR)
+    assert [ax.get_title() for ax in (reward, kl, entropy)] == [
+        "reward (mean composite)", "KL to the reference (k3)", "entropy (nats/token)"]
+    assert len(reward.lines) == len(kl.lines) == len(entropy.lines) == 1  # the second run logged no csv
+    assert list(reward.lines[0].get_xdata()) == [2 * b for b in range(8)]
+    assert len(proxy.lines) == 2 + 2 and len(oracle.lines) == 2  # a proxy line per run and a flag line each
+    assert list(oracle.lines[0].get_ydata()) == [h[1] for h in history["oracle_ctr"]]
+    assert "oracle CTR" in oracle.get_ylabel() and "proxy" in proxy.get_ylabel()
+    assert [t.get_text() for t in fig.legends[0].get_texts()] == ["full", "no_ppl"]  # one entry per run
+
+    path = write_training_plot(run)
+    assert path == run / "training.png" and path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert write_training_plot(tmp_path) is None  # nothing to plot: no file, no error
+    assert not (tmp_path / "training.png").exists()
+    assert sweep_histories(tmp_path) == []  # only numbered job folders (0/, 1/, ...) are a sweep's jobs
 
 
 def test_joblib_sweep_keeps_going_past_a_failed_job_and_reports_it(tmp_path):
@@ -80,7 +133,8 @@ def test_joblib_sweep_keeps_going_past_a_failed_job_and_reports_it(tmp_path):
 
     sweep = tmp_path / "sweep"
     cmd = [sys.executable, "-m", "clicks2pref", "-m", "stage=collect", "experiment=smoke", "policy=tiny",
-           "prompt=[concise]", "collect.contexts_per_template=-1,1", "collect.weeks=1", "collect.sessions_per_week=2",
+           "collect.model=null", "prompt=[concise]", "collect.contexts_per_template=-1,1", "collect.weeks=1",
+           "collect.sessions_per_week=2",
            "collect.users_per_panel=2", "hydra/launcher=joblib", "hydra.launcher.n_jobs=2",
            f"paths.root_dir={tmp_path}", f"hydra.sweep.dir={sweep}"]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600)

@@ -17,6 +17,7 @@ from hydra.core.global_hydra import GlobalHydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf, open_dict
 
+from clicks2pref.console import interactive
 from clicks2pref.config.collect import CollectConfig, EvalConfig
 from clicks2pref.config.data import DataConfig
 from clicks2pref.config.grpo import GRPOStageConfig, move_trl_aliases
@@ -159,3 +160,5 @@ def register_configs() -> None:
     ConfigStore.instance().store(name="c2p_schema", node=Config)
     # the process id, so two runs started in the same second get their own run folders
     OmegaConf.register_new_resolver("c2p.pid", os.getpid, replace=True)
+    # progress bars for a person at a terminal only (trainer.enable_progress_bar)
+    OmegaConf.register_new_resolver("c2p.interactive", interactive, replace=True)

@@ -153,15 +153,13 @@ def calibration_metrics(pred: dict[str, Tensor], n_bins: int = 15, n_deciles: in
 
 def reliability_diagram(metrics: dict, path, title: str) -> Path:
     """Accuracy vs. confidence per bin (bars) against the diagonal, pair counts below; a PNG."""
-    import matplotlib  # lazy: matplotlib is a plotting extra
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt  # lazy: matplotlib is a plotting extra
+    from matplotlib.figure import Figure  # lazy: matplotlib is a plotting extra
 
     bins = metrics.get("reliability", [])
     centers = [(b["lower"] + b["upper"]) / 2 for b in bins]
     width = bins[0]["upper"] - bins[0]["lower"] if bins else 0.1
-    fig, (ax, ax_n) = plt.subplots(2, 1, figsize=(4.5, 5.5), sharex=True, gridspec_kw={"height_ratios": [3, 1]})
+    fig = Figure(figsize=(4.5, 5.5))
+    ax, ax_n = fig.subplots(2, 1, sharex=True, gridspec_kw={"height_ratios": [3, 1]})
     ax.bar(centers, [b["accuracy"] or 0.0 for b in bins], width=width * 0.9, color="#4c72b0", label="accuracy")
     ax.plot([0.4, 1], [0.4, 1], "--", color="gray", label="perfect calibration")
     ax.scatter([b["confidence"] for b in bins if b["count"]], [b["accuracy"] for b in bins if b["count"]],
@@ -175,7 +173,6 @@ def reliability_diagram(metrics: dict, path, title: str) -> Path:
     fig.tight_layout()
     path = Path(path)
     fig.savefig(path, dpi=100)
-    plt.close(fig)
     return path
 
 

@@ -21,7 +21,8 @@ def evaluate_policy(model, tok, template: PromptTemplate, sim, contexts: Sequenc
     """Generate one panel per (topic, facet) context and score it with the oracle (never seen in training)."""
     rng = random.Random(seed)
     conversations = [sim.context(t, f, rng) for t, f in contexts]
-    outs = generate(model, tok, [build_messages(template, c) for c in conversations], gen, seed=seed)
+    outs = generate(model, tok, [build_messages(template, c) for c in conversations], gen, seed=seed,
+                    desc=f"evaluating on {len(contexts)} contexts")
     parsed = [parse_suggestions(o, len(sim.cfg.examination)) for o in outs]
     ctr = sim.oracle_ctr_many([(t, f, p.suggestions) for (t, f), p in zip(contexts, parsed)])
     est = bootstrap_mean(ctr, bootstrap_samples, ci_level, seed)

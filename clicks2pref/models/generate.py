@@ -5,7 +5,9 @@ from dataclasses import dataclass
 from typing import Sequence
 
 import torch
+from tqdm.auto import tqdm
 
+from clicks2pref.console import interactive
 from clicks2pref.errors import ConfigError
 from clicks2pref.models.placement import on_device
 
@@ -36,10 +38,11 @@ def chat_inputs(tokenizer, messages: Sequence[list[dict]]) -> list[list[int]]:
 
 @torch.no_grad()
 def generate(model, tokenizer, messages: Sequence[list[dict]], cfg: GenerationConfig,
-             num_return_sequences: int = 1, seed: int | None = None) -> list[str]:
+             num_return_sequences: int = 1, seed: int | None = None, desc: str = "generating") -> list[str]:
     """Completions in input order (grouped per prompt when num_return_sequences > 1).
 
-    Prompts are sorted by length so each left-padded batch wastes little compute.
+    Prompts are sorted by length so each left-padded batch wastes little compute. A progress bar with an
+    ETA (`desc`) shows at an interactive terminal only.
     """
     ids = chat_inputs(tokenizer, messages)
     order = sorted(range(len(ids)), key=lambda i: len(ids[i]))
@@ -50,7 +53,8 @@ def generate(model, tokenizer, messages: Sequence[list[dict]], cfg: GenerationCo
     was_training = model.training
     model.eval()
     pad = tokenizer.pad_token_id
-    for start in range(0, len(order), cfg.batch_size):
+    for start in tqdm(range(0, len(order), cfg.batch_size), desc=desc, unit="batch", leave=False,
+                      disable=not interactive()):
         batch = order[start:start + cfg.batch_size]
         width = max(len(ids[i]) for i in batch)
         input_ids = torch.tensor([[pad] * (width - len(ids[i])) + ids[i] for i in batch])

@@ -55,7 +55,7 @@ def log_week(model, tok, sim, template, policy: str, week: int, contexts: list, 
     k = len(cfg.simulator.examination)
     conversations = [sim.context(t, f, rng) for t, f in contexts]
     outs = generate(model, tok, [build_messages(template, c) for c in conversations], cfg.policy.generation,
-                    seed=cfg.seed * 1000 + week)
+                    seed=cfg.seed * 1000 + week, desc=f"{policy} week {week}")
     panels = [parse_suggestions(o, k).suggestions for o in outs]
     sim.sim.prefetch(s for p in panels for s in p)
     records, empty = [], 0
@@ -125,10 +125,10 @@ def publish(cfg, result: dict, loggers, fresh: bool) -> dict:
     rows = result["templates"]
     (out_dir / "templates.md").write_text(markdown_table(rows, COLUMNS))
     write_job_metrics(cfg, "collect", flat_metrics(result))
+    log_metrics(loggers, flat_metrics(result))  # a reused stage's stored metrics too: a sweep's runs are complete
     if fresh:
         (out_dir / "collect.json").write_text(json.dumps(result, indent=2))
         log_table(loggers, "collect/templates", [{c: r[c] for c in COLUMNS} for r in rows])
-        log_metrics(loggers, flat_metrics(result))
         print(f"\nPrompt templates (oracle CTR on {rows[0]['n_contexts']} validation contexts):\n")
         print(markdown_table(rows, COLUMNS))
         print(f"best: {result['best_template']}; {sum(w['impressions'] for w in result['weeks'])} impressions in "

@@ -30,7 +30,7 @@ from clicks2pref.models.registry import load_causal_lm
 from clicks2pref.models.reward_heads import load_reward_model
 from clicks2pref.rewards.diversity import DiversityReward
 from clicks2pref.stages import artifacts, rm as rm_stage
-from clicks2pref.stages.policies import load_grpo_policy, load_sft_policy
+from clicks2pref.stages.policies import artifact_meta, load_grpo_policy, load_sft_policy
 from clicks2pref.stages.sft import resolve_template
 
 log = logging.getLogger(__name__)
@@ -89,24 +89,17 @@ def policy_source(cfg, name: str, inputs: dict):
         if problem := verify_given(folder):
             raise ModelNotFoundError(f"eval.policies: {folder} fails verification: {problem}")
     if (folder / "sft.json").exists():
-        meta = read_meta(folder / "sft.json")
+        meta = artifact_meta(folder, "sft")
         return f"sft:{meta['key']}", loads(folder, lambda: load_sft_policy(folder, cfg, merge=True)), \
             meta["template"], meta
     if (folder / "grpo.json").exists():
-        meta = read_meta(folder / "grpo.json")
+        meta = artifact_meta(folder, "grpo")
         if meta.get("rl_logs"):  # recorded as an absolute path; the folder may have moved since
             meta["rl_logs"] = str(folder / Path(meta["rl_logs"]).name)
         return f"grpo:{meta['key']}", loads(folder, lambda: load_grpo_policy(folder, cfg)), meta["template"], meta
     stamp = max((p.stat().st_mtime_ns for p in folder.rglob("*") if p.is_file()), default=0)
     load = lambda: load_causal_lm(replace(base, name=str(folder), lora=None), cfg.paths.model_cache)  # noqa: E731
     return f"path:{folder.resolve()}@{stamp}", loads(folder, load), resolve_template(cfg), {}
-
-
-def read_meta(path: Path) -> dict:
-    try:
-        return json.loads(path.read_text())
-    except ValueError as e:
-        raise ModelNotFoundError(f"eval.policies: {path} is not valid JSON ({e})") from None
 
 
 def loads(folder: Path, load):
@@ -137,12 +130,10 @@ def compare(results: dict, reference: str, ev, seed: int) -> list[dict]:
 
 
 def plot_ctr(rows: list[dict], path: Path, ci: str) -> None:
-    import matplotlib  # the plotting extra, loaded only when a plot is drawn
+    from matplotlib.figure import Figure  # the plotting extra, loaded only when a plot is drawn
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(1.6 + 1.3 * len(rows), 3.2))
+    fig = Figure(figsize=(1.6 + 1.3 * len(rows), 3.2))
+    ax = fig.subplots()
     x = range(len(rows))
     ctr = [r["oracle_ctr"] for r in rows]
     err = [[r["oracle_ctr"] - r["ci_low"] for r in rows], [r["ci_high"] - r["oracle_ctr"] for r in rows]]
@@ -152,7 +143,6 @@ def plot_ctr(rows: list[dict], path: Path, ci: str) -> None:
     ax.set_title("held-out contexts")
     fig.tight_layout()
     fig.savefig(path, dpi=120)
-    plt.close(fig)
 
 
 def publish(cfg, report: dict, loggers) -> dict:

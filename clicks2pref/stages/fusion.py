@@ -185,8 +185,8 @@ def publish(cfg, result: dict, loggers, fresh: bool) -> dict:
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "fusion_weights.json").write_text(json.dumps(result, indent=2))
     write_job_metrics(cfg, "fusion", flat_metrics(result))
+    log_metrics(loggers, flat_metrics(result))  # a reused stage's stored metrics too: a sweep's runs are complete
     if fresh:
-        log_metrics(loggers, flat_metrics(result))
         chosen, where = result["chosen"], artifacts.artifact_path(cfg, "fusion", result["key"])
         print(f"\nfusion ({result['rewards']}): stage one {_fmt(result['stage_one']['weights'])} (click AUC "
               f"{result['stage_one']['auc']:.3f}); chosen {_fmt(result['weights'])} (AUC {chosen['auc']:.3f}, "

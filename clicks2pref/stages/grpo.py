@@ -37,6 +37,7 @@ from clicks2pref.data.prompts import build_messages
 from clicks2pref.data.simulator import build_simulator, split_contexts
 from clicks2pref.eval.heldout import heldout_contexts, paired, score_policy
 from clicks2pref.eval.monitor import RewardHackingMonitor
+from clicks2pref.eval.training import write_training_plot
 from clicks2pref.eval.policy import baseline_id
 from clicks2pref.lit.checkpoints import resume_checkpoint
 from clicks2pref.lit.grpo_module import GRPOModule, prompt_loader
@@ -108,11 +109,23 @@ def run(cfg, loggers=()) -> dict:
     return publish(cfg, result, module.samples, loggers, fresh=True)
 
 
+def name_trained_base(policy: Path, result: dict) -> None:
+    """PEFT names the plain base model in adapter_config.json, but the adapters were trained on the merged SFT
+    weights: name those instead, so plain peft fails loudly rather than silently dropping SFT. Load with
+    `clicks2pref.stages.policies.load_grpo_policy`, or export a standalone model with `python -m clicks2pref.export`."""
+    config = policy / "adapter_config.json"
+    if config.exists() and result["init"] == "sft":
+        meta = json.loads(config.read_text())
+        meta["base_model_name_or_path"] = f"clicks2pref-sft-merged:{result['inputs']['sft']}"
+        config.write_text(json.dumps(meta, indent=2))
+
+
 def write_artifact(cfg, result: dict, module, sim, template, start: float) -> None:
     final = artifacts.artifact_path(cfg, "grpo", result["key"])
     with artifacts.atomic_dir(final) as tmp:
         module.model.save_pretrained(tmp / "policy", safe_serialization=True)
         module.tokenizer.save_pretrained(tmp / "policy")
+        name_trained_base(tmp / "policy", result)
         write_jsonl(module.samples, tmp / "completions.jsonl")
         logged = rl_logs(cfg, module.model, module.tokenizer, sim, template, tmp)
         result["rl_logs"] = str(final / logged) if logged else None
@@ -253,20 +266,28 @@ def rl_logs(cfg, model, tok, sim, template, folder: Path) -> Optional[str]:
 
 
 def publish(cfg, result: dict, samples: list, loggers, fresh: bool) -> dict:
-    """grpo.json, grpo.md and metrics.json in the run folder; metrics, completions and the console."""
+    """grpo.json, grpo.md, metrics.json and (fresh) training.png in the run folder; metrics, completions and
+    the console."""
     out_dir = Path(cfg.paths.output_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "grpo.json").write_text(json.dumps(result, indent=2))
     (out_dir / "grpo.md").write_text(markdown_report(result))
     write_job_metrics(cfg, "grpo", flat_metrics(result))
+    plot = None
     if fresh:
         write_jsonl(samples, out_dir / "completions.jsonl")
         log_metrics(loggers, flat_metrics(result))
         if samples:
             log_table([lg for lg in loggers if hasattr(lg, "log_table")], "grpo/completions", samples)
+        try:  # reward, KL, entropy and the monitor's proxy vs. oracle CTR over the steps
+            plot = write_training_plot(out_dir)
+        except Exception as e:  # a figure never fails the stage: one warning line instead
+            log.warning("grpo: training.png not written (%s: %s)", type(e).__name__, e)
     print("\n" + markdown_report(result))
     if fresh:
         print(f"GRPO policy -> {Path(result['path']) / 'policy'} in {result['seconds']:.0f}s")
+    if plot is not None:
+        print(f"plots:   {plot}")
     return result
 
 

@@ -29,6 +29,18 @@ def save_policy(model, tok, folder: Path, merged: Optional[Path] = None) -> None
         tok.save_pretrained(merged)
 
 
+def artifact_meta(folder: Path, stage: str) -> dict:
+    """The `<stage>.json` a policy artifact records itself in, or one line saying why it cannot be read."""
+    meta_file = Path(folder) / f"{stage}.json"
+    if not meta_file.exists():
+        raise ModelNotFoundError(f"{folder} is not a {stage} artifact (no {stage}.json); pass artifacts/{stage}/<key> "
+                                 f"from `python -m clicks2pref stage={stage}`")
+    try:
+        return json.loads(meta_file.read_text())
+    except ValueError as e:
+        raise ModelNotFoundError(f"{meta_file} is not valid JSON ({e})") from None
+
+
 def load_sft_policy(path, cfg, merge: bool = True, trainable: bool = False):
     """(model, tokenizer) of an SFT artifact folder (`artifacts/sft/<key>`).
 
@@ -37,11 +49,7 @@ def load_sft_policy(path, cfg, merge: bool = True, trainable: bool = False):
     PEFT model is returned, its adapter trainable when `trainable`. A full fine-tune loads directly.
     """
     path = Path(path)
-    meta_file = path / "sft.json"
-    if not meta_file.exists():
-        raise ModelNotFoundError(f"{path} is not an SFT artifact (no sft.json); pass artifacts/sft/<key> "
-                                 "from `python -m clicks2pref stage=sft`")
-    meta = json.loads(meta_file.read_text())
+    meta_file, meta = path / "sft.json", artifact_meta(path, "sft")
     cache = cfg.paths.model_cache
     allowed = cfg.policy.model.trust_remote_code  # the user's switch, never the folder's
     base = ModelConfig(**{**user_code_policy(meta["model"], allowed, str(meta_file), "policy.model.trust_remote_code"),
@@ -69,11 +77,7 @@ def load_grpo_policy(path, cfg):
     `grpo.json` (resolved under this config's artifact root) or the base policy model.
     """
     path = Path(path)
-    meta_file = path / "grpo.json"
-    if not meta_file.exists():
-        raise ModelNotFoundError(f"{path} is not a GRPO artifact (no grpo.json); pass artifacts/grpo/<key> "
-                                 "from `python -m clicks2pref stage=grpo`")
-    meta = json.loads(meta_file.read_text())
+    meta = artifact_meta(path, "grpo")
     policy = path / "policy"
     base = OmegaConf.to_object(cfg.policy.model)
     if not (policy / "adapter_config.json").exists():  # full fine-tuning saved the whole model

@@ -184,13 +184,13 @@ def publish(cfg, result: dict, report, loggers, fresh: bool) -> dict:
     out_dir.mkdir(parents=True, exist_ok=True)
     final = artifacts.artifact_path(cfg, "rm", result["key"])
     write_job_metrics(cfg, "rm", flat_metrics(result))
+    log_metrics(loggers, flat_metrics(result))  # a reused stage's stored metrics too: a sweep's runs are complete
     if not fresh:
         for f in [*REPORTS, *(p.name for p in final.glob("reliability_*.png"))]:
             shutil.copyfile(final / f, out_dir / f)
         print((final / "calibration.md").read_text())
         return result
     written = write_report(report, out_dir)
-    log_metrics(loggers, flat_metrics(result))
     for kind, res in report["kinds"].items():
         for split, v in res["splits"].items():
             if v.get("by_confidence"):

@@ -233,8 +233,7 @@ def publish(cfg, result: dict, loggers, fresh: bool) -> dict:
     (out_dir / "sft.json").write_text(json.dumps(result, indent=2))
     (out_dir / "sft.md").write_text(markdown_report(result))
     write_job_metrics(cfg, "sft", flat_metrics(result))
-    if fresh:
-        log_metrics(loggers, flat_metrics(result))
+    log_metrics(loggers, flat_metrics(result))  # a reused stage's stored metrics too: a sweep's runs are complete
     if fresh or cfg.stage.name == "sft":
         print("\n" + markdown_report(result))
     if fresh:

@@ -17,9 +17,11 @@ import time
 from collections import Counter
 
 import torch
+from tqdm.auto import tqdm
 from transformers import DynamicCache
 
 from clicks2pref.config.sft import training_model_config
+from clicks2pref.console import interactive
 from clicks2pref.data.io import read_jsonl, write_jsonl
 from clicks2pref.data.parsing import format_suggestions, parse_suggestions
 from clicks2pref.data.prompts import PromptTemplate, build_messages
@@ -78,7 +80,8 @@ def sample_shared_prefix(model, tok, messages: list[list[dict]], gen: Generation
     forward = (model.get_base_model() if hasattr(model, "get_base_model") else model).forward
     cache_arg = "cache" if "cache" in inspect.signature(forward).parameters else "past_key_values"
     with torch.no_grad():
-        for start in range(0, len(order), gen.batch_size):
+        for start in tqdm(range(0, len(order), gen.batch_size), desc="teacher sampling", unit="batch", leave=False,
+                          disable=not interactive()):
             batch = order[start:start + gen.batch_size]
             width = max(len(ids[i]) for i in batch)
             input_ids = torch.tensor([[pad] * (width - len(ids[i])) + ids[i] for i in batch], device=model.device)
