@@ -231,3 +231,29 @@ def test_json_error_text_reads_cleanly(tmp_path):
     bad.write_text('{"impression_id": "x\n')
     text = str(next(iter_problems([str(bad)])))
     assert "at at" not in text and "column" in text
+
+
+def test_the_cache_key_follows_the_code_each_stage_runs(tmp_path, monkeypatch):
+    """Editing the GaRM loss invalidates the reward models (and what reads them), never the click logs' stage
+    more than its own imports say; the fingerprint is of the source files actually imported."""
+    from clicks2pref.stages import artifacts
+
+    rm, collect, grpo = (set(artifacts.code_modules(s)) for s in ("rm", "collect", "grpo"))
+    assert {"clicks2pref/objectives/gaussian.py", "clicks2pref/lit/reward_module.py"} <= rm
+    assert "clicks2pref/objectives/grpo.py" in grpo and "clicks2pref/objectives/grpo.py" not in rm | collect
+    assert "clicks2pref/lit/reward_module.py" not in collect
+    cfg = compose_config(["experiment=smoke", "stage=rm", "data.logs=x.jsonl"], tmp_path)
+    monkeypatch.setattr(artifacts, "_files_digest", lambda source: "logs")
+    before = artifacts.key(cfg, "rm")
+    artifacts.code_fingerprint.cache_clear()
+    real = type(artifacts._PACKAGE).read_bytes
+
+    def edited(path):
+        data = real(path)
+        return data + b"\n# edited" if path.name == "gaussian.py" else data
+
+    monkeypatch.setattr(type(artifacts._PACKAGE), "read_bytes", edited)
+    try:
+        assert artifacts.key(cfg, "rm") != before
+    finally:
+        artifacts.code_fingerprint.cache_clear()

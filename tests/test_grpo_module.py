@@ -98,8 +98,8 @@ def test_micro_batched_backward_equals_the_full_batch_objective(world, loss_type
     loss, logps, _ = module.backward_loss(ids, attention, mask, old, ref, adv)
     micro = [p.grad.clone() for p in model.parameters()]
     model.zero_grad()
-    full, _ = grpo_loss(completion_logps(model, ids, attention, n)[0], old, ref, adv, mask, beta=0.1, epsilon=0.2,
-                        epsilon_high=0.28, loss_type=loss_type, max_completion_length=6)
+    full, _ = grpo_loss(completion_logps(model, ids, attention, n, cfg.temperature)[0], old, ref, adv, mask, beta=0.1,
+                        epsilon=0.2, epsilon_high=0.28, loss_type=loss_type, max_completion_length=6)
     full.backward()
     assert loss == pytest.approx(full.item(), rel=1e-5, abs=1e-7)
     for a, p in zip(micro, model.parameters()):
@@ -121,8 +121,8 @@ def test_lora_reference_is_the_base_with_adapters_disabled_and_training_logs_trl
     ids, attention, mask = _batch(module, world, n=4)
     n = mask.shape[1]
     with torch.no_grad():
-        expected = completion_logps(frozen, ids, attention, n)[0]
-        policy = completion_logps(model, ids, attention, n)[0]
+        expected = completion_logps(frozen, ids, attention, n, cfg.temperature)[0]
+        policy = completion_logps(model, ids, attention, n, cfg.temperature)[0]
     ref = module.reference_logps(ids, attention, n)
     torch.testing.assert_close(ref, expected, rtol=1e-5, atol=1e-5)
     assert (policy - expected).abs().max() > 1e-3

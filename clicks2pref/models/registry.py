@@ -187,7 +187,11 @@ def load_causal_lm(cfg: ModelConfig, cache_dir: str | os.PathLike, seed: int = 0
             kwargs["quantization_config"] = qc
         model = _from_pretrained(AutoModelForCausalLM, resolve(cfg.name, cache_dir), **kwargs)
     model.generation_config.pad_token_id = tok.pad_token_id
-    return apply_training_options(model, cfg), tok
+    # LoRA's initial weights from `seed` alone, not from whatever this process sampled before: the same
+    # config gives the same policy whether upstream stages ran in this process or came from the cache
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        return apply_training_options(model, cfg), tok
 
 
 def apply_training_options(model, cfg: ModelConfig):

@@ -121,29 +121,37 @@ def logs_fingerprint(cfg) -> str:
 
 @functools.lru_cache(maxsize=None)
 def code_fingerprint(stage: str) -> str:
-    """Hash of the source of every clicks2pref module `stage`'s module imports, directly or not: editing a
-    loss, a reward or a sampler changes the keys of the stages that run it, so no stale artifact is reused."""
-    root = Path(__file__).resolve().parents[1]  # the clicks2pref package
-    seen, todo = set(), [f"clicks2pref.stages.{stage}"]
+    """Hash of the source of every module `stage` runs (`code_modules`): editing a loss, a reward or a sampler
+    changes the keys of the stages that run it, so no stale artifact is reused, and no other stage's."""
     digest = hashlib.sha256()
+    for path in code_modules(stage):
+        digest.update(path.encode() + (_PACKAGE.parent / path).read_bytes())
+    return digest.hexdigest()[:12]
+
+
+_PACKAGE = Path(__file__).resolve().parents[1]
+
+
+def code_modules(stage: str) -> list[str]:
+    """The clicks2pref source files `stages/<stage>.py` imports, directly or not (paths from the repository)."""
+    seen, found, todo = set(), [], [f"clicks2pref.stages.{stage}"]
     while todo:
         name = todo.pop()
         if name in seen:
             continue
         seen.add(name)
         parts = name.split(".")[1:]
-        path = next((p for p in (root.joinpath(*parts).with_suffix(".py"), root.joinpath(*parts, "__init__.py"))
+        path = next((p for p in (_PACKAGE.joinpath(*parts).with_suffix(".py"), _PACKAGE.joinpath(*parts, "__init__.py"))
                      if parts and p.is_file()), None)
         if path is None:  # a name imported from a module, not a module
             continue
-        source = path.read_bytes()
-        digest.update(name.encode() + source)
-        for node in ast.walk(ast.parse(source)):
+        found.append(str(path.relative_to(_PACKAGE.parent)))
+        for node in ast.walk(ast.parse(path.read_bytes())):
             if isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("clicks2pref"):
                 todo += [node.module] + [f"{node.module}.{a.name}" for a in node.names]
             elif isinstance(node, ast.Import):
                 todo += [a.name for a in node.names if a.name.startswith("clicks2pref")]
-    return digest.hexdigest()[:12]
+    return sorted(found)
 
 
 def key(cfg, stage: str, inputs: Optional[dict] = None, extra: str = "") -> str:
