@@ -12,7 +12,7 @@ import pytorch_lightning as pl
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from hydra.utils import get_method
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
 from clicks2pref import CONF_DIR
 from clicks2pref.config import register_configs, validate
@@ -76,7 +76,8 @@ def headline(cfg: DictConfig, result: dict) -> float:
 @hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="config")
 def _main(cfg: DictConfig) -> float:
     """One job: the stage's headline metric (HEADLINE), or NaN for a sweep job that failed."""
-    log.info("config:\n%s", OmegaConf.to_yaml(cfg, resolve=False))
+    # the composed config is in the run folder (Hydra's .hydra/config.yaml); the console keeps to our milestones
+    log.info("run folder %s (config in .hydra/config.yaml)", HydraConfig.get().runtime.output_dir)
     sweep_job = HydraConfig.get().mode == RunMode.MULTIRUN
     try:
         return headline(cfg, run_stage(cfg))
