@@ -82,7 +82,7 @@ def _main(cfg: DictConfig) -> float:
     try:
         return headline(cfg, run_stage(cfg))
     except Clicks2PrefError as e:  # the user's input: one clear line, no traceback
-        log.error("%s", e)
+        log.error("%s", e, extra={"console": False})  # the log file; the terminal gets the one line below
         print(f"error: {e}", file=sys.stderr)
         if sweep_job:
             _record_failure(cfg, f"error: {e}\n")

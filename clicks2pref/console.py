@@ -38,6 +38,8 @@ NOISE = [
 
 class _Noise(logging.Filter):
     def filter(self, record: logging.LogRecord) -> bool:
+        if getattr(record, "console", True) is False:  # meant for the log file only
+            return False
         msg = record.getMessage()
         return not any(record.name.startswith(name) and re.search(pattern, msg) for name, pattern, _ in NOISE)
 
