@@ -26,8 +26,17 @@ def test_collect_writes_four_valid_weeks_and_the_template_table(smoke_collect, c
         per_panel.setdefault(r["panel_id"], []).append(r)
     assert max(map(len, per_panel.values())) == cfg.collect.users_per_panel
     assert sum(any(r["clicks"]) for r in records) > 0
+    # positions are randomised per user: a panel's impressions show its suggestions in several orders,
+    # always the same set
+    full = [rs for rs in per_panel.values() if len(rs[0]["suggestions"]) == 3]
+    assert all(len({tuple(sorted(r["suggestions"])) for r in rs}) == 1 for rs in full)
+    assert sum(len({tuple(r["suggestions"]) for r in rs}) > 1 for rs in full) > 0.8 * len(full)
+    # the template is chosen by sampled clicks (an A/B), the oracle reported beside
     table = {row["template"] for row in result["templates"]}
     assert table == set(cfg.prompt)
+    best = max(result["templates"], key=lambda row: row["sampled_ctr"])
+    assert result["best_template"] == best["template"]
+    assert all(row["sampled_low"] <= row["sampled_ctr"] <= row["sampled_high"] for row in result["templates"])
     assert (Path(cfg.paths.output_dir) / "templates.md").exists()
 
 

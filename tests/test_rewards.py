@@ -152,20 +152,24 @@ class FakeRM:
     """A stand-in trained reward model: μ = number of words / 10, σ = 0.5 for questions else 2."""
 
     kind = "garm"
+    examination = [0.9, 0.6, 0.4]  # as learned by a click-model fit
 
     def __init__(self):
         self.calls = 0
 
-    def rewards(self, contexts, suggestions, kappa=0.0, batch_size=32):
+    def rewards(self, contexts, suggestions, kappa=0.0, batch_size=32, attraction=False):
+        from clicks2pref.models.reward_heads import scalar_rewards
+
         self.calls += len(suggestions)
         mu = torch.tensor([len(s.split()) / 10 for s in suggestions], dtype=torch.float64)
         sigma = torch.tensor([0.5 if s.endswith("?") else 2.0 for s in suggestions], dtype=torch.float64)
-        return mu - kappa * sigma
+        out = {"reward": mu} if self.kind == "btrm" else {"mu": mu, "sigma": sigma}
+        return scalar_rewards(out, self.kind, kappa, attraction)
 
 
 def test_composite_builds_from_the_real_config_and_weights_components(tmp_path):
     cfg = compose_config(["stage=grpo", "rewards=no_external", "rewards.embedder=lexical", "rewards.ppl.tau=2.0",
-                          "rewards.weights=config", "rewards.rule.weight=0.5"], tmp_path)
+                          "rewards.weights=config", "rewards.rule.weight=0.5", "rewards.panel=mean"], tmp_path)
     assert needed_reward_models(cfg.rewards) == ["garm"]
     rm = FakeRM()
     resources = RewardResources({"garm": rm}, reference=lambda c, t: torch.full((len(t),), 3.0, dtype=torch.float64))
@@ -183,6 +187,23 @@ def test_composite_builds_from_the_real_config_and_weights_components(tmp_path):
     expected = garm + 0.5 * 1.0 - 1.0 + parts["diversity"][0].item()
     assert total.tolist() == pytest.approx([expected, expected])
     assert rm.calls == 3  # each distinct (context, suggestion) is scored once
+
+
+def test_garm_click_panel_is_the_probability_of_any_click_under_the_models_examination(tmp_path):
+    import math
+
+    cfg = compose_config(["stage=grpo", "rewards=no_external", "rewards.embedder=lexical", "rewards.ppl.tau=2.0"],
+                         tmp_path)
+    assert cfg.rewards.panel == "click" and cfg.rewards.examination is None
+    rm = FakeRM()
+    rm.examination = [1.0, 0.5, 0.25]
+    components = build_components(cfg.rewards, RewardResources({"garm": rm}, reference=lambda c, t: torch.zeros(len(t))))
+    assert components["garm"].examination == [1.0, 0.5, 0.25]
+    batch = RewardBatch([CONTEXT], [GOOD])
+    phi = lambda x: 0.5 * (1 + math.erf(x / math.sqrt(2)))  # noqa: E731
+    a = [phi((len(s.split()) / 10 - 0.5) / math.sqrt(1 + 0.25)) for s in batch.panels[0]]  # κ = 1, σ = 0.5
+    expected = 1 - (1 - a[0]) * (1 - 0.5 * a[1]) * (1 - 0.25 * a[2])
+    assert components["garm"](batch).item() == pytest.approx(expected)
 
 
 def test_resolve_weights_equal_and_fusion(tmp_path):
@@ -248,3 +269,12 @@ def test_typos_in_the_reward_grpo_and_fusion_groups_fail_at_composition(tmp_path
 
     with pytest.raises(ConfigCompositionException):
         compose_config(["stage=grpo", override], tmp_path)
+
+
+def test_rule_constraint_floors_failing_panels_at_their_groups_minimum():
+    from clicks2pref.rewards.composite import group_floor
+
+    a, b = [{"role": "user", "content": "a"}], [{"role": "user", "content": "b"}]
+    total = torch.tensor([3.0, 1.0, 2.0, 5.0, 4.0], dtype=torch.float64)
+    passes = torch.tensor([False, True, True, False, False])
+    assert group_floor(total, passes, [a, a, a, b, b]).tolist() == [1.0, 1.0, 2.0, 4.0, 4.0]

@@ -17,6 +17,7 @@ class CollectConfig:
     weeks: int = 4
     sessions_per_week: int = 60
     users_per_panel: int = 24
+    shuffle_positions: bool = True  # each user sees the panel in a random order (exploration for the click model)
     bootstrap_samples: int = 1000
     ci_level: float = 0.95
     policy_name: Optional[str] = None  # the logs' `policy` field; null = prompt_<template>
@@ -42,26 +43,46 @@ class HeldOutConfig:
 
     split: str = "test"  # test | val contexts of the simulator split
     max_contexts: Optional[int] = None  # null = every context of the split
+    samples_per_context: int = 1  # panels sampled per context; a context's CTR is their mean
     bootstrap_samples: int = 1000
     ci_level: float = 0.95
 
     def __post_init__(self):
         one_of("split", self.split, SPLITS)
         at_least("max_contexts", self.max_contexts, 1)
+        at_least("samples_per_context", self.samples_per_context, 1)
         at_least("bootstrap_samples", self.bootstrap_samples, 1)
         fraction("ci_level", self.ci_level, open_low=True, open_high=True)
 
 
 @dataclass
+class BestOfConfig:
+    """Best-of-n reranking of sampled panels by a reward component (`clicks2pref.eval.best_of`)."""
+
+    n: int = 4  # panels per context to choose from (≤ samples_per_context); 0 = off
+    policies: List[str] = field(default_factory=lambda: ["sft"])  # whose samples are reranked (those evaluated)
+    reward: str = "garm"  # the `rewards` component that scores panels (garm | btrm | external | rule | diversity)
+
+    def __post_init__(self):
+        at_least("n", self.n, 0)
+        one_of("reward", self.reward, ("garm", "btrm", "external", "rule", "diversity"))
+
+
+@dataclass
 class EvalConfig(HeldOutConfig):
+    samples_per_context: int = 4
     policies: List[str] = field(default_factory=lambda: ["baseline", "sft", "grpo"])
     reference: str = "baseline"
     gsb: GSBConfig = field(default_factory=GSBConfig)
     diversity_embedder: str = "minilm-l6"
     calibration: bool = True
+    best_of: BestOfConfig = field(default_factory=BestOfConfig)
 
     def __post_init__(self):
         super().__post_init__()
+        if self.best_of.n > self.samples_per_context:
+            raise ConfigError(f"{self.best_of.n} is more than eval.samples_per_context={self.samples_per_context}: "
+                              f"best-of-n chooses among the evaluation's own samples", "best_of.n")
         if not self.policies:
             raise ConfigError("is empty; name at least one of baseline, sft, grpo or a model folder", "policies")
         if self.reference not in self.policies:

@@ -10,9 +10,27 @@ from clicks2pref.errors import ConfigError
 from clicks2pref.eval.calibration_report import CalibrationConfig
 from clicks2pref.models.registry import SMOLLM2, LoraConfig, ModelConfig
 from clicks2pref.models.reward_heads import KINDS, HeadConfig
+from clicks2pref.objectives.click_model import CLICK_MODELS
 from clicks2pref.objectives.gaussian import LIKELIHOODS, REGULARIZERS
 
 POOLINGS = ("last", "mean")
+OBJECTIVES = ("click_model", "pairwise")
+
+
+@dataclass
+class ClickModelConfig:
+    """`objective=click_model`: how impressions are explained (`clicks2pref.objectives.click_model`)."""
+
+    model: str = "cascade"  # cascade (stop at the first click) | pbm (independent positions)
+    anchor: float = 1.0  # e_1, fixed: only e_k · a(s) is identified, so e is learned relative to position 1
+    examination_init: float = 0.5  # e_k, k > 1, before training
+    examination_lr: float = 5.0e-2  # learning rate of the examination logits
+
+    def __post_init__(self):
+        one_of("model", self.model, CLICK_MODELS)
+        fraction("anchor", self.anchor, open_low=True)
+        fraction("examination_init", self.examination_init, open_low=True, open_high=True)
+        positive("examination_lr", self.examination_lr)
 
 
 def _variance_reg_init(self, kind: str = "kl_prior", **kwargs):
@@ -73,6 +91,8 @@ class RewardOptimConfig:
 @dataclass
 class RewardModelConfig:
     kinds: List[str] = field(default_factory=lambda: ["garm", "btrm"])
+    objective: str = "click_model"  # click_model (every impression) | pairwise (clicked ≻ skipped pairs, the paper's)
+    click_model: ClickModelConfig = field(default_factory=ClickModelConfig)
     backbone: ModelConfig = field(default_factory=lambda: ModelConfig(name=SMOLLM2, lora=LoraConfig()))
     head: HeadConfig = field(default_factory=HeadConfig)
     pairs: PairConfig = field(default_factory=PairConfig)
@@ -87,6 +107,7 @@ class RewardModelConfig:
             raise ConfigError("is empty; train at least one of garm, btrm", "kinds")
         for kind in self.kinds:
             one_of("kinds", kind, KINDS)
+        one_of("objective", self.objective, OBJECTIVES)
         one_of("head.pooling", self.head.pooling, POOLINGS)
         positive("head.sigma_min", self.head.sigma_min)
         positive("head.sigma_init", self.head.sigma_init)

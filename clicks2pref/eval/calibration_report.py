@@ -184,13 +184,19 @@ def markdown_report(report: dict) -> str:
     """Summary table (model × split) and the accuracy-by-confidence / by-perplexity decile tables."""
     kinds = report["kinds"]
     lines = ["## Reward models: accuracy and calibration", "",
-             "| model | split | pairs | accuracy | ECE | mean confidence | σ mean | train s |",
-             "|---|---|---|---|---|---|---|---|"]
+             "| model | split | pairs | accuracy | ECE | mean confidence | σ mean | oracle ρ | oracle within-panel "
+             "| train s |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
     for kind, res in kinds.items():
         for split, m in res["splits"].items():
             lines.append(f"| {kind} | {split} | {m['n_pairs']} | {_f(m.get('accuracy'))} | {_f(m.get('ece'), 4)} | "
                          f"{_f(m.get('mean_confidence'))} | {_f(m.get('sigma_mean'))} | "
+                         f"{_f(m.get('oracle_spearman'))} | {_f(m.get('oracle_within_panel'))} | "
                          f"{res.get('train_seconds', 0):.0f} |")
+    for kind, res in kinds.items():
+        if res.get("examination"):
+            lines.append(f"\n{kind}: learned examination e_k = "
+                         + ", ".join(f"{e:.3f}" for e in res["examination"]) + " (e_1 fixed)")
     for table, score in (("by_confidence", "confidence"), ("by_log_ppl", "log_ppl")):
         columns = [(kind, split) for kind, res in kinds.items() for split, m in res["splits"].items() if table in m]
         if not columns:

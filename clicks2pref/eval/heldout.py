@@ -31,7 +31,7 @@ def score_policy(cfg, ev, sim, contexts: Sequence, policy_id: str, load: Callabl
     """Oracle CTR with CI, format rate, per-context CTR and outputs; distinct-2 and mean within-panel cosine
     when a diversity embedder is given. `load()` -> (model, tokenizer) runs only on a cache miss."""
     m = cached_evaluation(cfg, policy_id, load, template, sim, ev.split, contexts, ev.bootstrap_samples,
-                          ev.ci_level)
+                          ev.ci_level, ev.samples_per_context)
     if diversity is not None:
         panels = [parse_suggestions(o, len(cfg.simulator.examination)).suggestions for o in m["outputs"]]
         m["distinct_2"] = distinct_n(panels, 2)

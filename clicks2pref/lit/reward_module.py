@@ -1,4 +1,5 @@
-"""Lightning training of one reward model (GaRM or BTRM) on click preference pairs (SPEC 5.3).
+"""Lightning training of one reward model (GaRM or BTRM) on click preference pairs (SPEC 5.3), or on
+every impression under a click model (`ClickRewardModule`, `reward_model.objective=click_model`).
 
 A batch is a few whole panels: every distinct suggestion in it is scored once and the pairs index
 into those scores, so the six users who saw one panel cost one forward pass per suggestion.
@@ -16,13 +17,31 @@ import pytorch_lightning as pl
 import torch
 from torch.utils.data import DataLoader
 
+from clicks2pref.data.impressions import group_examples
 from clicks2pref.data.pairs import context_key, group_pairs
 from clicks2pref.errors import NonFiniteLossError
 from clicks2pref.eval.calibration import btrm_confidence, expected_calibration_error, garm_confidence
 from clicks2pref.objectives.bradley_terry import bt_loss
-from clicks2pref.objectives.gaussian import garm_loss
+from clicks2pref.objectives.click_model import (btrm_attraction, click_nll, examination, garm_attraction,
+                                                 logit)
+from clicks2pref.objectives.gaussian import REGULARIZERS, garm_loss
 
 log = logging.getLogger(__name__)
+
+
+def _slots():
+    """(slot, items): slot(context, text) -> the index of that distinct item in `items`."""
+    index: dict[tuple[str, str], int] = {}
+    items: list[tuple[list[dict], str]] = []
+
+    def slot(context, text) -> int:
+        key = (context_key(context), text)
+        if key not in index:
+            index[key] = len(items)
+            items.append((context, text))
+        return index[key]
+
+    return slot, items
 
 
 class PairCollator:
@@ -32,16 +51,7 @@ class PairCollator:
         self.model = model
 
     def __call__(self, groups: Sequence[list[dict]]) -> dict:
-        index: dict[tuple[str, str], int] = {}
-        items: list[tuple[list[dict], str]] = []
-
-        def slot(context, text) -> int:
-            key = (context_key(context), text)
-            if key not in index:
-                index[key] = len(items)
-                items.append((context, text))
-            return index[key]
-
+        slot, items = _slots()
         pairs = [p for g in groups for p in g]
         chosen = [slot(p["context"], p["chosen"]) for p in pairs]
         rejected = [slot(p["context"], p["rejected"]) for p in pairs]
@@ -55,6 +65,34 @@ def pair_loader(model, pairs: list[dict], groups_per_batch: int, shuffle: bool, 
     generator = torch.Generator().manual_seed(seed) if shuffle else None
     return DataLoader(group_pairs(pairs), batch_size=groups_per_batch, shuffle=shuffle, generator=generator,
                       collate_fn=PairCollator(model), num_workers=0)
+
+
+class ImpressionCollator:
+    """Groups of impression examples → padded inputs for their distinct suggestions, the [N, K] index of
+    each shown position into them, clicks [N, K], panel lengths [N] and user counts [N]."""
+
+    def __init__(self, model, positions: int):
+        self.model, self.positions = model, positions
+
+    def __call__(self, groups: Sequence[list[dict]]) -> dict:
+        slot, items = _slots()
+        examples = [e for g in groups for e in g]
+        k = self.positions
+        index = [[slot(e["context"], s) for s in e["suggestions"][:k]] for e in examples]
+        batch = self.model.collate(items)
+        batch["items"] = torch.tensor([row + [0] * (k - len(row)) for row in index])
+        batch["clicks"] = torch.tensor([(list(e["clicks"][:k]) + [0] * k)[:k] for e in examples])
+        batch["lengths"] = torch.tensor([len(row) for row in index])
+        batch["weights"] = torch.tensor([float(e["count"]) for e in examples])
+        return batch
+
+
+def impression_loader(model, examples: list[dict], positions: int, groups_per_batch: int, shuffle: bool,
+                      seed: int = 0) -> DataLoader:
+    """Batches of `groups_per_batch` panels (every order and click pattern logged for each)."""
+    generator = torch.Generator().manual_seed(seed) if shuffle else None
+    return DataLoader(group_examples(examples), batch_size=groups_per_batch, shuffle=shuffle, generator=generator,
+                      collate_fn=ImpressionCollator(model, positions), num_workers=0)
 
 
 class RewardModule(pl.LightningModule):
@@ -148,10 +186,7 @@ class RewardModule(pl.LightningModule):
 
     def configure_optimizers(self):
         cfg = self.optim_cfg
-        head = [p for p in self.model.head.parameters() if p.requires_grad]
-        body = [p for p in self.model.backbone.parameters() if p.requires_grad]
-        groups = [{"params": head, "lr": cfg.head_lr}] + ([{"params": body, "lr": cfg.lr}] if body else [])
-        optimizer = torch.optim.AdamW(groups, weight_decay=cfg.weight_decay)
+        optimizer = torch.optim.AdamW(self.param_groups(), weight_decay=cfg.weight_decay)
         total = max(int(self.trainer.estimated_stepping_batches), 1)
         warmup = int(cfg.warmup_ratio * total)
 
@@ -163,12 +198,90 @@ class RewardModule(pl.LightningModule):
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
 
+    def param_groups(self) -> list[dict]:
+        cfg = self.optim_cfg
+        head = [p for p in self.model.head.parameters() if p.requires_grad]
+        body = [p for p in self.model.backbone.parameters() if p.requires_grad]
+        return [{"params": head, "lr": cfg.head_lr}] + ([{"params": body, "lr": cfg.lr}] if body else [])
+
     def on_save_checkpoint(self, checkpoint):
         """Keep only trainable weights: a LoRA run's checkpoint is the adapter and head, not the base."""
-        trainable = {f"model.{n}" for n, p in self.model.named_parameters() if p.requires_grad}
+        trainable = {n for n, p in self.named_parameters() if p.requires_grad}
         checkpoint["state_dict"] = {k: v for k, v in checkpoint["state_dict"].items() if k in trainable}
         checkpoint["nonfinite_steps"], checkpoint["max_grad_norm"] = self.nonfinite_steps, self.max_grad_norm
 
     def on_load_checkpoint(self, checkpoint):
         self.nonfinite_steps = checkpoint.get("nonfinite_steps", 0)
         self.max_grad_norm = checkpoint.get("max_grad_norm", 0.0)
+
+
+class ClickRewardModule(RewardModule):
+    """The same reward model trained on every impression: a click model whose attractiveness is the
+    reward model's output and whose examination probabilities are learned beside it.
+
+    Logged under `rm/<kind>/`: `train_loss`, `train_nll`, `train_reg` (GaRM), `exam_<k>` per position,
+    `grad_norm`; per validation `val_loss` (the impression NLL) and `val_exam_<k>`.
+    """
+
+    def __init__(self, model, loss_cfg, optim_cfg, click_cfg, positions: int, max_nonfinite_steps: int = 10,
+                 n_bins: int = 15):
+        super().__init__(model, loss_cfg, optim_cfg, max_nonfinite_steps, n_bins)
+        self.click_cfg, self.positions = click_cfg, positions
+        self.exam_logits = torch.nn.Parameter(torch.full((positions - 1,), logit(click_cfg.examination_init)))
+
+    def examination(self) -> torch.Tensor:
+        return examination(self.click_cfg.anchor, self.exam_logits)
+
+    def learned_examination(self) -> list[float]:
+        return [float(v) for v in self.examination().detach()]
+
+    def click_loss(self, batch) -> tuple[torch.Tensor, dict]:
+        out = self.model(batch["input_ids"], batch["attention_mask"])
+        if self.kind == "garm":
+            attraction = garm_attraction(out["mu"], out["sigma"])
+        else:
+            attraction = btrm_attraction(out["reward"])
+        nll = click_nll(attraction[batch["items"]], self.examination(), batch["clicks"], batch["lengths"],
+                        batch["weights"], self.click_cfg.model)
+        if self.kind != "garm":
+            return nll, {"nll": nll.detach()}
+        reg_cfg = self.loss_cfg.variance_reg
+        reg = REGULARIZERS[reg_cfg.kind](out["mu"], out["sigma"]).mean()
+        return nll + getattr(reg_cfg, "lambda") * reg, {"nll": nll.detach(), "reg": reg.detach()}
+
+    def training_step(self, batch, batch_idx):
+        loss, parts = self.click_loss(batch)
+        if not torch.isfinite(loss):
+            return self._skip_nonfinite()
+        metrics = {"train_loss": loss.detach(), **{f"train_{k}": v for k, v in parts.items()},
+                   **{f"exam_{k + 1}": v for k, v in enumerate(self.learned_examination())}}
+        self.log_dict({f"{self.prefix}/{k}": v for k, v in metrics.items()}, on_step=True, on_epoch=False,
+                      batch_size=len(batch["lengths"]))
+        return loss
+
+    def _skip_nonfinite(self):
+        self.nonfinite_steps += 1
+        log.warning("%s: non-finite loss at step %d, skipped (%d of at most %d)", self.prefix, self.global_step,
+                    self.nonfinite_steps, self.max_nonfinite_steps)
+        if self.nonfinite_steps >= self.max_nonfinite_steps:
+            raise NonFiniteLossError(
+                f"reward model {self.kind}: {self.nonfinite_steps} non-finite losses (the limit is "
+                f"reward_model.max_nonfinite_steps={self.max_nonfinite_steps}); lower reward_model.optim.lr")
+        return None
+
+    def validation_step(self, batch, batch_idx):
+        loss, parts = self.click_loss(batch)
+        self._val.append((parts["nll"].cpu(), batch["weights"].sum().cpu()))
+
+    def on_validation_epoch_end(self):
+        if not self._val or self.trainer.sanity_checking:
+            self._val.clear()
+            return
+        w = torch.stack([v[1] for v in self._val]).double()
+        nll = (torch.stack([v[0] for v in self._val]).double() * w).sum() / w.sum()
+        self._val.clear()
+        self.log_dict({f"{self.prefix}/val_loss": nll.float(),
+                       **{f"{self.prefix}/val_exam_{k + 1}": v for k, v in enumerate(self.learned_examination())}})
+
+    def param_groups(self) -> list[dict]:
+        return super().param_groups() + [{"params": [self.exam_logits], "lr": self.click_cfg.examination_lr}]

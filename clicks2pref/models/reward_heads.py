@@ -28,6 +28,7 @@ from torch import Tensor, nn
 from clicks2pref.errors import ModelNotFoundError
 from clicks2pref.models.placement import on_device
 from clicks2pref.models.registry import LoraConfig, ModelConfig, load_backbone, user_code_policy
+from clicks2pref.objectives.click_model import btrm_attraction, garm_attraction
 from clicks2pref.objectives.gaussian import sigma_from_raw
 
 KINDS = ("garm", "btrm")
@@ -63,6 +64,7 @@ class RewardModel(nn.Module):
             with torch.no_grad():
                 self.head.bias[1] = target + math.log(-math.expm1(-target))
         self.chat = getattr(tokenizer, "chat_template", None) is not None
+        self.examination: Optional[list[float]] = None  # e_k learned beside it (objective=click_model)
         self._cache: dict[tuple[str, str], list[int]] = {}
 
     # --- text -> tokens ---------------------------------------------------------------------------
@@ -151,10 +153,18 @@ class RewardModel(nn.Module):
         return {k: torch.cat(v)[inverse] for k, v in parts.items()} if order else {}
 
     def rewards(self, contexts: Sequence[list[dict]], suggestions: Sequence[str], kappa: float = 0.0,
-                batch_size: int = 32) -> Tensor:
-        """Scalar reward per suggestion: BTRM's r, or GaRM's μ − κσ (SPEC 5.5, `rewards.garm.kappa`)."""
-        out = self.score(contexts, suggestions, batch_size)
-        return out["reward"] if self.kind == "btrm" else out["mu"] - kappa * out["sigma"]
+                batch_size: int = 32, attraction: bool = False) -> Tensor:
+        """Scalar reward per suggestion (`scalar_rewards`)."""
+        return scalar_rewards(self.score(contexts, suggestions, batch_size), self.kind, kappa, attraction)
+
+
+def scalar_rewards(out: dict[str, Tensor], kind: str, kappa: float = 0.0, attraction: bool = False) -> Tensor:
+    """BTRM's r, or GaRM's μ − κσ (SPEC 5.5, `rewards.garm.kappa`); with `attraction`, as a click probability:
+    sigmoid(r), or Φ((μ − κσ)/√(1 + σ²)) (`clicks2pref.objectives.click_model`)."""
+    if kind == "btrm":
+        return btrm_attraction(out["reward"]) if attraction else out["reward"]
+    score = out["mu"] - kappa * out["sigma"]
+    return garm_attraction(score, out["sigma"]) if attraction else score
 
 
 # --- build, save, load --------------------------------------------------------------------------------
@@ -192,7 +202,7 @@ def save_reward_model(model: RewardModel, path, backbone_cfg, seed: int = 0, ext
               path / ("adapter.safetensors" if lora else "backbone.safetensors"))
     save_file({k: v.detach().contiguous().cpu() for k, v in model.head.state_dict().items()}, path / "head.safetensors")
     meta = {"kind": model.kind, "backbone": backbone_dict, "head": asdict(model.cfg), "seed": seed,
-            "weights": "adapter" if lora else "backbone", **(extra or {})}
+            "weights": "adapter" if lora else "backbone", "examination": model.examination, **(extra or {})}
     (path / "reward_model.json").write_text(json.dumps(meta, indent=2))
     return path
 
@@ -228,4 +238,5 @@ def load_reward_model(path, cache_dir: Optional[str] = None, device: str = "cpu"
     else:
         model.backbone.load_state_dict(load_file(path / "backbone.safetensors"))
     model.head.load_state_dict(load_file(path / "head.safetensors"))
+    model.examination = meta.get("examination")
     return model.to(device).eval()

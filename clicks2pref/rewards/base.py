@@ -57,21 +57,43 @@ def last_user_turn(context: list[dict]) -> str:
     return next((t["content"] for t in reversed(context) if t["role"] == "user"), "")
 
 
-def panel_scores(values: Sequence[Sequence[float]], examination: Sequence[float],
-                 missing_score: float) -> Tensor:
-    """Σ_k e_k s_k / Σ_k e_k over the K = len(examination) positions; an empty position scores `missing_score`.
+PANELS = ("click", "mean")
 
-    So a panel of two good suggestions is worth less than three, as it is to users (SPEC 5.5).
+
+def panel_scores(values: Sequence[Sequence[float]], examination: Sequence[float],
+                 missing_score: float, panel: str = "mean") -> Tensor:
+    """The panel's score from its suggestions' scores, over the K = len(examination) positions.
+
+    `mean`: Σ_k e_k s_k / Σ_k e_k, an empty position scoring `missing_score` (SPEC 5.5), so a panel of
+    two good suggestions is worth less than three. `click`: the scores are click probabilities a_k and
+    the panel's score is P(at least one click) = 1 − Π_k (1 − e_k a_k), an empty position adding nothing.
     """
+    if panel not in PANELS:
+        raise ConfigError(f"'{panel}' is not one of {', '.join(PANELS)}", "rewards.panel")
     e = torch.tensor(list(examination), dtype=torch.float64)
     out = torch.empty(len(values), dtype=torch.float64)
     for i, v in enumerate(values):
-        s = torch.full((len(e),), float(missing_score), dtype=torch.float64)
         n = min(len(v), len(e))
-        if n:
-            s[:n] = torch.as_tensor(list(v)[:n], dtype=torch.float64)
-        out[i] = (e * s).sum() / e.sum()
+        s = torch.as_tensor(list(v)[:n], dtype=torch.float64)
+        if panel == "click":
+            out[i] = 1 - torch.prod(1 - e[:n] * s) if n else 0.0
+            continue
+        full = torch.full((len(e),), float(missing_score), dtype=torch.float64)
+        full[:n] = s
+        out[i] = (e * full).sum() / e.sum()
     return out
+
+
+def resolve_examination(configured: Optional[Sequence[float]], model, component: str) -> list[float]:
+    """The position weights of a component: the configured list, else the reward model's learned e_k."""
+    if configured is not None:
+        return list(configured)
+    learned = getattr(model, "examination", None)
+    if learned is None:
+        raise ConfigError(f"is null (take e_k from the reward model), but the {component} model was not trained as "
+                          f"a click model and has none: set rewards.examination (e.g. [0.9, 0.6, 0.4]) or train "
+                          f"with reward_model.objective=click_model", f"rewards.{component}.examination")
+    return list(learned)
 
 
 @dataclass

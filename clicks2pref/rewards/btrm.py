@@ -4,7 +4,7 @@ The `btrm_instead_of_garm` ablation swaps this in for `garm`: same panel scoring
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import List, Optional
 
 from clicks2pref.rewards.garm import GaRMReward
@@ -14,8 +14,9 @@ from clicks2pref.rewards.garm import GaRMReward
 class BTRMRewardConfig:
     _target_: str = "clicks2pref.rewards.btrm.BTRMReward"
     weight: float = 1.0  # weight in the composite when rewards.weights=config
-    examination: List[float] = field(default_factory=lambda: [0.9, 0.6, 0.4])
-    missing_score: float = -1.0  # score of an empty position (reward units)
+    examination: Optional[List[float]] = None  # null = rewards.examination
+    panel: Optional[str] = None  # click (P(any click), a = sigmoid(r)) | mean; null = rewards.panel
+    missing_score: float = -1.0  # panel=mean: score of an empty position (reward units)
     path: Optional[str] = None  # trained model folder; null = this config's stage=rm output
     batch_size: int = 32
 
@@ -23,6 +24,6 @@ class BTRMRewardConfig:
 class BTRMReward(GaRMReward):
     kind = "btrm"
 
-    def __init__(self, examination=(0.9, 0.6, 0.4), missing_score: float = -1.0, path: Optional[str] = None,
-                 batch_size: int = 32):
-        super().__init__(0.0, examination, missing_score, path, batch_size)
+    def __init__(self, examination=None, missing_score: float = -1.0, path: Optional[str] = None,
+                 batch_size: int = 32, panel: str = "click"):
+        super().__init__(0.0, examination, missing_score, path, batch_size, panel)

@@ -17,7 +17,7 @@ from omegaconf import OmegaConf
 from torch import Tensor
 
 from clicks2pref.errors import ConfigError
-from clicks2pref.rewards.base import RewardBatch, RewardResources
+from clicks2pref.rewards.base import PANELS, RewardBatch, RewardResources, context_key
 from clicks2pref.rewards.btrm import BTRMRewardConfig
 from clicks2pref.rewards.diversity import DiversityRewardConfig
 from clicks2pref.rewards.external import ExternalRewardConfig
@@ -36,7 +36,9 @@ NEEDS_RM = {"garm": "garm", "btrm": "btrm"}  # component -> reward-model kind it
 class RewardsConfig:
     name: str = "full"  # preset name, for reports
     weights: str = "fusion"  # fusion | equal | config
-    examination: List[float] = field(default_factory=lambda: [0.9, 0.6, 0.4])
+    examination: Optional[List[float]] = None  # null = each reward model's learned e_k
+    panel: str = "click"  # click | mean: how suggestion scores make a panel score (clicks2pref.rewards.base)
+    rule_constraint: bool = True  # a panel failing a rule gets the lowest total of its group (same context)
     embedder: str = "minilm-l6"  # sentence embedder of the diversity term | lexical
     # the defaults are conf/rewards/full.yaml's: every component but btrm
     garm: Optional[GaRMRewardConfig] = field(default_factory=GaRMRewardConfig)
@@ -49,6 +51,8 @@ class RewardsConfig:
     def __post_init__(self):
         if self.weights not in WEIGHT_SOURCES:
             raise ConfigError(f"unknown {self.weights!r}; accepted: {', '.join(WEIGHT_SOURCES)}", "weights")
+        if self.panel not in PANELS:
+            raise ConfigError(f"unknown {self.panel!r}; accepted: {', '.join(PANELS)}", "panel")
         if not enabled(self):
             raise ConfigError("every component is null; enable at least one (e.g. rewards=full)", "name")
 
@@ -71,14 +75,20 @@ def build_components(rewards, resources: RewardResources) -> dict:
     names = enabled(rewards)
     if not names:
         raise ConfigError("rewards: every component is null; enable at least one (e.g. rewards=full)")
-    out = {}
-    for name in names:
-        spec = OmegaConf.to_container(rewards[name], resolve=True)
-        spec.pop("weight", None)
-        component = instantiate(spec)
-        component.setup(resources)
-        out[name] = component
-    return out
+    return {name: build_component(rewards, name, resources) for name in names}
+
+
+def build_component(rewards, name: str, resources: RewardResources):
+    """One component from its spec (minus `weight`), set up; a null `examination` or `panel` of its own
+    takes the preset's (`rewards.examination`, `rewards.panel`)."""
+    spec = OmegaConf.to_container(rewards[name], resolve=True)
+    spec.pop("weight", None)
+    for shared in ("examination", "panel"):
+        if shared in spec and spec[shared] is None:
+            spec[shared] = rewards[shared]
+    component = instantiate(spec)
+    component.setup(resources)
+    return component
 
 
 def resolve_weights(rewards, names: list[str], fused: Optional[Mapping[str, float]] = None) -> dict[str, float]:
@@ -97,13 +107,19 @@ def resolve_weights(rewards, names: list[str], fused: Optional[Mapping[str, floa
 
 
 class CompositeReward:
-    """Weighted sum of component scores; `__call__` returns (total, {name: scores}) as float64 tensors."""
+    """Weighted sum of component scores; `__call__` returns (total, {name: scores}) as float64 tensors.
 
-    def __init__(self, components: Mapping[str, object], weights: Mapping[str, float]):
+    With `rule_constraint` (and the `rule` component on), a panel failing any rule is worth no more than
+    the worst panel for the same conversation in the batch (a GRPO group): the rules act as a hard
+    constraint whatever weight fusion gave them, instead of a term the other scores can outbid.
+    """
+
+    def __init__(self, components: Mapping[str, object], weights: Mapping[str, float], rule_constraint: bool = False):
         missing = set(components) - set(weights)
         if missing:
             raise ValueError(f"no weight for reward components {sorted(missing)}")
         self.components, self.weights = dict(components), {n: float(weights[n]) for n in components}
+        self.rule_constraint = rule_constraint and "rule" in self.components
 
     def __call__(self, batch: RewardBatch) -> tuple[Tensor, Dict[str, Tensor]]:
         scores = {name: torch.as_tensor(c(batch), dtype=torch.float64).reshape(len(batch))
@@ -111,7 +127,23 @@ class CompositeReward:
         total = torch.zeros(len(batch), dtype=torch.float64)
         for name, s in scores.items():
             total = total + self.weights[name] * s
+        if self.rule_constraint:
+            total = group_floor(total, self.components["rule"].passes(batch), batch.contexts)
         return total, scores
+
+
+def group_floor(total: Tensor, passes: Tensor, contexts: list[list[dict]]) -> Tensor:
+    """Each failing entry set to the minimum total among entries with the same context."""
+    groups: dict[str, list[int]] = {}
+    for i, c in enumerate(contexts):
+        groups.setdefault(context_key(c), []).append(i)
+    out = total.clone()
+    for idx in groups.values():
+        lowest = total[idx].min()
+        for i in idx:
+            if not bool(passes[i]):
+                out[i] = lowest
+    return out
 
     def describe(self) -> str:
         return " + ".join(f"{w:.3f}·{n}" for n, w in self.weights.items())

@@ -8,7 +8,7 @@ Left null (the embedded default, offline) it is the BTRM trained by stage=rm.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import List, Optional
 
 import torch
@@ -17,7 +17,7 @@ from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
 from clicks2pref.errors import ModelNotFoundError
 from clicks2pref.models.registry import resolve
-from clicks2pref.rewards.base import RewardBatch, panel_scores
+from clicks2pref.rewards.base import RewardBatch, panel_scores, resolve_examination
 from clicks2pref.rewards.shared_prefix import rm_rewards
 
 
@@ -26,8 +26,9 @@ class ExternalRewardConfig:
     _target_: str = "clicks2pref.rewards.external.ExternalReward"
     weight: float = 1.0  # weight in the composite when rewards.weights=config
     name_or_path: Optional[str] = None  # HF hub id or folder of a sequence-classification RM; null = trained BTRM
-    examination: List[float] = field(default_factory=lambda: [0.9, 0.6, 0.4])
-    missing_score: float = -1.0  # score of an empty position (reward units)
+    examination: Optional[List[float]] = None  # null = rewards.examination (an HF RM needs a list somewhere)
+    panel: Optional[str] = None  # click (P(any click), a = sigmoid(score)) | mean; null = rewards.panel
+    missing_score: float = -1.0  # panel=mean: score of an empty position (reward units)
     batch_size: int = 16
     max_length: int = 256  # tokens per (conversation, suggestion); the conversation is cut from the left
     trust_remote_code: bool = False
@@ -60,34 +61,41 @@ class HFSequenceRewardModel:
         return "\n".join(f"{m['role']}: {m['content']}" for m in messages)
 
     @torch.no_grad()
-    def rewards(self, contexts, suggestions, kappa: float = 0.0, batch_size: int = 16) -> Tensor:
+    def rewards(self, contexts, suggestions, kappa: float = 0.0, batch_size: int = 16, attraction: bool = False
+                ) -> Tensor:
         texts = [self.text(c, s) for c, s in zip(contexts, suggestions)]
         out = []
         for start in range(0, len(texts), batch_size):
             enc = self.tokenizer(texts[start:start + batch_size], padding=True, truncation=True,
                                  max_length=self.max_length, return_tensors="pt", add_special_tokens=False)
             out.append(self.model(**enc).logits[:, 0].float())
-        return torch.cat(out) if out else torch.zeros(0)
+        scores = torch.cat(out) if out else torch.zeros(0)
+        return torch.sigmoid(scores) if attraction else scores
 
 
 class ExternalReward:
-    def __init__(self, name_or_path: Optional[str] = None, examination=(0.9, 0.6, 0.4), missing_score: float = -1.0,
-                 batch_size: int = 16, max_length: int = 256, trust_remote_code: bool = False):
-        self.name_or_path, self.examination, self.missing_score = name_or_path, list(examination), float(missing_score)
+    def __init__(self, name_or_path: Optional[str] = None, examination=None, missing_score: float = -1.0,
+                 batch_size: int = 16, max_length: int = 256, trust_remote_code: bool = False, panel: str = "click"):
+        self.name_or_path, self.missing_score, self.panel = name_or_path, float(missing_score), panel
+        self.configured_examination = None if examination is None else list(examination)
+        self.examination: Optional[list[float]] = self.configured_examination
         self.batch_size, self.max_length, self.trust_remote_code = batch_size, max_length, trust_remote_code
         self.model = self.scorer = None
 
     def setup(self, resources) -> None:
         if self.name_or_path is None:  # the trained BTRM: share the btrm component's model and cache
             self.model = resources.reward_model("btrm")
-            key = ("btrm", None, 0.0)
+            key = ("btrm", None, 0.0, self.panel)
         else:
             self.model = HFSequenceRewardModel(self.name_or_path, resources.cache_dir, self.max_length,
                                                self.trust_remote_code)
-            key = ("external", self.name_or_path)
-        self.scorer = resources.scorer(key, lambda c, s: rm_rewards(self.model, c, s, 0.0, self.batch_size))
+            key = ("external", self.name_or_path, self.panel)
+        self.examination = resolve_examination(self.configured_examination, self.model, "external")
+        attraction = self.panel == "click"
+        self.scorer = resources.scorer(key, lambda c, s: rm_rewards(self.model, c, s, 0.0, self.batch_size,
+                                                                    attraction=attraction))
 
     def __call__(self, batch: RewardBatch) -> Tensor:
         if self.scorer is None:
             raise RuntimeError("ExternalReward.setup(resources) was not called")
-        return panel_scores(self.scorer(batch), self.examination, self.missing_score)
+        return panel_scores(self.scorer(batch), self.examination, self.missing_score, self.panel)

@@ -1,9 +1,12 @@
-"""The GaRM reward: per suggestion μ − κσ, the panel score their examination-weighted mean (SPEC 5.5).
+"""The GaRM reward: per suggestion μ − κσ, and the panel's score from them (SPEC 5.5).
 
-κ (`rewards.garm.kappa`, default 1) turns GaRM's uncertainty into a penalty: a suggestion the reward
-model is unsure about earns less, which steers the policy towards what the clicks actually support.
-κ = 0 is the `mean_only` ablation. Positions weigh by examination probabilities set in
-`conf/rewards/` (the simulator's own values are not read: the reward knows only what a designer would).
+κ (`rewards.garm.kappa`) turns GaRM's uncertainty into a penalty: a suggestion the reward model is
+unsure about earns less, which steers the policy towards what the clicks actually support. κ = 0 is
+the `mean_only` ablation. `panel: click` (the default) reads each suggestion as a click probability
+a = Φ((μ − κσ)/√(1 + σ²)) and scores the panel by P(at least one click) = 1 − Π_k (1 − e_k a_k);
+`panel: mean` is the examination-weighted mean of μ − κσ. The examination e_k is the reward model's
+own (learned from the logs by `objective=click_model`) unless `examination` sets it; the simulator's
+values are never read.
 """
 from __future__ import annotations
 
@@ -13,7 +16,7 @@ from typing import List, Optional
 from torch import Tensor
 
 from clicks2pref.errors import ConfigError
-from clicks2pref.rewards.base import RewardBatch, panel_scores
+from clicks2pref.rewards.base import RewardBatch, panel_scores, resolve_examination
 from clicks2pref.rewards.shared_prefix import rm_rewards
 
 
@@ -22,8 +25,9 @@ class GaRMRewardConfig:
     _target_: str = "clicks2pref.rewards.garm.GaRMReward"
     weight: float = 1.0  # weight in the composite when rewards.weights=config
     kappa: float = 1.0  # μ − κσ; 0 = mean only
-    examination: List[float] = field(default_factory=lambda: [0.9, 0.6, 0.4])
-    missing_score: float = -1.0  # score of an empty position (μ units; the kl_prior keeps μ near N(0, 1))
+    examination: Optional[List[float]] = None  # null = rewards.examination
+    panel: Optional[str] = None  # click (P(any click)) | mean (examination-weighted mean); null = rewards.panel
+    missing_score: float = -1.0  # panel=mean: score of an empty position (μ units)
     path: Optional[str] = None  # trained model folder; null = this config's stage=rm output
     batch_size: int = 32
 
@@ -31,9 +35,11 @@ class GaRMRewardConfig:
 class GaRMReward:
     kind = "garm"
 
-    def __init__(self, kappa: float = 1.0, examination=(0.9, 0.6, 0.4), missing_score: float = -1.0,
-                 path: Optional[str] = None, batch_size: int = 32):
-        self.kappa, self.examination, self.missing_score = float(kappa), list(examination), float(missing_score)
+    def __init__(self, kappa: float = 1.0, examination=None, missing_score: float = -1.0,
+                 path: Optional[str] = None, batch_size: int = 32, panel: str = "click"):
+        self.kappa, self.missing_score, self.panel = float(kappa), float(missing_score), panel
+        self.configured_examination = None if examination is None else list(examination)
+        self.examination: Optional[list[float]] = self.configured_examination
         self.path, self.batch_size = path, batch_size
         self.model = self.scorer = None
 
@@ -41,12 +47,14 @@ class GaRMReward:
         self.model = resources.reward_model(self.kind, self.path)
         if getattr(self.model, "kind", self.kind) != self.kind:
             raise ConfigError(f"rewards.{self.kind}.path holds a {self.model.kind} model; point it at a {self.kind}")
-        self.scorer = resources.scorer((self.kind, self.path, self.kappa), self.score_suggestions)
+        self.examination = resolve_examination(self.configured_examination, self.model, self.kind)
+        self.scorer = resources.scorer((self.kind, self.path, self.kappa, self.panel), self.score_suggestions)
 
     def score_suggestions(self, contexts: list[list[dict]], suggestions: list[str]) -> Tensor:
-        return rm_rewards(self.model, contexts, suggestions, kappa=self.kappa, batch_size=self.batch_size)
+        return rm_rewards(self.model, contexts, suggestions, kappa=self.kappa, batch_size=self.batch_size,
+                          attraction=self.panel == "click")
 
     def __call__(self, batch: RewardBatch) -> Tensor:
         if self.scorer is None:
             raise RuntimeError(f"{type(self).__name__}.setup(resources) was not called")
-        return panel_scores(self.scorer(batch), self.examination, self.missing_score)
+        return panel_scores(self.scorer(batch), self.examination, self.missing_score, self.panel)

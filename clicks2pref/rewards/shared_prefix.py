@@ -17,7 +17,7 @@ import torch
 from torch import Tensor
 
 from clicks2pref.models.placement import on_device
-from clicks2pref.models.reward_heads import RewardModel
+from clicks2pref.models.reward_heads import RewardModel, scalar_rewards
 from clicks2pref.rewards.base import context_key
 
 
@@ -31,19 +31,17 @@ def _cache_kwarg(backbone) -> str:
     return "cache" if "cache" in inspect.signature(base.forward).parameters else "past_key_values"
 
 
-def _head_rewards(model, pooled: Tensor, kappa: float) -> Tensor:
-    out = model.head_outputs(pooled)  # the model's own head (normalisation included)
-    if model.kind == "btrm":
-        return out["reward"].float()
-    return (out["mu"] - kappa * out["sigma"]).float()
+def _head_rewards(model, pooled: Tensor, kappa: float, attraction: bool) -> Tensor:
+    return scalar_rewards(model.head_outputs(pooled), model.kind, kappa, attraction).float()
 
 
 @torch.no_grad()
 def rm_rewards(model, contexts: Sequence[list[dict]], suggestions: Sequence[str], kappa: float = 0.0,
-               batch_size: int = 32) -> Tensor:
-    """`model.rewards(contexts, suggestions, kappa, batch_size)`, sharing each conversation's forward pass."""
+               batch_size: int = 32, attraction: bool = False) -> Tensor:
+    """`model.rewards(contexts, suggestions, kappa, batch_size, attraction)`, sharing each conversation's
+    forward pass."""
     if not supports_shared_prefix(model):
-        return model.rewards(contexts, suggestions, kappa=kappa, batch_size=batch_size)
+        return model.rewards(contexts, suggestions, kappa=kappa, batch_size=batch_size, attraction=attraction)
     out = torch.empty(len(suggestions), dtype=torch.float32)
     groups: dict[str, list[int]] = {}
     for i, c in enumerate(contexts):
@@ -79,9 +77,10 @@ def rm_rewards(model, contexts: Sequence[list[dict]], suggestions: Sequence[str]
                                     **{cache_arg: past}).last_hidden_state
             last = torch.tensor([len(s) - 1 for s in suffixes], device=device)
             pooled = hidden[torch.arange(len(chunk), device=device), last]
-            out[torch.tensor([idx[j] for j in chunk])] = _head_rewards(model, pooled, kappa).cpu()
+            out[torch.tensor([idx[j] for j in chunk])] = _head_rewards(model, pooled, kappa, attraction).cpu()
     model.train(was_training)
     if fallback:
         out[torch.tensor(fallback)] = model.rewards([contexts[i] for i in fallback], [suggestions[i] for i in fallback],
-                                                    kappa=kappa, batch_size=batch_size).float().cpu()
+                                                    kappa=kappa, batch_size=batch_size,
+                                                    attraction=attraction).float().cpu()
     return out

@@ -54,7 +54,8 @@ def _logs(cfg) -> tuple[str, ...]:
 
 def _evaluated(cfg) -> tuple[str, ...]:
     named = [p for p in cfg.eval.policies if p in ("sft", "grpo")]
-    return tuple(dict.fromkeys([*_logs(cfg), *named, *(["rm"] if cfg.eval.calibration else [])]))
+    rm = cfg.eval.calibration or (cfg.eval.best_of.n and set(cfg.eval.best_of.policies) & set(cfg.eval.policies))
+    return tuple(dict.fromkeys([*_logs(cfg), *named, *(["rm"] if rm else [])]))
 
 
 @dataclass(frozen=True)

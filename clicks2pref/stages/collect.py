@@ -1,8 +1,11 @@
 """Stage 1 (prompt engineering and click-log collection).
 
-Each prompt template generates panels for validation contexts and is scored with the oracle; the
-best one then serves weeks of sessions on training contexts, each panel shown to several simulated
-users, and the sampled clicks are written as click logs.
+Each prompt template generates panels for validation contexts, each shown to simulated users (an A/B
+test: the template with the highest sampled CTR wins; the oracle's CTR is reported beside it, never
+chosen on). The winner serves weeks of sessions on training contexts, each panel shown to several
+users, and the sampled clicks are written as click logs. With `collect.shuffle_positions` each user
+sees the panel in a fresh random order, so position and suggestion are not confounded in the logs
+(the exploration a click model needs to learn examination).
 """
 from __future__ import annotations
 
@@ -16,6 +19,7 @@ from clicks2pref.data.io import write_impressions
 from clicks2pref.data.parsing import parse_suggestions
 from clicks2pref.data.prompts import build_messages
 from clicks2pref.data.simulator import build_simulator, split_contexts
+from clicks2pref.eval.ctr import bootstrap_mean
 from clicks2pref.eval.heldout import markdown_table
 from clicks2pref.eval.policy import evaluate_policy
 from clicks2pref.loggers import log_metrics, log_table
@@ -25,7 +29,7 @@ from clicks2pref.report import write_job_metrics
 from clicks2pref.stages import artifacts
 
 log = logging.getLogger(__name__)
-COLUMNS = ["template", "oracle_ctr", "ci_low", "ci_high", "format_rate", "n_contexts"]
+COLUMNS = ["template", "sampled_ctr", "sampled_low", "sampled_high", "oracle_ctr", "format_rate", "n_contexts"]
 
 
 def sample_contexts(pairs: list, n: int, rng: random.Random) -> list:
@@ -35,17 +39,34 @@ def sample_contexts(pairs: list, n: int, rng: random.Random) -> list:
     return rng.sample(pairs, len(pairs)) + rng.choices(pairs, k=n - len(pairs))
 
 
-def template_table(model, tok, sim, templates: dict, contexts: list, cfg) -> list[dict]:
-    """Oracle CTR (bootstrap CI) and format pass rate of every template on the same contexts."""
+def shown_order(panel: list[str], shuffle: bool, rng: random.Random) -> list[str]:
+    """The order one user sees: a fresh permutation when positions are randomised, else as generated."""
+    return rng.sample(panel, len(panel)) if shuffle and len(panel) > 1 else list(panel)
+
+
+def sampled_ctr(sim, contexts: list, panels: list[list[str]], cfg, rng: random.Random) -> list[float]:
+    """Per context, the share of `collect.users_per_panel` simulated users who clicked (an empty panel: 0)."""
+    users = cfg.collect.users_per_panel
+    return [sum(any(sim.sample(t, f, shown_order(p, cfg.collect.shuffle_positions, rng), rng).clicks)
+                for _ in range(users)) / users if p else 0.0 for (t, f), p in zip(contexts, panels)]
+
+
+def template_table(model, tok, sim, templates: dict, contexts: list, cfg, rng: random.Random) -> list[dict]:
+    """Sampled CTR (bootstrap CI over contexts), oracle CTR and format pass rate of every template."""
     rows = []
+    k = len(cfg.simulator.examination)
     for name, template in templates.items():
         start = time.time()
         m = evaluate_policy(model, tok, template, sim, contexts, cfg.policy.generation, cfg.seed,
                             cfg.collect.bootstrap_samples, cfg.collect.ci_level)
-        rows.append({"template": name, **{k: m[k] for k in ("oracle_ctr", "ci_low", "ci_high", "format_rate",
-                                                            "n_contexts")}, "example": m["outputs"][0]})
-        log.info("template %-10s oracle CTR %.4f [%.4f, %.4f] format %.2f (%.0fs)", name, m["oracle_ctr"],
-                 m["ci_low"], m["ci_high"], m["format_rate"], time.time() - start)
+        panels = [parse_suggestions(o, k).suggestions for o in m["outputs"]]
+        est = bootstrap_mean(sampled_ctr(sim, contexts, panels, cfg, rng), cfg.collect.bootstrap_samples,
+                             cfg.collect.ci_level, cfg.seed)
+        rows.append({"template": name, "sampled_ctr": est.mean, "sampled_low": est.low, "sampled_high": est.high,
+                     **{k: m[k] for k in ("oracle_ctr", "ci_low", "ci_high", "format_rate", "n_contexts")},
+                     "example": m["outputs"][0]})
+        log.info("template %-10s sampled CTR %.4f [%.4f, %.4f] (oracle %.4f) format %.2f (%.0fs)", name,
+                 est.mean, est.low, est.high, m["oracle_ctr"], m["format_rate"], time.time() - start)
     return rows
 
 
@@ -64,9 +85,10 @@ def log_week(model, tok, sim, template, policy: str, week: int, contexts: list, 
             empty += 1
             continue
         for _ in range(cfg.collect.users_per_panel):
-            click = sim.sample(topic, facet, panel, rng)
+            shown = shown_order(panel, cfg.collect.shuffle_positions, rng)
+            click = sim.sample(topic, facet, shown, rng)
             records.append({"impression_id": f"w{week}-{len(records):06d}", "week": week, "policy": policy,
-                            "context": context, "suggestions": panel, "clicks": click.clicks, "topic": topic,
+                            "context": context, "suggestions": shown, "clicks": click.clicks, "topic": topic,
                             "facet": facet, "segment": click.segment, "panel_id": f"w{week}-p{panel_id:05d}"})
     return records, empty
 
@@ -74,6 +96,7 @@ def log_week(model, tok, sim, template, policy: str, week: int, contexts: list, 
 def flat_metrics(result: dict) -> dict:
     return {"collect/impressions": sum(w["impressions"] for w in result["weeks"]),
             "collect/best_ctr": max(r["oracle_ctr"] for r in result["templates"]),
+            **{f"collect/{r['template']}_sampled_ctr": r.get("sampled_ctr") for r in result["templates"]},
             **{f"collect/{r['template']}_oracle_ctr": r["oracle_ctr"] for r in result["templates"]},
             **{f"collect/week{w['week']}_ctr": w["ctr"] for w in result["weeks"]}}
 
@@ -97,8 +120,8 @@ def run(cfg, loggers=()) -> dict:
 
     # 3. every template on the same validation contexts; the best one serves the logging weeks
     contexts = sample_contexts(splits["val"], cfg.collect.contexts_per_template, rng)
-    rows = template_table(model, tok, sim, cfg.prompt, contexts, cfg)
-    best = max(rows, key=lambda r: r["oracle_ctr"])["template"]
+    rows = template_table(model, tok, sim, cfg.prompt, contexts, cfg, rng)
+    best = max(rows, key=lambda r: r["sampled_ctr"])["template"]
     policy = cfg.collect.policy_name or f"prompt_{best}"
 
     # 4. weeks of sessions on training contexts, each panel shown to several simulated users
@@ -129,7 +152,8 @@ def publish(cfg, result: dict, loggers, fresh: bool) -> dict:
     if fresh:
         (out_dir / "collect.json").write_text(json.dumps(result, indent=2))
         log_table(loggers, "collect/templates", [{c: r[c] for c in COLUMNS} for r in rows])
-        print(f"\nPrompt templates (oracle CTR on {rows[0]['n_contexts']} validation contexts):\n")
+        print(f"\nPrompt templates (an A/B on {rows[0]['n_contexts']} validation contexts: sampled CTR of "
+              f"{cfg.collect.users_per_panel} users per panel chooses; oracle CTR for reference):\n")
         print(markdown_table(rows, COLUMNS))
         print(f"best: {result['best_template']}; {sum(w['impressions'] for w in result['weeks'])} impressions in "
               f"{len(result['weeks'])} weeks -> {Path(result['logs']).parent}")

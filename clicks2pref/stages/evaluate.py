@@ -17,10 +17,14 @@ from typing import Optional
 
 from omegaconf import OmegaConf
 
+import numpy as np
+
 from clicks2pref.data.io import atomic_write_text, expand_sources, load_impressions, read_cached_json, read_jsonl
+from clicks2pref.data.parsing import parse_suggestions
 from clicks2pref.data.pairs import build_pairs
 from clicks2pref.data.simulator import build_simulator
-from clicks2pref.errors import Clicks2PrefError, ModelNotFoundError
+from clicks2pref.errors import Clicks2PrefError, ConfigError, ModelNotFoundError
+from clicks2pref.eval.best_of import best_of_n
 from clicks2pref.eval.calibration_report import markdown_report, write_report
 from clicks2pref.eval.heldout import heldout_contexts, markdown_table, paired, score_policy
 from clicks2pref.eval.policy import baseline_id
@@ -28,13 +32,17 @@ from clicks2pref.loggers import log_metrics, log_table
 from clicks2pref.manifest import verify_given
 from clicks2pref.models.registry import load_causal_lm
 from clicks2pref.models.reward_heads import load_reward_model
-from clicks2pref.rewards.diversity import DiversityReward
+from clicks2pref.rewards.base import RewardBatch, RewardResources
+from clicks2pref.rewards.composite import build_component
+from clicks2pref.rewards.diversity import DiversityReward, distinct_n
 from clicks2pref.stages import artifacts, rm as rm_stage
 from clicks2pref.stages.policies import artifact_meta, load_grpo_policy, load_sft_policy
 from clicks2pref.stages.sft import resolve_template
 
 log = logging.getLogger(__name__)
 COLUMNS = ["policy", "oracle_ctr", "ci_low", "ci_high", "lift", "gsb", "format_rate", "distinct_2", "mean_cosine"]
+BEST_OF_COLUMNS = ["policy", "reward", "oracle_ctr", "vs_policy", "vs_ci_low", "vs_ci_high", "reward_spearman",
+                   "oracle_best", "contexts"]
 
 
 def run(cfg, loggers=()) -> dict:
@@ -58,10 +66,13 @@ def run(cfg, loggers=()) -> dict:
         log.info("evaluate: %-10s oracle CTR %.4f [%.4f, %.4f] format %.2f", name, m["oracle_ctr"], m["ci_low"],
                  m["ci_high"], m["format_rate"])
 
-    # 3. each against the reference: lift with its CI, GSB
+    # 3. best-of-n: the reward's pick among each policy's samples; each against the reference: lift, CI, GSB
+    reranked = [p for p in ev.best_of.policies if p in results] if ev.best_of.n else []
+    best_rows = rerank(cfg, ev, inputs, results, reranked, diversity) if reranked else []
     rows = compare(results, ev.reference, ev, cfg.seed)
     report = {"split": ev.split, "contexts": len(contexts), "reference": ev.reference, "ci": f"{ev.ci_level:.0%}",
-              "rows": rows, "examples": [{"context": contexts[i], **{n: results[n]["outputs"][i] for n in results}}
+              "rows": rows, "best_of": best_rows,
+              "examples": [{"context": contexts[i], **{n: results[n]["outputs"][i] for n in results}}
                                          for i in range(min(5, len(contexts)))],
               "per_context_ctr": {n: results[n]["per_context_ctr"] for n in results}}
 
@@ -71,6 +82,49 @@ def run(cfg, loggers=()) -> dict:
         report["calibration"] = calibration_section(cfg, inputs["rm"], out_dir, ood)
     report["seconds"] = time.time() - start
     return publish(cfg, report, loggers)
+
+
+def rerank(cfg, ev, inputs: dict, results: dict, policies: list[str], diversity) -> list[dict]:
+    """Adds "<policy>+bo<n>" to `results` for each of `policies`; returns the best-of rows:
+    the reranked CTR against the policy's own first sample (paired CI) and the reward's within-context
+    Spearman with the oracle over all n samples."""
+    bo = ev.best_of
+    component = reward_component(cfg, bo.reward, inputs)
+    rows = []
+    for name in policies:
+        m = results[name]
+        flat = [s for group in m["samples"] for s in group]
+        contexts = [c for c, group in zip(m["conversations"], m["samples"]) for _ in group]
+        batch = RewardBatch(contexts, flat, len(cfg.simulator.examination))
+        scores = np.asarray(component(batch), dtype=float).reshape(len(m["samples"]), -1)
+        best = best_of_n(m, scores, bo.n, ev.bootstrap_samples, ev.ci_level, cfg.seed)
+        k = len(cfg.simulator.examination)
+        best["format_rate"] = float(np.mean([parse_suggestions(o, k).well_formed for o in best["outputs"]]))
+        panels = [parse_suggestions(o, k).suggestions for o in best["outputs"]]
+        best["distinct_2"], best["mean_pairwise_cosine"] = distinct_n(panels, 2), diversity.mean_pairwise_cosine(panels)
+        single = dict(m, per_context_ctr=[row[0] for row in m["sample_ctr"]])
+        lift = paired(best, single, ev, ev.gsb.margin, cfg.seed)
+        label = f"{name}+bo{bo.n}"
+        results[label] = best
+        rows.append({"policy": label, "reward": bo.reward, "oracle_ctr": best["oracle_ctr"],
+                     "vs_policy": lift["ctr_diff"], "vs_ci_low": lift["ci_low"], "vs_ci_high": lift["ci_high"],
+                     "reward_spearman": best["reward_spearman"], "oracle_best": best["oracle_max_ctr"],
+                     "contexts": best["spearman_contexts"]})
+        log.info("evaluate: %s oracle CTR %.4f, %+.4f [%+.4f, %+.4f] over one sample of %s; reward ρ with the oracle "
+                 "within contexts %.3f", label, best["oracle_ctr"], lift["ctr_diff"], lift["ci_low"], lift["ci_high"],
+                 name, best["reward_spearman"])
+    return rows
+
+
+def reward_component(cfg, name: str, inputs: dict):
+    """The `rewards.<name>` component, set up with this config's trained reward models."""
+    if cfg.rewards.get(name) is None:
+        raise ConfigError(f"'{name}' is null in this rewards preset ({cfg.rewards.name}); pick an enabled component",
+                          "eval.best_of.reward")
+    folder = artifacts.artifact_path(cfg, "rm", inputs["rm"]["key"])
+    resources = RewardResources({kind: str(folder / kind) for kind in inputs["rm"]["models"]}, None,
+                                cfg.paths.model_cache, cfg.reward_model.backbone.trust_remote_code)
+    return build_component(cfg.rewards, name, resources)
 
 
 def policy_source(cfg, name: str, inputs: dict):
@@ -152,13 +206,23 @@ def publish(cfg, report: dict, loggers) -> dict:
     flat = {f"eval/{r['policy']}/{c}": float(r[c]) for r in rows for c in COLUMNS[1:]}
     (out_dir / "evaluation.json").write_text(json.dumps(report, indent=2))
     (out_dir / "metrics.json").write_text(json.dumps(flat, indent=2))
-    (out_dir / "results.md").write_text(f"Held-out {ev.split} contexts: {report['contexts']}; lift and GSB vs. "
-                                        f"{ev.reference}; {ci} bootstrap CIs.\n\n" + table)
+    best = report.get("best_of") or []
+    best_table = markdown_table(best, BEST_OF_COLUMNS) if best else ""
+    if best:
+        flat.update({f"eval/{r['policy']}/{c}": float(r[c]) for r in best for c in ("vs_policy", "reward_spearman")})
+    (out_dir / "results.md").write_text(f"Held-out {ev.split} contexts: {report['contexts']}, "
+                                        f"{ev.samples_per_context} panel(s) each; lift and GSB vs. {ev.reference}; "
+                                        f"{ci} bootstrap CIs.\n\n" + table + (
+                                            f"\nBest-of-n (vs. the policy's single sample, paired; reward ρ: "
+                                            f"within-context Spearman with the oracle):\n\n{best_table}" if best else ""))
     plot_ctr(rows, out_dir / "ctr.png", ci)
     log_table(loggers, "eval/results", [{c: r[c] for c in COLUMNS} for r in rows])
     log_metrics(loggers, flat)
     print(f"\nResults on {report['contexts']} held-out contexts (lift, GSB vs. {ev.reference}; {ci} CIs):\n")
     print(table)
+    if best:
+        print(f"Best-of-n (vs. one sample of the same policy; reward ρ = within-context Spearman with the oracle):\n")
+        print(best_table)
     print(f"metrics: {out_dir / 'evaluation.json'}\nplots:   {out_dir / 'ctr.png'}")
     return report
 

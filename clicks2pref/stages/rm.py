@@ -1,8 +1,12 @@
-"""Stage 3 (reward models): GaRM and BTRM trained on click preference pairs, then calibration (SPEC 5.3, 5.6).
+"""Stage 3 (reward models): GaRM and BTRM trained on clicks, then calibration and agreement with the oracle
+(SPEC 5.3, 5.6).
 
-Reads click logs (`data.logs` or this config's collect output) and optionally `data.ood_logs`,
-builds pairs (clicked ≻ skipped, weeks 1–3 train, week 4 IID test, OOD logs the OOD test), trains
-each kind in `reward_model.kinds` with Lightning and writes under `artifacts/rm/<key>/`:
+Reads click logs (`data.logs` or this config's collect output) and optionally `data.ood_logs`, and
+trains each kind in `reward_model.kinds` with Lightning on weeks 1–3: on every impression under a
+click model with learned examination (`objective=click_model`, the default), or on clicked ≻ skipped
+pairs (`objective=pairwise`, the paper's). Week 4 is the IID test, OOD logs the OOD test; every model
+is scored on both objectives' terms (pairwise accuracy and ECE) and against the oracle (Spearman ρ of
+its score with each logged suggestion's true click probability). Writes under `artifacts/rm/<key>/`:
 `<kind>/` (the model, loadable with `clicks2pref.models.reward_heads.load_reward_model`),
 `pairs/<split>.jsonl`, `calibration.json`, `calibration.md`, `reliability_<kind>_<split>.png` and
 `rm.json`; the reports are copied to the run folder. A killed run resumes: each kind's last
@@ -21,13 +25,16 @@ from hydra.utils import instantiate
 from omegaconf import OmegaConf
 from pytorch_lightning.callbacks import ModelCheckpoint
 
+from clicks2pref.data.impressions import impression_splits
 from clicks2pref.data.io import load_impressions, write_jsonl
 from clicks2pref.data.pairs import pair_splits
+from clicks2pref.data.simulator import build_simulator
 from clicks2pref.errors import ClickLogError
 from clicks2pref.eval.calibration_report import (calibration_metrics, markdown_report, pair_log_ppl,
                                                   pair_predictions, reference_log_ppl, unique_items, write_report)
 from clicks2pref.lit.checkpoints import resume_checkpoint
-from clicks2pref.lit.reward_module import RewardModule, pair_loader
+from clicks2pref.eval.oracle_agreement import reward_oracle_agreement
+from clicks2pref.lit.reward_module import ClickRewardModule, RewardModule, impression_loader, pair_loader
 from clicks2pref.loggers import log_metrics, log_table
 from clicks2pref.models.registry import load_causal_lm
 from clicks2pref.models.reward_heads import build_reward_model, load_reward_model, save_reward_model
@@ -36,6 +43,7 @@ from clicks2pref.stages import artifacts
 
 log = logging.getLogger(__name__)
 REPORTS = ("calibration.json", "calibration.md")
+METRICS = ("n_pairs", "accuracy", "ece", "sigma_mean", "oracle_spearman", "oracle_within_panel")
 
 
 def run(cfg, loggers=()) -> dict:
@@ -49,33 +57,42 @@ def run(cfg, loggers=()) -> dict:
 
     # 2. clicked ≻ skipped pairs per split, and the reference log-perplexity of the test suggestions
     start = time.time()
-    splits, notes = load_splits(cfg)
-    log.info("rm: pairs %s", ", ".join(f"{k} {len(v)}" for k, v in splits.items()))
+    splits, examples, notes = load_splits(cfg)
+    log.info("rm: pairs %s; impressions %s", ", ".join(f"{k} {len(v)}" for k, v in splits.items()),
+             ", ".join(f"{k} {sum(e['count'] for e in v)}" for k, v in examples.items()))
     ppl = reference_ppl(cfg, splits) if rm.calibration.reference_ppl else {}
+    sim = build_simulator(cfg.simulator)  # evaluation only: the agreement of each model with the truth
     work = artifacts.work_dir(cfg, "rm", key)
-    report = {"key": key, "pairs": {k: len(v) for k, v in splits.items()}, "notes": notes, "kinds": {}}
+    report = {"key": key, "objective": rm.objective, "pairs": {k: len(v) for k, v in splits.items()},
+              "impressions": {k: sum(e["count"] for e in v) for k, v in examples.items()}, "notes": notes,
+              "kinds": {}}
     with artifacts.atomic_dir(final) as tmp:
         for split, pairs in splits.items():
             write_jsonl(pairs, tmp / "pairs" / f"{split}.jsonl")
         # 3. each kind trained (or resumed) in turn, then calibrated on every split
         for kind in rm.kinds:
-            model, stats = train_one(cfg, kind, splits, work / kind, loggers)
+            model, stats = train_one(cfg, kind, splits, examples, work / kind, loggers)
             eval_start = time.time()
             res = {**stats, "splits": calibrate(cfg, model, splits, ppl)}
+            for split, v in examples.items():
+                if split in res["splits"] and v:
+                    res["splits"][split].update(reward_oracle_agreement(model, v, sim, rm.calibration.batch_size))
             res["eval_seconds"] = time.time() - eval_start
             report["kinds"][kind] = res
             shutil.copytree(work / kind / "model", tmp / kind)
             log.info("rm: %s trained in %.0fs (%d steps), evaluated in %.0fs: %s", kind, stats["train_seconds"],
                      stats["steps"], res["eval_seconds"], ", ".join(
-                         f"{s} acc {m.get('accuracy', float('nan')):.3f} ECE {m.get('ece', float('nan')):.4f}"
+                         f"{s} acc {m.get('accuracy', float('nan')):.3f} ECE {m.get('ece', float('nan')):.4f} "
+                         f"oracle ρ {m.get('oracle_spearman', float('nan')):.3f}"
                          for s, m in res["splits"].items() if m.get("n_pairs")))
             del model
         # 4. the calibration report and the result, written last
         report["seconds"] = time.time() - start
         write_report(report, tmp)
         result = {"key": key, "models": {k: str(final / k) for k in rm.kinds}, "pairs": report["pairs"],
-                  "metrics": {k: {s: {m: v.get(m) for m in ("n_pairs", "accuracy", "ece", "sigma_mean")}
-                                  for s, v in r["splits"].items()} for k, r in report["kinds"].items()},
+                  "metrics": {k: {s: {m: v.get(m) for m in METRICS} for s, v in r["splits"].items()}
+                              for k, r in report["kinds"].items()},
+                  "examination": {k: r.get("examination") for k, r in report["kinds"].items()},
                   "train_seconds": {k: r["train_seconds"] for k, r in report["kinds"].items()},
                   "max_grad_norm": {k: r["max_grad_norm"] for k, r in report["kinds"].items()},
                   "seconds": report["seconds"]}
@@ -84,15 +101,21 @@ def run(cfg, loggers=()) -> dict:
     return publish(cfg, result, report, loggers, fresh=True)
 
 
-def load_splits(cfg) -> tuple[dict[str, list[dict]], list[str]]:
-    """Pairs per split and notes for the report (where the OOD split came from)."""
+def load_splits(cfg) -> tuple[dict[str, list[dict]], dict[str, list[dict]], list[str]]:
+    """Pairs and impression examples per split, and notes for the report (where the OOD split came from)."""
     pcfg = cfg.reward_model.pairs
     source = artifacts.logs_source(cfg)
     records = load_impressions(source, cfg.data.on_invalid)
     ood = load_impressions(cfg.data.ood_logs, cfg.data.on_invalid) if cfg.data.ood_logs else None
     splits = pair_splits(records, pcfg, ood)
+    examples = impression_splits(records, pcfg, ood)
     weeks = sorted({r["week"] for r in records})
-    if not splits["train"]:
+    if cfg.reward_model.objective == "click_model":
+        if not examples["train"]:
+            raise ClickLogError(f"no impressions in weeks {list(pcfg.train_weeks)} of the logs (weeks present: "
+                                f"{weeks}); set reward_model.pairs.train_weeks", str(source),
+                                field="reward_model.pairs")
+    elif not splits["train"]:
         raise ClickLogError(f"no training pairs ({pcfg.position_filter}) in weeks {list(pcfg.train_weeks)} of the "
                             f"logs (weeks present: {weeks}); set reward_model.pairs.train_weeks or "
                             f"reward_model.pairs.position_filter", str(source), field="reward_model.pairs")
@@ -102,7 +125,9 @@ def load_splits(cfg) -> tuple[dict[str, list[dict]], list[str]]:
         notes.append("no OOD split: set data.ood_logs to another policy's click logs")
     else:
         notes.append(f"OOD split: {cfg.data.ood_logs} (policies {sorted({r['policy'] for r in ood})})")
-    return splits, notes
+    notes.append(f"trained on {cfg.reward_model.objective}; oracle ρ: Spearman of the model's score with each logged "
+                 f"suggestion's true click probability (evaluation only)")
+    return splits, examples, notes
 
 
 def reference_ppl(cfg, splits: dict[str, list[dict]]) -> dict:
@@ -122,7 +147,7 @@ def reference_ppl(cfg, splits: dict[str, list[dict]]) -> dict:
     return {k: float(v) for k, v in zip(keys, values)}
 
 
-def train_one(cfg, kind: str, splits: dict, work: Path, loggers) -> tuple[object, dict]:
+def train_one(cfg, kind: str, splits: dict, examples: dict, work: Path, loggers) -> tuple[object, dict]:
     """Train (or resume, or reuse from `work`) one reward model; returns (model, training stats)."""
     rm = cfg.reward_model
     if (work / "model" / "reward_model.json").exists() and (work / "train.json").exists():
@@ -133,9 +158,18 @@ def train_one(cfg, kind: str, splits: dict, work: Path, loggers) -> tuple[object
     backbone = OmegaConf.to_object(rm.backbone)
     model = build_reward_model(kind, backbone, OmegaConf.to_object(rm.head), cfg.paths.model_cache, cfg.seed)
     model.train()  # from_pretrained returns eval mode, which Lightning keeps (no LoRA / BERT dropout)
-    module = RewardModule(model, rm.loss, rm.optim, rm.max_nonfinite_steps, rm.calibration.n_bins)
-    train = pair_loader(model, splits["train"], rm.optim.groups_per_batch, shuffle=True, seed=cfg.seed)
-    val = pair_loader(model, splits["val"], rm.optim.groups_per_batch, shuffle=False) if splits["val"] else None
+    if rm.objective == "click_model":
+        positions = max(len(e["suggestions"]) for e in examples["train"])
+        module = ClickRewardModule(model, rm.loss, rm.optim, rm.click_model, positions, rm.max_nonfinite_steps,
+                                   rm.calibration.n_bins)
+        train = impression_loader(model, examples["train"], positions, rm.optim.groups_per_batch, shuffle=True,
+                                  seed=cfg.seed)
+        val = (impression_loader(model, examples["val"], positions, rm.optim.groups_per_batch, shuffle=False)
+               if examples["val"] else None)
+    else:
+        module = RewardModule(model, rm.loss, rm.optim, rm.max_nonfinite_steps, rm.calibration.n_bins)
+        train = pair_loader(model, splits["train"], rm.optim.groups_per_batch, shuffle=True, seed=cfg.seed)
+        val = pair_loader(model, splits["val"], rm.optim.groups_per_batch, shuffle=False) if splits["val"] else None
     checkpoint = ModelCheckpoint(dirpath=work / "ckpt", save_last=True, save_top_k=0,
                                  every_n_train_steps=rm.checkpoint_every_n_steps)
     trainer = instantiate(cfg.trainer, logger=list(loggers) or False, callbacks=[checkpoint],
@@ -144,6 +178,8 @@ def train_one(cfg, kind: str, splits: dict, work: Path, loggers) -> tuple[object
     stats = {"train_seconds": time.time() - start, "steps": int(trainer.global_step),
              "max_grad_norm": module.max_grad_norm, "nonfinite_steps": module.nonfinite_steps,
              "val": {k.split("/")[-1]: float(v) for k, v in trainer.callback_metrics.items() if "/val_" in k}}
+    if isinstance(module, ClickRewardModule):
+        model.examination = stats["examination"] = module.learned_examination()
     save_reward_model(model, work / "model", backbone, cfg.seed, extra={"stats": stats})
     (work / "train.json").write_text(json.dumps(stats, indent=2))
     return model, stats
@@ -170,11 +206,16 @@ def flat_metrics(result: dict) -> dict:
     out = {}
     for kind, splits in result["metrics"].items():
         for split, m in splits.items():
+            for name in ("oracle_spearman", "oracle_within_panel"):
+                if m.get(name) is not None:
+                    out[f"rm/{kind}/{split}_{name}"] = m[name]
             if m.get("n_pairs"):
                 out.update({f"rm/{kind}/{split}_acc": m["accuracy"], f"rm/{kind}/{split}_ece": m["ece"]})
                 if m.get("sigma_mean") is not None:
                     out[f"rm/{kind}/{split}_sigma_mean"] = m["sigma_mean"]
         out[f"rm/{kind}/max_grad_norm"] = result["max_grad_norm"][kind]
+        for k, e in enumerate(result.get("examination", {}).get(kind) or []):
+            out[f"rm/{kind}/exam_{k + 1}"] = e
     return out
 
 

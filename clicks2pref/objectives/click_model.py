@@ -1,0 +1,73 @@
+"""The click-model reward objective: every impression's likelihood under a cascade with learned examination.
+
+Pairs keep only impressions with a click and a skip above it, and in panels logged in the policy's
+own order the clicked item is nearly always the lower one, so a pairwise reward model learns
+position. A click model explains every impression, no-clicks included: position k is examined with
+probability e_k (learned), an examined suggestion s is clicked with probability a(s), and
+
+- `cascade` (the default): the user scans down and stops at the first click, so an impression with its
+  click at position c says "not clicked" about positions above c, "clicked" at c, nothing below;
+  a no-click impression says "not clicked" about every position;
+- `pbm` (position-based model): every position is an independent Bernoulli(e_k a_k).
+
+GaRM's Gaussian gives the attractiveness: a(s) = P(N(μ, σ²) > N(0, 1)) = Φ(μ / √(1 + σ²)); a BTRM
+reward r gives a(s) = sigmoid(r). Only products e_k a(s) are seen, so e is fixed at position 1
+(`anchor`, the usual PBM normalisation) and e_k, k > 1, are learned relative to it.
+"""
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+CLICK_MODELS = ("cascade", "pbm")
+EPS = 1e-6
+
+
+def garm_attraction(mu: Tensor, sigma: Tensor) -> Tensor:
+    """Φ(μ / √(1 + σ²)): the chance a draw of the suggestion's reward beats a standard-normal threshold."""
+    return torch.special.ndtr(mu / torch.sqrt(1 + sigma**2))
+
+
+def btrm_attraction(reward: Tensor) -> Tensor:
+    return torch.sigmoid(reward)
+
+
+def examination(anchor: float, logits: Tensor) -> Tensor:
+    """[e_1 = anchor, sigmoid(logits)...]: e_1 fixed, the rest learned."""
+    return torch.cat([logits.new_full((1,), anchor), torch.sigmoid(logits)])
+
+
+def click_nll(attraction: Tensor, exam: Tensor, clicked: Tensor, lengths: Tensor, weights: Tensor,
+              model: str = "cascade") -> Tensor:
+    """Mean negative log-likelihood per impression.
+
+    attraction [N, K] (per impression, in shown order; values past `lengths` are ignored), exam [K],
+    clicked [N, K] 0/1, lengths [N], weights [N] (how many users saw that panel in that order and
+    clicked that way).
+    """
+    if model not in CLICK_MODELS:
+        raise ValueError(f"unknown click model {model!r}; accepted: {', '.join(CLICK_MODELS)}")
+    n, k = attraction.shape
+    p = (exam[None, :k] * attraction).clamp(EPS, 1 - EPS)
+    positions = torch.arange(k, device=p.device)[None, :]
+    shown = positions < lengths[:, None]
+    if model == "cascade":  # positions up to and including the first click were examined
+        has_click = clicked.any(dim=1)
+        first = torch.where(has_click, clicked.float().argmax(dim=1), lengths)
+        seen = shown & (positions <= first[:, None])
+    else:
+        seen = shown
+    ll = torch.where(clicked.bool(), torch.log(p), torch.log1p(-p)) * seen
+    return -(ll.sum(dim=1) * weights).sum() / weights.sum()
+
+
+def panel_click_probability(attraction: Tensor, exam: Tensor) -> Tensor:
+    """P(at least one click) = 1 − Π_k (1 − e_k a_k) over the last dimension (either click model)."""
+    k = attraction.shape[-1]
+    return 1 - torch.prod(1 - exam[:k] * attraction, dim=-1)
+
+
+def logit(p: float) -> float:
+    p = min(max(p, EPS), 1 - EPS)
+    return float(torch.logit(torch.tensor(p)))
+

@@ -1,0 +1,128 @@
+"""The click-model reward: its likelihood against hand-computed values, recovery of a known examination
+from simulated cascade logs, impression examples, panel click scores, best-of-n and oracle agreement."""
+
+import math
+import random
+
+import numpy as np
+import pytest
+import torch
+from scipy.stats import spearmanr
+
+from clicks2pref.data.impressions import impression_examples, impression_splits
+from clicks2pref.data.pairs import PairConfig
+from clicks2pref.data.simulator.click_model import sample_cascade
+from clicks2pref.eval.best_of import best_of_n, pick_best, within_context_spearman
+from clicks2pref.eval.oracle_agreement import oracle_agreement
+from clicks2pref.objectives.click_model import (click_nll, examination, garm_attraction, logit,
+                                                 panel_click_probability)
+from clicks2pref.rewards.base import panel_scores
+
+D = torch.float64
+
+
+def Phi(x):
+    return 0.5 * (1 + math.erf(x / math.sqrt(2)))
+
+
+def test_cascade_and_pbm_likelihoods_match_hand_computed_values():
+    a = torch.tensor([[0.5, 0.2, 0.1], [0.5, 0.2, 0.1]], dtype=D)
+    e = torch.tensor([1.0, 0.5, 0.25], dtype=D)
+    clicks = torch.tensor([[0, 1, 0], [0, 0, 0]])
+    lengths = torch.tensor([3, 2])
+    w = torch.tensor([2.0, 1.0], dtype=D)
+    # row 1: p = (0.5, 0.1, 0.025), click at 2 -> log(1 - .5) + log(.1) (cascade: position 3 never examined)
+    row1 = math.log(0.5) + math.log(0.1)
+    row2 = math.log(0.5) + math.log(0.9)  # no click, two suggestions shown
+    expected = -(2 * row1 + row2) / 3
+    assert click_nll(a, e, clicks, lengths, w, "cascade").item() == pytest.approx(expected, abs=1e-12)
+    expected_pbm = -(2 * (row1 + math.log(1 - 0.025)) + row2) / 3
+    assert click_nll(a, e, clicks, lengths, w, "pbm").item() == pytest.approx(expected_pbm, abs=1e-12)
+    with pytest.raises(ValueError, match="unknown click model"):
+        click_nll(a, e, clicks, lengths, w, "dbn")
+
+
+def test_examination_anchors_position_one_and_attraction_is_the_gaussian_exceedance():
+    e = examination(1.0, torch.tensor([logit(0.6), logit(0.4)], dtype=D))
+    assert e.tolist() == pytest.approx([1.0, 0.6, 0.4])
+    a = garm_attraction(torch.tensor([0.5], dtype=D), torch.tensor([0.75], dtype=D))
+    assert a.item() == pytest.approx(Phi(0.5 / math.sqrt(1 + 0.75**2)), abs=1e-12)
+    # P(any click) = 1 − Π(1 − e_k a_k)
+    p = panel_click_probability(torch.tensor([0.5, 0.5, 0.5], dtype=D), e)
+    assert p.item() == pytest.approx(1 - 0.5 * 0.7 * 0.8)
+
+
+def test_the_click_model_recovers_a_known_examination_from_shuffled_cascade_logs():
+    """30 items of known attraction, shown in random orders to simulated cascade users: fitting attraction
+    and examination by the likelihood recovers e relative to position 1 (the truth is 0.9, 0.6, 0.4)."""
+    rng = random.Random(0)
+    true_e = [0.9, 0.6, 0.4]
+    true_a = [rng.uniform(0.05, 0.9) for _ in range(30)]
+    rows, clicks = [], []
+    for _ in range(6000):
+        panel = rng.sample(range(30), 3)
+        rows.append(panel)
+        clicks.append(sample_cascade(np.array([true_a[i] for i in panel]), true_e, rng))
+    items, clicks = torch.tensor(rows), torch.tensor(clicks)
+    raw_a = torch.zeros(30, dtype=D, requires_grad=True)
+    raw_e = torch.zeros(2, dtype=D, requires_grad=True)
+    opt = torch.optim.Adam([raw_a, raw_e], lr=0.05)
+    lengths, w = torch.full((len(rows),), 3), torch.ones(len(rows), dtype=D)
+    for _ in range(1500):
+        opt.zero_grad()
+        loss = click_nll(torch.sigmoid(raw_a)[items], examination(1.0, raw_e), clicks, lengths, w)
+        loss.backward()
+        opt.step()
+    e = examination(1.0, raw_e).detach().tolist()
+    # identified up to the scale of position 1: e_k / e_1 of the truth
+    assert e[1] == pytest.approx(0.6 / 0.9, abs=0.05) and e[2] == pytest.approx(0.4 / 0.9, abs=0.05)
+    assert spearmanr(torch.sigmoid(raw_a).detach().numpy(), true_a).statistic > 0.95
+
+
+def record(i, week, panel, clicks, pid="p0", ctx="hi"):
+    return {"impression_id": f"i{i}", "week": week, "policy": "pi", "panel_id": pid, "suggestions": panel,
+            "clicks": clicks, "context": [{"role": "user", "content": ctx}, {"role": "assistant", "content": "ok"}],
+            "topic": "t", "facet": "f"}
+
+
+def test_impression_examples_count_users_per_order_and_click_pattern_and_split_by_week():
+    records = [record(0, 1, ["a", "b"], [0, 1]), record(1, 1, ["a", "b"], [0, 1]), record(2, 1, ["b", "a"], [0, 0]),
+               record(3, 4, ["a", "b"], [1, 0], pid="p9")]
+    ex = impression_examples(records)
+    assert sorted((e["suggestions"], e["clicks"], e["count"]) for e in ex) == [
+        (["a", "b"], [0, 1], 2), (["a", "b"], [1, 0], 1), (["b", "a"], [0, 0], 1)]
+    splits = impression_splits(records, PairConfig(val_fraction=0.0))
+    assert sum(e["count"] for e in splits["train"]) == 3 and sum(e["count"] for e in splits["iid"]) == 1
+    assert splits["val"] == []
+
+
+def test_panel_click_score_is_the_probability_of_any_click_and_ignores_empty_positions():
+    e = [1.0, 0.5, 0.25]
+    out = panel_scores([[0.5, 0.5, 0.5], [0.5], []], e, missing_score=-1.0, panel="click").tolist()
+    assert out == pytest.approx([1 - 0.5 * 0.75 * 0.875, 0.5, 0.0])
+
+
+def test_best_of_n_serves_the_panel_the_reward_ranks_first():
+    result = {"sample_ctr": [[0.1, 0.5, 0.3], [0.2, 0.2, 0.4]], "samples": [["a", "b", "c"], ["d", "e", "f"]],
+              "format_rate": 1.0}
+    scores = np.array([[0.0, 2.0, 1.0], [5.0, 0.0, 1.0]])
+    assert pick_best(scores, 3).tolist() == [1, 0]
+    assert pick_best(scores, 1).tolist() == [0, 0]
+    best = best_of_n(result, scores, 3, 200, 0.95, 0)
+    assert best["per_context_ctr"] == [0.5, 0.2] and best["outputs"] == ["b", "d"]
+    assert best["oracle_ctr"] == pytest.approx(0.35) and best["oracle_max_ctr"] == pytest.approx(0.45)
+    # context 1 ranks like the oracle (ρ = 1); context 2: scores (5, 0, 1) vs oracle (.2, .2, .4)
+    rho2 = spearmanr([5.0, 0.0, 1.0], [0.2, 0.2, 0.4]).statistic
+    assert best["reward_spearman"] == pytest.approx((1.0 + rho2) / 2)
+    with pytest.raises(ValueError, match="needs 4 samples"):
+        best_of_n(result, scores, 4, 200, 0.95, 0)
+    assert within_context_spearman(np.ones((2, 3)), np.asarray(result["sample_ctr"]))["contexts"] == 0
+
+
+def test_oracle_agreement_counts_within_panel_pairs_ordered_like_the_oracle():
+    scores = np.array([3.0, 2.0, 1.0, 0.0])
+    oracle = np.array([0.1, 0.2, 0.3, 0.3])
+    out = oracle_agreement(scores, oracle, [[0, 1, 2], [2, 3]])
+    assert out["oracle_spearman"] == pytest.approx(spearmanr(scores, oracle).statistic)
+    # panel 1: all three pairs reversed; panel 2: tie in the oracle, not counted
+    assert out["oracle_within_panel"] == 0.0 and out["oracle_panel_pairs"] == 3
