@@ -68,3 +68,36 @@ def test_gsb():
     g = gsb([0.5, 0.4, 0.3, 0.31], [0.4, 0.5, 0.3, 0.3], margin=0.02)
     assert (g.good, g.same, g.bad) == (1, 2, 1) and g.score == 0.0
     assert gsb([0.9, 0.9], [0.1, 0.1]).score == 100.0
+
+
+class FakeWeights(torch.nn.Module, FakePolicy):
+    """A scripted policy with one trainable weight the training loop changes between evaluations."""
+
+    def __init__(self, trace):
+        torch.nn.Module.__init__(self)
+        FakePolicy.__init__(self, trace)
+        self.w = torch.nn.Parameter(torch.zeros(1))
+
+
+def test_selection_keeps_the_weights_of_the_evaluation_with_the_most_sampled_clicks():
+    """Sampled CTR peaks at the second evaluation (step 2) while the oracle peaks at step 4: the monitor
+    restores step 2's weights, chosen on sampled clicks alone, and reports both values."""
+    trace = [(0.1, 0.30), (0.2, 0.20), (0.3, 0.40)]
+    sampled_by_oracle = {0.30: 0.25, 0.20: 0.35, 0.40: 0.10}
+    policy = FakeWeights(trace)
+    trainer = SimpleNamespace(global_step=0, should_stop=False, loggers=[])
+    oracle = lambda ids, completions: [float(c.split("=")[1]) for c in completions]  # noqa: E731
+    sampled = lambda ids, completions: sampled_by_oracle[float(completions[0].split("=")[1])]  # noqa: E731
+    mon = RewardHackingMonitor([[{"role": "user", "content": "q"}]], [[]], [("t", "f")], oracle, eval_every=2,
+                               sampled=sampled)
+    mon.on_train_start(trainer, policy)
+    for step in (1, 2, 3, 4):
+        trainer.global_step = step
+        with torch.no_grad():
+            policy.w.fill_(float(step))  # the optimiser's update of this step
+        mon.on_train_batch_end(trainer, policy, None, None, step)
+    mon.on_train_end(trainer, policy)
+    assert policy.w.item() == 2.0
+    chosen = mon.selection()
+    assert (chosen["step"], chosen["sampled_ctr"], chosen["oracle_ctr"]) == (2, 0.35, 0.20)
+    assert [e["step"] for e in chosen["evaluations"]] == [0, 2, 4]

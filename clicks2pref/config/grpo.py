@@ -117,9 +117,13 @@ class MonitorConfig:
     patience: int = 2  # diverging evaluations in a row before the flag
     min_delta: float = 0.0  # change that counts as a rise / fall
     stop_on_flag: bool = False  # stop training when the flag is raised
+    select: str = "sampled_clicks"  # sampled_clicks: keep the evaluation with the most sampled clicks | last
+    users_per_probe: int = 64  # simulated users each probe panel is shown to (select=sampled_clicks)
 
     def __post_init__(self):
         at_least("probe_contexts", self.probe_contexts, 1)
+        one_of("select", self.select, ("sampled_clicks", "last"))
+        at_least("users_per_probe", self.users_per_probe, 1)
         at_least("eval_every", self.eval_every, 0)
         at_least("patience", self.patience, 1)
         at_least("min_delta", self.min_delta, 0)

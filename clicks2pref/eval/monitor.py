@@ -7,18 +7,24 @@ the mean simulated CTR of the same panels. An evaluation *diverges* when the pro
 diverging evaluations in a row the monitor flags reward hacking, logs a warning line and
 `grpo/monitor/hacking_flag = 1`. Training goes on (set `stop_on_flag` to stop it).
 
-Settings: `grpo.monitor` (clicks2pref.config.grpo.MonitorConfig). The oracle arrives as a callable
-from the stage: this module is evaluation code, the only place besides log sampling allowed to see
-it; the GRPO module never does.
+Checkpoint selection (`select: sampled_clicks`) is what a team with live traffic would do: the same
+probe panels are shown to simulated users (`users_per_probe` each) and their *sampled* clicks, never
+the oracle, score each evaluation; the trainable weights of the best one are kept and restored when
+training ends. The oracle values stay in the logs to show what the choice was worth.
+
+Settings: `grpo.monitor` (clicks2pref.config.grpo.MonitorConfig). The oracle and the click sampler
+arrive as callables from the stage: this module is evaluation code, the only place besides log
+sampling allowed to see the simulator; the GRPO module never does.
 """
 from __future__ import annotations
 
 import logging
 from dataclasses import dataclass, field
-from typing import Callable, Sequence
+from typing import Callable, Optional, Sequence
 
 import numpy as np
 import pytorch_lightning as pl
+import torch
 
 log = logging.getLogger(__name__)
 
@@ -60,11 +66,15 @@ class RewardHackingMonitor(pl.Callback):
 
     def __init__(self, probe_messages: Sequence[list[dict]], probe_contexts: Sequence[list[dict]],
                  probe_ids: Sequence, oracle: Callable[[Sequence, Sequence[str]], Sequence[float]],
-                 eval_every: int = 4, patience: int = 2, min_delta: float = 0.0, stop_on_flag: bool = False):
+                 eval_every: int = 4, patience: int = 2, min_delta: float = 0.0, stop_on_flag: bool = False,
+                 sampled: Optional[Callable[[Sequence, Sequence[str]], float]] = None):
         self.messages, self.contexts, self.ids = list(probe_messages), list(probe_contexts), list(probe_ids)
         self.oracle, self.eval_every, self.patience, self.stop_on_flag = oracle, eval_every, patience, stop_on_flag
+        self.sampled = sampled  # probe ids, completions -> sampled CTR; set = keep the best evaluation's weights
         self.detector = DivergenceDetector(patience, min_delta)
         self._last_step = None
+        self.best: Optional[dict] = None  # {"step", "sampled_ctr", "oracle_ctr", "state"}
+        self.selections: list[dict] = []
 
     def evaluate(self, trainer, pl_module) -> None:
         step = int(trainer.global_step)
@@ -77,6 +87,13 @@ class RewardHackingMonitor(pl.Callback):
         flag = self.detector.update(step, proxy, oracle)
         metrics = {"grpo/monitor/proxy_reward": proxy, "grpo/monitor/oracle_ctr": oracle,
                    "grpo/monitor/hacking_flag": float(self.detector.flagged)}
+        if self.sampled is not None:
+            sampled = float(self.sampled(self.ids, completions))
+            metrics["grpo/monitor/sampled_ctr"] = sampled
+            self.selections.append({"step": step, "sampled_ctr": sampled, "oracle_ctr": oracle})
+            if self.best is None or sampled > self.best["sampled_ctr"]:
+                state = {n: p.detach().clone() for n, p in pl_module.named_parameters() if p.requires_grad}
+                self.best = {"step": step, "sampled_ctr": sampled, "oracle_ctr": oracle, "state": state}
         for lg in trainer.loggers:
             lg.log_metrics(metrics, step=step)
         log.info("monitor step %d: proxy reward %.4f, oracle CTR %.4f", step, proxy, oracle)
@@ -100,12 +117,28 @@ class RewardHackingMonitor(pl.Callback):
     def on_train_end(self, trainer, pl_module) -> None:
         if self.eval_every > 0:
             self.evaluate(trainer, pl_module)
+        if self.best is not None and self.best["step"] != self._last_step:
+            params = dict(pl_module.named_parameters())
+            with torch.no_grad():
+                for name, value in self.best["state"].items():
+                    params[name].copy_(value)
+            log.info("monitor: restored the weights of step %d (sampled CTR %.4f, the best of %d evaluations)",
+                     self.best["step"], self.best["sampled_ctr"], len(self.selections))
+
+    def selection(self) -> Optional[dict]:
+        """The evaluation whose weights the policy keeps, and every evaluation's sampled and oracle CTR."""
+        if self.best is None:
+            return None
+        return {"step": self.best["step"], "sampled_ctr": self.best["sampled_ctr"],
+                "oracle_ctr": self.best["oracle_ctr"], "evaluations": list(self.selections)}
 
     def state_dict(self) -> dict:
         d = self.detector
-        return {"history": d.history, "streak": d.streak, "flagged_at": d.flagged_at}
+        return {"history": d.history, "streak": d.streak, "flagged_at": d.flagged_at, "best": self.best,
+                "selections": self.selections}
 
     def load_state_dict(self, state: dict) -> None:
         self.detector.history = [tuple(h) for h in state.get("history", [])]
         self.detector.streak = state.get("streak", 0)
         self.detector.flagged_at = list(state.get("flagged_at", []))
+        self.best, self.selections = state.get("best"), list(state.get("selections", []))

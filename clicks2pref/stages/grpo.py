@@ -26,6 +26,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Optional
 
+import numpy as np
 import pytorch_lightning as pl
 from hydra.utils import instantiate
 from omegaconf import OmegaConf
@@ -101,7 +102,8 @@ def run(cfg, loggers=()) -> dict:
               "optimizer_steps": int(trainer.global_step), "train_seconds": train_seconds,
               "nonfinite_steps": module.nonfinite_total,
               "eval": evaluate(cfg, module, sim, template, f"grpo:{key}", reference_id),
-              "monitor": monitor.detector.summary(), "inputs": {s: inputs[s]["key"] for s in inputs}}
+              "monitor": monitor.detector.summary(), "selected": monitor.selection(),
+              "inputs": {s: inputs[s]["key"] for s in inputs}}
 
     # 7. the artifact: adapters, sampled completions, a week of RL logs, and the result, written last
     write_artifact(cfg, result, module, sim, template, start)
@@ -202,8 +204,16 @@ def build_monitor(cfg, sim, template) -> RewardHackingMonitor:
     def oracle(ids, completions):
         return sim.oracle_ctr_many([(t, f, parse_suggestions(c, k).suggestions) for (t, f), c in zip(ids, completions)])
 
+    def sampled(ids, completions):  # an A/B on simulated users: their sampled clicks, not the oracle
+        rng = random.Random(cfg.seed + 2)
+        panels = [parse_suggestions(c, k).suggestions for c in completions]
+        clicks = [any(sim.sample(t, f, p, rng).clicks) if p else False
+                  for (t, f), p in zip(ids, panels) for _ in range(m.users_per_probe)]
+        return float(np.mean(clicks))
+
     return RewardHackingMonitor([build_messages(template, c) for c in probe_contexts], probe_contexts, probe_ids,
-                                oracle, m.eval_every, m.patience, m.min_delta, m.stop_on_flag)
+                                oracle, m.eval_every, m.patience, m.min_delta, m.stop_on_flag,
+                                sampled if m.select == "sampled_clicks" else None)
 
 
 def fit(cfg, module, loader, monitor, work: Path, loggers) -> pl.Trainer:
