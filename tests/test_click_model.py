@@ -9,13 +9,13 @@ import pytest
 import torch
 from scipy.stats import spearmanr
 
-from clicks2pref.data.impressions import impression_examples, impression_splits
+from clicks2pref.data.impressions import impression_examples, impression_splits, indexed
 from clicks2pref.data.pairs import PairConfig
 from clicks2pref.data.simulator.click_model import sample_cascade
 from clicks2pref.eval.best_of import best_of_n, pick_best, within_context_spearman
 from clicks2pref.eval.oracle_agreement import oracle_agreement
-from clicks2pref.objectives.click_model import (click_nll, examination, garm_attraction, logit,
-                                                 panel_click_probability)
+from clicks2pref.objectives.click_model import (click_nll, examination, fit_item_examination, garm_attraction,
+                                                 logit, panel_click_probability)
 from clicks2pref.rewards.base import panel_scores
 
 D = torch.float64
@@ -53,8 +53,8 @@ def test_examination_anchors_position_one_and_attraction_is_the_gaussian_exceeda
 
 
 def test_the_click_model_recovers_a_known_examination_from_shuffled_cascade_logs():
-    """30 items of known attraction, shown in random orders to simulated cascade users: fitting attraction
-    and examination by the likelihood recovers e relative to position 1 (the truth is 0.9, 0.6, 0.4)."""
+    """30 items of known attraction, shown in random orders to simulated cascade users: the per-item click
+    model recovers e relative to position 1 (the truth is 0.9, 0.6, 0.4)."""
     rng = random.Random(0)
     true_e = [0.9, 0.6, 0.4]
     true_a = [rng.uniform(0.05, 0.9) for _ in range(30)]
@@ -64,25 +64,23 @@ def test_the_click_model_recovers_a_known_examination_from_shuffled_cascade_logs
         rows.append(panel)
         clicks.append(sample_cascade(np.array([true_a[i] for i in panel]), true_e, rng))
     items, clicks = torch.tensor(rows), torch.tensor(clicks)
-    raw_a = torch.zeros(30, dtype=D, requires_grad=True)
-    raw_e = torch.zeros(2, dtype=D, requires_grad=True)
-    opt = torch.optim.Adam([raw_a, raw_e], lr=0.05)
     lengths, w = torch.full((len(rows),), 3), torch.ones(len(rows), dtype=D)
-    for _ in range(1500):
-        opt.zero_grad()
-        loss = click_nll(torch.sigmoid(raw_a)[items], examination(1.0, raw_e), clicks, lengths, w)
-        loss.backward()
-        opt.step()
-    e = examination(1.0, raw_e).detach().tolist()
+    e = fit_item_examination(items, clicks, lengths, w, 30, anchor=1.0, steps=1500)
     # identified up to the scale of position 1: e_k / e_1 of the truth
     assert e[1] == pytest.approx(0.6 / 0.9, abs=0.05) and e[2] == pytest.approx(0.4 / 0.9, abs=0.05)
-    assert spearmanr(torch.sigmoid(raw_a).detach().numpy(), true_a).statistic > 0.95
 
 
 def record(i, week, panel, clicks, pid="p0", ctx="hi"):
     return {"impression_id": f"i{i}", "week": week, "policy": "pi", "panel_id": pid, "suggestions": panel,
             "clicks": clicks, "context": [{"role": "user", "content": ctx}, {"role": "assistant", "content": "ok"}],
             "topic": "t", "facet": "f"}
+
+
+def test_indexed_examples_share_one_index_per_context_and_suggestion():
+    records = [record(0, 1, ["a", "b", "c"], [0, 1, 0]), record(1, 1, ["c", "a"], [0, 0], pid="p1")]
+    items, clicks, lengths, counts, n = indexed(impression_examples(records), 3)
+    assert n == 3 and items.tolist() == [[0, 1, 2], [2, 0, 0]] and lengths.tolist() == [3, 2]
+    assert clicks.tolist() == [[0, 1, 0], [0, 0, 0]] and counts.tolist() == [1.0, 1.0]
 
 
 def test_impression_examples_count_users_per_order_and_click_pattern_and_split_by_week():

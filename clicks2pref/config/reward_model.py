@@ -23,11 +23,15 @@ class ClickModelConfig:
 
     model: str = "cascade"  # cascade (stop at the first click) | pbm (independent positions)
     anchor: float = 1.0  # e_1, fixed: only e_k · a(s) is identified, so e is learned relative to position 1
-    examination_init: float = 0.5  # e_k, k > 1, before training
-    examination_lr: float = 5.0e-2  # learning rate of the examination logits
+    examination: str = "item_fit"  # item_fit: e_k from a per-suggestion click model, then fixed | joint: learned
+    item_fit_steps: int = 2000  # Adam steps of the per-suggestion fit
+    examination_init: float = 0.5  # joint: e_k, k > 1, before training
+    examination_lr: float = 5.0e-2  # joint: learning rate of the examination logits
 
     def __post_init__(self):
         one_of("model", self.model, CLICK_MODELS)
+        one_of("examination", self.examination, ("item_fit", "joint"))
+        at_least("item_fit_steps", self.item_fit_steps, 1)
         fraction("anchor", self.anchor, open_low=True)
         fraction("examination_init", self.examination_init, open_low=True, open_high=True)
         positive("examination_lr", self.examination_lr)

@@ -11,7 +11,9 @@ import json
 from collections import Counter
 from typing import Optional
 
-from clicks2pref.data.pairs import PairConfig, panel_key, split_by_group
+import torch
+
+from clicks2pref.data.pairs import PairConfig, context_key, panel_key, split_by_group
 
 
 def impression_examples(records: list[dict]) -> list[dict]:
@@ -47,3 +49,15 @@ def group_examples(examples: list[dict]) -> list[list[dict]]:
     for e in examples:
         groups.setdefault(e["group"], []).append(e)
     return list(groups.values())
+
+
+def indexed(examples: list[dict], positions: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, int]:
+    """(items [N, K] indexing distinct (context, suggestion), clicks [N, K], lengths [N], counts [N], n_items)."""
+    index: dict = {}
+    rows = [[index.setdefault((context_key(e["context"]), s), len(index)) for s in e["suggestions"][:positions]]
+            for e in examples]
+    items = torch.tensor([row + [0] * (positions - len(row)) for row in rows])
+    clicks = torch.tensor([(list(e["clicks"][:positions]) + [0] * positions)[:positions] for e in examples])
+    lengths = torch.tensor([len(row) for row in rows])
+    counts = torch.tensor([float(e["count"]) for e in examples])
+    return items, clicks, lengths, counts, len(index)

@@ -11,7 +11,7 @@ per validation: `val_loss`, `val_acc`, `val_ece` (15 bins).
 from __future__ import annotations
 
 import logging
-from typing import Sequence
+from typing import Optional, Sequence
 
 import pytorch_lightning as pl
 import torch
@@ -224,10 +224,12 @@ class ClickRewardModule(RewardModule):
     """
 
     def __init__(self, model, loss_cfg, optim_cfg, click_cfg, positions: int, max_nonfinite_steps: int = 10,
-                 n_bins: int = 15):
+                 n_bins: int = 15, fixed_examination: Optional[Sequence[float]] = None):
         super().__init__(model, loss_cfg, optim_cfg, max_nonfinite_steps, n_bins)
         self.click_cfg, self.positions = click_cfg, positions
-        self.exam_logits = torch.nn.Parameter(torch.full((positions - 1,), logit(click_cfg.examination_init)))
+        start = [logit(e) for e in fixed_examination[1:positions]] if fixed_examination is not None else \
+            [logit(click_cfg.examination_init)] * (positions - 1)
+        self.exam_logits = torch.nn.Parameter(torch.tensor(start), requires_grad=fixed_examination is None)
 
     def examination(self) -> torch.Tensor:
         return examination(self.click_cfg.anchor, self.exam_logits)
@@ -284,4 +286,6 @@ class ClickRewardModule(RewardModule):
                        **{f"{self.prefix}/val_exam_{k + 1}": v for k, v in enumerate(self.learned_examination())}})
 
     def param_groups(self) -> list[dict]:
+        if not self.exam_logits.requires_grad:  # fixed from the per-suggestion fit
+            return super().param_groups()
         return super().param_groups() + [{"params": [self.exam_logits], "lr": self.click_cfg.examination_lr}]

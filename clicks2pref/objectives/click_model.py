@@ -13,6 +13,10 @@ probability e_k (learned), an examined suggestion s is clicked with probability 
 GaRM's Gaussian gives the attractiveness: a(s) = P(N(μ, σ²) > N(0, 1)) = Φ(μ / √(1 + σ²)); a BTRM
 reward r gives a(s) = sigmoid(r). Only products e_k a(s) are seen, so e is fixed at position 1
 (`anchor`, the usual PBM normalisation) and e_k, k > 1, are learned relative to it.
+
+`fit_item_examination` estimates e the classic way, with a free attraction per logged suggestion:
+in logs with randomised positions every suggestion is seen at several positions, so e is identified
+from the logs alone, and the reward model's attraction need not be fitted before e settles.
 """
 from __future__ import annotations
 
@@ -59,6 +63,23 @@ def click_nll(attraction: Tensor, exam: Tensor, clicked: Tensor, lengths: Tensor
         seen = shown
     ll = torch.where(clicked.bool(), torch.log(p), torch.log1p(-p)) * seen
     return -(ll.sum(dim=1) * weights).sum() / weights.sum()
+
+
+def fit_item_examination(items: Tensor, clicks: Tensor, lengths: Tensor, weights: Tensor, n_items: int,
+                         anchor: float = 1.0, model: str = "cascade", steps: int = 2000, lr: float = 0.05
+                         ) -> list[float]:
+    """e_k of the click model with one free attraction per item (`items` [N, K] indexes them), by Adam on
+    `click_nll`; deterministic (no sampling, fixed start)."""
+    raw_a = torch.zeros(n_items, dtype=torch.float64, requires_grad=True)
+    raw_e = torch.zeros(items.shape[1] - 1, dtype=torch.float64, requires_grad=True)
+    optimizer = torch.optim.Adam([raw_a, raw_e], lr=lr)
+    w = weights.to(torch.float64)
+    for _ in range(steps):
+        optimizer.zero_grad()
+        loss = click_nll(torch.sigmoid(raw_a)[items], examination(anchor, raw_e), clicks, lengths, w, model)
+        loss.backward()
+        optimizer.step()
+    return [float(v) for v in examination(anchor, raw_e).detach()]
 
 
 def panel_click_probability(attraction: Tensor, exam: Tensor) -> Tensor:

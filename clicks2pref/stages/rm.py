@@ -25,7 +25,7 @@ from hydra.utils import instantiate
 from omegaconf import OmegaConf
 from pytorch_lightning.callbacks import ModelCheckpoint
 
-from clicks2pref.data.impressions import impression_splits
+from clicks2pref.data.impressions import impression_splits, indexed
 from clicks2pref.data.io import load_impressions, write_jsonl
 from clicks2pref.data.pairs import pair_splits
 from clicks2pref.data.simulator import build_simulator
@@ -38,6 +38,7 @@ from clicks2pref.lit.reward_module import ClickRewardModule, RewardModule, impre
 from clicks2pref.loggers import log_metrics, log_table
 from clicks2pref.models.registry import load_causal_lm
 from clicks2pref.models.reward_heads import build_reward_model, load_reward_model, save_reward_model
+from clicks2pref.objectives.click_model import fit_item_examination
 from clicks2pref.report import write_job_metrics
 from clicks2pref.stages import artifacts
 
@@ -160,8 +161,14 @@ def train_one(cfg, kind: str, splits: dict, examples: dict, work: Path, loggers)
     model.train()  # from_pretrained returns eval mode, which Lightning keeps (no LoRA / BERT dropout)
     if rm.objective == "click_model":
         positions = max(len(e["suggestions"]) for e in examples["train"])
-        module = ClickRewardModule(model, rm.loss, rm.optim, rm.click_model, positions, rm.max_nonfinite_steps,
-                                   rm.calibration.n_bins)
+        cm = rm.click_model
+        fixed = None
+        if cm.examination == "item_fit":
+            fixed = fit_item_examination(*indexed(examples["train"], positions), anchor=cm.anchor, model=cm.model,
+                                         steps=cm.item_fit_steps)
+            log.info("rm: examination from the per-suggestion click model: %s", ", ".join(f"{e:.3f}" for e in fixed))
+        module = ClickRewardModule(model, rm.loss, rm.optim, cm, positions, rm.max_nonfinite_steps,
+                                   rm.calibration.n_bins, fixed)
         train = impression_loader(model, examples["train"], positions, rm.optim.groups_per_batch, shuffle=True,
                                   seed=cfg.seed)
         val = (impression_loader(model, examples["val"], positions, rm.optim.groups_per_batch, shuffle=False)
