@@ -49,7 +49,10 @@ def quiet_third_party() -> None:
     logging.captureWarnings(True)
     warnings.filterwarnings("default")  # each distinct warning once per location, into the log file
     _quiet_progress_bars()
-    for handler in logging.getLogger().handlers:
+    # the root's console handler, and the ones libraries attach to their own non-propagating loggers
+    # (Lightning does, when it is imported before logging is configured)
+    loggers = [logging.getLogger()] + [logging.getLogger(name) for name in list(logging.root.manager.loggerDict)]
+    for handler in {h for lg in loggers for h in getattr(lg, "handlers", [])}:
         console = isinstance(handler, logging.StreamHandler) and not isinstance(handler, logging.FileHandler)
         if console and not any(isinstance(f, _Noise) for f in handler.filters):
             handler.addFilter(_Noise())
