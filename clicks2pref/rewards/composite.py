@@ -131,6 +131,9 @@ class CompositeReward:
             total = group_floor(total, self.components["rule"].passes(batch), batch.contexts)
         return total, scores
 
+    def describe(self) -> str:
+        return " + ".join(f"{w:.3f}·{n}" for n, w in self.weights.items())
+
 
 def group_floor(total: Tensor, passes: Tensor, contexts: list[list[dict]]) -> Tensor:
     """Each failing entry set to the minimum total among entries with the same context."""
@@ -144,6 +147,3 @@ def group_floor(total: Tensor, passes: Tensor, contexts: list[list[dict]]) -> Te
             if not bool(passes[i]):
                 out[i] = lowest
     return out
-
-    def describe(self) -> str:
-        return " + ".join(f"{w:.3f}·{n}" for n, w in self.weights.items())
