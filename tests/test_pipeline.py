@@ -33,7 +33,11 @@ def test_pipeline_runs_every_stage_and_prints_the_results_table(pipeline_run, ca
     assert set(result["seconds"]) == {"sft", "rm", "fusion", "grpo", "evaluate"}  # collect: data.logs given
     evaluation = json.loads((out / "evaluation.json").read_text())
     rows = {r["policy"]: r for r in evaluation["rows"]}
-    assert set(rows) == {"baseline", "sft", "grpo"} and evaluation["contexts"] == 3
+    assert set(rows) == {"baseline", "sft", "grpo", "sft+bo4"} and evaluation["contexts"] == 3
+    # best-of-4 among SFT's own 4 samples per context: never below the worst sample, never above the best
+    (best,) = evaluation["best_of"]
+    assert best["policy"] == "sft+bo4" and best["reward"] == "garm" and best["contexts"] <= 3
+    assert rows["sft+bo4"]["oracle_ctr"] <= best["oracle_best"] + 1e-12
     base = rows["baseline"]  # the reference against itself
     assert base["gsb"] == 0.0 and base["diff_ci_low"] == base["diff_ci_high"] == 0.0
     assert all(0.0 <= r["ci_low"] <= r["oracle_ctr"] <= r["ci_high"] <= 1.0 for r in rows.values())
