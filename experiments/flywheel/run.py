@@ -54,9 +54,15 @@ def row(r: int, n_logs: int, rm: dict, grpo: dict) -> dict:
 
 
 def markdown(rows: list[dict]) -> str:
-    fmt = lambda v: f"{v:+.4f}" if isinstance(v, float) else str(v)  # noqa: E731
+    signed = {"grpo_vs_sft", "ci_low", "ci_high", "gsb"}
+
+    def fmt(column, v):
+        if not isinstance(v, float):
+            return str(v)
+        return f"{v:+.4f}" if column in signed else f"{v:.4f}"
+
     lines = ["| " + " | ".join(COLUMNS) + " |", "|" + "---|" * len(COLUMNS)]
-    return "\n".join(lines + ["| " + " | ".join(fmt(r[c]) for c in COLUMNS) + " |" for r in rows]) + "\n"
+    return "\n".join(lines + ["| " + " | ".join(fmt(c, r[c]) for c in COLUMNS) + " |" for r in rows]) + "\n"
 
 
 def main() -> None:
