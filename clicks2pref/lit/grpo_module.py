@@ -37,6 +37,7 @@ from torch.utils.data import DataLoader
 
 from clicks2pref.data.parsing import parse_suggestions
 from clicks2pref.errors import NonFiniteLossError
+from clicks2pref.models.adapters import merged_adapters
 from clicks2pref.models.generate import chat_inputs
 from clicks2pref.objectives.grpo import LOSS_TYPES, group_advantages, grpo_loss
 from clicks2pref.rewards.base import RewardBatch
@@ -117,9 +118,10 @@ class GRPOModule(pl.LightningModule):
             dict(do_sample=True, temperature=cfg.temperature, top_p=cfg.top_p, top_k=cfg.top_k)
         was_training = self.model.training
         self.model.eval()
-        out = self.model.generate(input_ids=input_ids, attention_mask=attention,
-                                  max_new_tokens=cfg.max_completion_length,
-                                  pad_token_id=pad, eos_token_id=sorted(self.eos_ids), **kwargs)
+        with merged_adapters(self.model):
+            out = self.model.generate(input_ids=input_ids, attention_mask=attention,
+                                      max_new_tokens=cfg.max_completion_length,
+                                      pad_token_id=pad, eos_token_id=sorted(self.eos_ids), **kwargs)
         self.model.train(was_training)
         completions, ended = [], []
         for row in out[:, width:].tolist():

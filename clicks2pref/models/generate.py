@@ -9,6 +9,7 @@ from tqdm.auto import tqdm
 
 from clicks2pref.console import interactive
 from clicks2pref.errors import ConfigError
+from clicks2pref.models.adapters import merged_adapters
 from clicks2pref.models.placement import on_device
 
 
@@ -53,21 +54,23 @@ def generate(model, tokenizer, messages: Sequence[list[dict]], cfg: GenerationCo
     was_training = model.training
     model.eval()
     pad = tokenizer.pad_token_id
-    for start in tqdm(range(0, len(order), cfg.batch_size), desc=desc, unit="batch", leave=False,
-                      disable=not interactive()):
-        batch = order[start:start + cfg.batch_size]
-        width = max(len(ids[i]) for i in batch)
-        input_ids = torch.tensor([[pad] * (width - len(ids[i])) + ids[i] for i in batch])
-        attention = torch.tensor([[0] * (width - len(ids[i])) + [1] * len(ids[i]) for i in batch])
-        kwargs = dict(max_new_tokens=cfg.max_new_tokens, do_sample=cfg.do_sample, pad_token_id=pad,
-                      num_return_sequences=num_return_sequences)
-        if cfg.do_sample:
-            kwargs.update(temperature=cfg.temperature, top_p=cfg.top_p)
-        else:
-            kwargs.update(temperature=None, top_p=None, top_k=None)
-        seqs = model.generate(input_ids=input_ids.to(model.device), attention_mask=attention.to(model.device), **kwargs)
-        texts = tokenizer.batch_decode(seqs[:, width:], skip_special_tokens=True)
-        for j, text in enumerate(texts):
-            out[batch[j // num_return_sequences]].append(text.strip())
+    with merged_adapters(model):
+        for start in tqdm(range(0, len(order), cfg.batch_size), desc=desc, unit="batch", leave=False,
+                          disable=not interactive()):
+            batch = order[start:start + cfg.batch_size]
+            width = max(len(ids[i]) for i in batch)
+            input_ids = torch.tensor([[pad] * (width - len(ids[i])) + ids[i] for i in batch])
+            attention = torch.tensor([[0] * (width - len(ids[i])) + [1] * len(ids[i]) for i in batch])
+            kwargs = dict(max_new_tokens=cfg.max_new_tokens, do_sample=cfg.do_sample, pad_token_id=pad,
+                          num_return_sequences=num_return_sequences)
+            if cfg.do_sample:
+                kwargs.update(temperature=cfg.temperature, top_p=cfg.top_p)
+            else:
+                kwargs.update(temperature=None, top_p=None, top_k=None)
+            seqs = model.generate(input_ids=input_ids.to(model.device), attention_mask=attention.to(model.device),
+                                  **kwargs)
+            texts = tokenizer.batch_decode(seqs[:, width:], skip_special_tokens=True)
+            for j, text in enumerate(texts):
+                out[batch[j // num_return_sequences]].append(text.strip())
     model.train(was_training)
     return [t for group in out for t in group]

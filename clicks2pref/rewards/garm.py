@@ -10,7 +10,7 @@ values are never read.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import List, Optional
 
 from torch import Tensor

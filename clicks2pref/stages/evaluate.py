@@ -112,8 +112,8 @@ def rerank(cfg, ev, inputs: dict, results: dict, policies: list[str], diversity)
                      "reward_spearman": best["reward_spearman"], "oracle_best": best["oracle_max_ctr"],
                      "contexts": best["spearman_contexts"]})
         log.info("evaluate: %s oracle CTR %.4f, %+.4f [%+.4f, %+.4f] over a random one of the same samples of %s; "
-                 "reward ρ with the oracle within contexts %.3f", label, best["oracle_ctr"], lift["ctr_diff"], lift["ci_low"], lift["ci_high"],
-                 name, best["reward_spearman"])
+                 "reward ρ with the oracle within contexts %.3f", label, best["oracle_ctr"], lift["ctr_diff"],
+                 lift["ci_low"], lift["ci_high"], name, best["reward_spearman"])
     return rows
 
 
@@ -214,16 +214,17 @@ def publish(cfg, report: dict, loggers) -> dict:
     (out_dir / "results.md").write_text(f"Held-out {ev.split} contexts: {report['contexts']}, "
                                         f"{ev.samples_per_context} panel(s) each; lift and GSB vs. {ev.reference}; "
                                         f"{ci} bootstrap CIs.\n\n" + table + (
-                                            f"\nBest-of-n (vs. a random one of the same samples, paired; reward ρ: "
-                                            f"within-context Spearman with the oracle):\n\n{best_table}" if best else ""))
+                                            "\nBest-of-n (vs. a random one of the same samples, paired; reward ρ: "
+                                            f"within-context Spearman with the oracle):\n\n{best_table}"
+                                            if best else ""))
     plot_ctr(rows, out_dir / "ctr.png", ci)
     log_table(loggers, "eval/results", [{c: r[c] for c in COLUMNS} for r in rows])
     log_metrics(loggers, flat)
     print(f"\nResults on {report['contexts']} held-out contexts (lift, GSB vs. {ev.reference}; {ci} CIs):\n")
     print(table)
     if best:
-        print(f"Best-of-n (vs. a random one of the same n samples; reward ρ = within-context Spearman with the "
-              f"oracle):\n")
+        print("Best-of-n (vs. a random one of the same n samples; reward ρ = within-context Spearman with the "
+              "oracle):\n")
         print(best_table)
     print(f"metrics: {out_dir / 'evaluation.json'}\nplots:   {out_dir / 'ctr.png'}")
     return report
