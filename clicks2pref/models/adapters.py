@@ -1,6 +1,7 @@
 """LoRA adapters folded into their base weights while a model only samples."""
 from __future__ import annotations
 
+import sys
 from contextlib import contextmanager
 
 import torch
@@ -8,11 +9,12 @@ import torch
 
 def _mergeable(model) -> list:
     """Active, unmerged LoRA layers over plain float `nn.Linear` weights (quantised bases are left alone:
-    folding a delta into 4-bit weights loses it)."""
-    try:
-        from peft.tuners.lora import LoraLayer
-    except ImportError:
+    folding a delta into 4-bit weights loses it). Without peft loaded no model can hold adapters, and a bare
+    model's sampling should not pay for importing it (and bitsandbytes with it)."""
+    if "peft" not in sys.modules:
         return []
+    from peft.tuners.lora import LoraLayer
+
     layers = []
     for module in model.modules():
         if isinstance(module, LoraLayer) and module.active_adapters and not module.merged \
