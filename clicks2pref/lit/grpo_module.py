@@ -1,7 +1,8 @@
 """The GRPO LightningModule (SPEC 5.5): sample → score → advantage → clipped surrogate + β·KL, in that order.
 
 `training_step` on a batch of prompts:
-  1. sample `group_size` completions per prompt with the current policy (no grad, `model.generate`);
+  1. sample `group_size` completions per prompt with the current policy (no grad, `model.generate`, each
+     prompt prefilled once for its group: `clicks2pref.models.shared_prompt`);
   2. reference log-probs (LoRA: the same model under `disable_adapter()`, never a second copy) and, when
      `num_iterations` > 1, the old policy's log-probs, both without grad;
   3. the composite reward of each completion (the reference log-probs give the `ppl` term for free);
@@ -39,6 +40,7 @@ from clicks2pref.data.parsing import parse_suggestions
 from clicks2pref.errors import NonFiniteLossError
 from clicks2pref.models.adapters import merged_adapters
 from clicks2pref.models.generate import chat_inputs
+from clicks2pref.models.shared_prompt import generate_grouped, grouped_completion_logps, is_grouped
 from clicks2pref.objectives.grpo import LOSS_TYPES, group_advantages, grpo_loss
 from clicks2pref.rewards.base import RewardBatch
 from clicks2pref.rewards.logprobs import completion_logps, mean_nll, pad_prompt_completion
@@ -110,19 +112,19 @@ class GRPOModule(pl.LightningModule):
         """n completions per prompt (grouped): prompt ids, completion ids up to and including the first end
         token, and whether each completion ended (False = cut at max_completion_length)."""
         cfg, pad = self.cfg, self.tokenizer.pad_token_id
-        prompts = [p for p in chat_inputs(self.tokenizer, messages) for _ in range(n)]
-        width = max(len(p) for p in prompts)
-        input_ids = torch.tensor([[pad] * (width - len(p)) + p for p in prompts], device=self.device)
-        attention = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in prompts], device=self.device)
+        unique = chat_inputs(self.tokenizer, messages)
+        width = max(len(p) for p in unique)
+        input_ids = torch.tensor([[pad] * (width - len(p)) + p for p in unique], device=self.device)
+        attention = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in unique], device=self.device)
         kwargs = dict(do_sample=False, temperature=None, top_p=None, top_k=None) if greedy else \
             dict(do_sample=True, temperature=cfg.temperature, top_p=cfg.top_p, top_k=cfg.top_k)
         was_training = self.model.training
         self.model.eval()
         with merged_adapters(self.model):
-            out = self.model.generate(input_ids=input_ids, attention_mask=attention,
-                                      max_new_tokens=cfg.max_completion_length,
-                                      pad_token_id=pad, eos_token_id=sorted(self.eos_ids), **kwargs)
+            out = generate_grouped(self.model, input_ids, attention, n, max_new_tokens=cfg.max_completion_length,
+                                   pad_token_id=pad, eos_token_id=sorted(self.eos_ids), **kwargs)
         self.model.train(was_training)
+        prompts = [p for p in unique for _ in range(n)]
         completions, ended = [], []
         for row in out[:, width:].tolist():
             cut = next((i for i, t in enumerate(row) if t in self.eos_ids), None)
@@ -135,10 +137,18 @@ class GRPOModule(pl.LightningModule):
         parts, ents = [], []
         for start in range(0, ids.shape[0], self.cfg.micro_batch_size):
             sl = slice(start, start + self.cfg.micro_batch_size)
-            lp, ent = completion_logps(model, ids[sl], attention[sl], n, self.cfg.temperature, entropy)
+            lp, ent = self.completion_logps(model, ids[sl], attention[sl], n, entropy)
             parts.append(lp)
             ents.append(ent)
         return torch.cat(parts), (torch.cat(ents) if entropy else None)
+
+    def completion_logps(self, model, ids, attention, n, entropy=False):
+        """Log-probs of the last `n` tokens of each row; a group's shared prompt runs once when the rows come
+        grouped (`models.shared_prompt`), the full rows otherwise."""
+        if is_grouped(ids, ids.shape[1] - n, self.cfg.group_size):
+            return grouped_completion_logps(model, ids, attention, n, self.cfg.group_size, self.cfg.temperature,
+                                            entropy)
+        return completion_logps(model, ids, attention, n, self.cfg.temperature, entropy)
 
     @torch.no_grad()
     def reference_logps(self, ids, attention, n):
@@ -270,7 +280,7 @@ class GRPOModule(pl.LightningModule):
         total, logps_all, ents = 0.0, [], []
         for start in range(0, n_seq, cfg.micro_batch_size):
             sl = slice(start, start + cfg.micro_batch_size)
-            logps, ent = completion_logps(self.model, ids[sl], attention[sl], n, cfg.temperature, entropy)
+            logps, ent = self.completion_logps(self.model, ids[sl], attention[sl], n, entropy)
             loss, _ = grpo_loss(logps, None if old is None else old[sl], None if ref is None else ref[sl],
                                 advantages[sl], loss_mask[sl], num_tokens=n_tokens if kind == "token" else None,
                                 **self.loss_kwargs())
