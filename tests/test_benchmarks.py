@@ -53,11 +53,13 @@ def test_reward_training_against_trl_and_garm():
 
 
 def test_rollout_paths_and_compute_limit():
-    lines = run_script("rollout.py", *SMOKE, "--batches", "2", "--max-new-tokens", "3", "--matmul-size", "128")
-    last = check_sides(lines, ["ours@2", "grpo@2", "plain@2", "roofline"])
-    assert set(last["ratio"]) == {"ours@2/plain@2", "grpo@2/plain@2"}
+    lines = run_script("rollout.py", *SMOKE, "--batches", "4", "--group", "2", "--max-new-tokens", "3",
+                       "--matmul-size", "128")
+    last = check_sides(lines, ["ours@4", "grpo@4", "plain@4", "roofline"])
+    assert set(last["ratio"]) == {"ours@4/plain@4", "grpo@4/plain@4"}
+    assert all(line["settings"]["group"] == 2 for line in lines[:3])
     assert last["limit_tok_s"] > 0 and last["params"] > 0
-    assert set(last["share_of_limit"]) == {"ours@2", "grpo@2", "plain@2"}
+    assert set(last["share_of_limit"]) == {"ours@4", "grpo@4", "plain@4"}
     assert all(v > 0 for v in last["share_of_limit"].values())
 
 

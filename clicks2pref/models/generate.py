@@ -11,6 +11,7 @@ from clicks2pref.console import interactive
 from clicks2pref.errors import ConfigError
 from clicks2pref.models.adapters import merged_adapters
 from clicks2pref.models.placement import on_device
+from clicks2pref.models.shared_prompt import generate_grouped
 
 
 @dataclass
@@ -42,8 +43,9 @@ def generate(model, tokenizer, messages: Sequence[list[dict]], cfg: GenerationCo
              num_return_sequences: int = 1, seed: int | None = None, desc: str = "generating") -> list[str]:
     """Completions in input order (grouped per prompt when num_return_sequences > 1).
 
-    Prompts are sorted by length so each left-padded batch wastes little compute. A progress bar with an
-    ETA (`desc`) shows at an interactive terminal only.
+    Prompts are sorted by length so each left-padded batch wastes little compute; a prompt's
+    `num_return_sequences` samples share its prefill (`models.shared_prompt`). A progress bar with an ETA
+    (`desc`) shows at an interactive terminal only.
     """
     ids = chat_inputs(tokenizer, messages)
     order = sorted(range(len(ids)), key=lambda i: len(ids[i]))
@@ -61,14 +63,13 @@ def generate(model, tokenizer, messages: Sequence[list[dict]], cfg: GenerationCo
             width = max(len(ids[i]) for i in batch)
             input_ids = torch.tensor([[pad] * (width - len(ids[i])) + ids[i] for i in batch])
             attention = torch.tensor([[0] * (width - len(ids[i])) + [1] * len(ids[i]) for i in batch])
-            kwargs = dict(max_new_tokens=cfg.max_new_tokens, do_sample=cfg.do_sample, pad_token_id=pad,
-                          num_return_sequences=num_return_sequences)
+            kwargs = dict(max_new_tokens=cfg.max_new_tokens, do_sample=cfg.do_sample, pad_token_id=pad)
             if cfg.do_sample:
                 kwargs.update(temperature=cfg.temperature, top_p=cfg.top_p)
             else:
                 kwargs.update(temperature=None, top_p=None, top_k=None)
-            seqs = model.generate(input_ids=input_ids.to(model.device), attention_mask=attention.to(model.device),
-                                  **kwargs)
+            seqs = generate_grouped(model, input_ids.to(model.device), attention.to(model.device),
+                                    num_return_sequences, **kwargs)
             texts = tokenizer.batch_decode(seqs[:, width:], skip_special_tokens=True)
             for j, text in enumerate(texts):
                 out[batch[j // num_return_sequences]].append(text.strip())

@@ -2,13 +2,15 @@
 batch 16 and 64, and each one's share of the CPU's compute limit for the model.
 
     python experiments/benchmarks/rollout.py [--model smollm2-135m-instruct] [--batches 16 64]
-        [--max-new-tokens 32] [--warmup 1] [--reps 3]
+        [--max-new-tokens 32] [--group 1] [--warmup 1] [--reps 3]
 
-Paths, on the same prompts (`--batch` distinct GRPO prompts, one completion each) and the same policy
+Paths, on the same prompts (batch ÷ `--group` distinct GRPO prompts, `--group` completions each: 1 for
+SFT-style sampling, G for GRPO's groups and evaluation's k panels per context) and the same policy
 (LoRA r=16/α=32 on every linear layer, as GRPO samples from; `--lora-r 0` for the bare model):
   ours   `clicks2pref.models.generate.generate` (length-sorted, left-padded batches; SFT, collect, evaluation);
   grpo   `GRPOModule.sample` (GRPO's rollouts: left-padded, end tokens cut afterwards);
-  plain  one `model.generate` call on the left-padded batch in input order.
+  plain  one `model.generate` call on the left-padded batch in input order (`num_return_sequences` = group).
+With a group above 1, ours and grpo prefill each prompt once for its group (`models.shared_prompt`).
 Every completion runs to `--max-new-tokens` (`min_new_tokens` is set to it), so a batch samples
 batch × max_new_tokens tokens on every path whatever the text.
 
@@ -40,6 +42,7 @@ def parse_args(argv=None):
     add_common_args(ap)
     ap.add_argument("--batches", type=int, nargs="+", default=[16, 64])
     ap.add_argument("--max-new-tokens", type=int, default=32)
+    ap.add_argument("--group", type=int, default=1, help="completions per prompt; each batch must be a multiple")
     ap.add_argument("--temperature", type=float, default=0.8)
     ap.add_argument("--top-p", type=float, default=1.0)
     ap.add_argument("--matmul-size", type=int, default=1024, help="n of the n×n fp32 matmul the limit is timed on")
@@ -58,14 +61,14 @@ def sampler(path: str, model, tok, messages: list, args):
     if path == "ours":
         cfg = GenerationConfig(max_new_tokens=args.max_new_tokens, temperature=args.temperature, top_p=args.top_p,
                                do_sample=True, batch_size=len(messages))
-        return lambda: generate(model, tok, messages, cfg)
+        return lambda: generate(model, tok, messages, cfg, num_return_sequences=args.group)
     if path == "grpo":
         from clicks2pref.lit.grpo_module import GRPOModule  # loads Lightning: the grpo path's process only
 
         cfg = GRPOConfig(max_completion_length=args.max_new_tokens, temperature=args.temperature, top_p=args.top_p,
                          top_k=0, lora=None)
         module = GRPOModule(model, tok, None, cfg)
-        return lambda: module.sample(messages, 1)
+        return lambda: module.sample(messages, args.group)
     ids = chat_inputs(tok, messages)
     width, pad = max(len(x) for x in ids), tok.pad_token_id
     input_ids = torch.tensor([[pad] * (width - len(x)) + x for x in ids])
@@ -74,7 +77,8 @@ def sampler(path: str, model, tok, messages: list, args):
     @torch.no_grad()
     def plain():
         return model.generate(input_ids=input_ids, attention_mask=attention, max_new_tokens=args.max_new_tokens,
-                              do_sample=True, temperature=args.temperature, top_p=args.top_p, pad_token_id=pad)
+                              do_sample=True, temperature=args.temperature, top_p=args.top_p, pad_token_id=pad,
+                              num_return_sequences=args.group)
 
     return plain
 
@@ -82,7 +86,9 @@ def sampler(path: str, model, tok, messages: list, args):
 def run_path(path: str, batch: int, args) -> dict:
     torch.manual_seed(args.seed)
     model, tok = load_policy(args)
-    messages = [p["messages"] for p in chat_prompts(batch, args.seed)]
+    if batch % args.group:
+        raise SystemExit(f"--batches: {batch} is not a multiple of --group {args.group}")
+    messages = [p["messages"] for p in chat_prompts(batch // args.group, args.seed)]
     call = sampler(path, model, tok, messages, args)
     seconds = []
     for _ in range(args.warmup + args.reps):
@@ -90,7 +96,8 @@ def run_path(path: str, batch: int, args) -> dict:
         call()
         seconds.append(time.perf_counter() - start)
     reps = seconds[args.warmup:]
-    settings = {"model": args.model, "path": path, "batch": batch, "max_new_tokens": args.max_new_tokens,
+    settings = {"model": args.model, "path": path, "batch": batch, "group": args.group,
+                "max_new_tokens": args.max_new_tokens,
                 "temperature": args.temperature, "top_p": args.top_p, "lora_r": args.lora_r,
                 "params": sum(p.numel() for p in model.parameters()), "warmup": args.warmup,
                 "torch_threads": torch.get_num_threads(), "seed": args.seed}
