@@ -45,10 +45,13 @@ def test_grpo_step_against_trl():
 
 
 def test_reward_training_against_trl_and_garm():
-    lines = run_script("reward_training.py", *SMOKE, "--panels", "8", "--users-per-panel", "6")
+    lines = run_script("reward_training.py", *SMOKE, "--panels", "8", "--users-per-panel", "6",
+                       "--trl-micro-batch", "4")
     last = check_sides(lines, ["ours_btrm", "trl", "ours_garm"])
     assert set(last["ratio"]) == {"ours_btrm/trl", "ours_garm/ours_btrm"}
     trl = lines[1]
+    assert trl["settings"]["trl_micro_batch"] == 4 and trl["settings"]["trl_accumulation_steps"] > 1
+    assert trl["settings"]["trl_pairs_per_step"] == 4 * trl["settings"]["trl_accumulation_steps"]
     assert trl["settings"]["pairs_within_max_length"] == trl["settings"]["pairs"]  # TRL dropped no long pair
 
 
