@@ -162,7 +162,7 @@ def generation_config(model, gen):
     """The model's own generation config (special tokens, top_k) with the project's sampling settings, so a
     plain `model.generate(**inputs)` samples as the project's evaluation did."""
     out = copy.deepcopy(model.generation_config)
-    sampling = dict(temperature=gen.temperature, top_p=gen.top_p) if gen.do_sample else \
+    sampling = dict(temperature=gen.temperature, top_p=gen.top_p, top_k=gen.top_k) if gen.do_sample else \
         dict(temperature=None, top_p=None, top_k=None)  # greedy: sampling knobs would fail validation
     out.update(do_sample=gen.do_sample, max_new_tokens=gen.max_new_tokens, **sampling)
     return out
@@ -280,7 +280,8 @@ def policy_card(kind: str, meta: dict, sft_meta: Optional[dict], prompt: dict, g
                 + " Adapters are merged: these are full weights that load with plain transformers.", "",
                 "## Usage", "", usage_snippet(), "",
                 "`generation_config.json` holds the project's sampling settings "
-                f"(temperature {gen.temperature}, top_p {gen.top_p}, max_new_tokens {gen.max_new_tokens}). "
+                f"(temperature {gen.temperature}, top_p {gen.top_p}, top_k {gen.top_k}, "
+                f"max_new_tokens {gen.max_new_tokens}). "
                 "From a Hub id, fetch the prompt file with `huggingface_hub.hf_hub_download(repo_id, "
                 f"\"{PROMPT_FILE}\")`. With clicks2pref installed: "
                 "`echo '[{\"role\": \"user\", ...}, ...]' | python -m clicks2pref.suggest PATH`.", "",

@@ -4,6 +4,7 @@ from __future__ import annotations
 import torch
 
 from clicks2pref.models.registry import LoraConfig, ModelConfig, load_causal_lm
+from clicks2pref.models.sampling import sampling_kwargs
 from clicks2pref.models.shared_prompt import generate_grouped, grouped_completion_logps, is_grouped
 from clicks2pref.rewards.logprobs import completion_logps, pad_prompt_completion
 
@@ -54,6 +55,13 @@ def test_grouped_sampling_matches_generate_on_the_repeated_batch():
     shared = generate_grouped(model, ids, mask, G, **kwargs)
     assert torch.equal(shared, full)
     assert len({tuple(r) for r in shared[:, ids.shape[1]:].tolist()}) > 1  # the group's samples differ
+    kwargs.update(sampling_kwargs(temperature=0.8, top_k=0, top_p=0.95))  # the project's sampler
+    torch.manual_seed(6)
+    with torch.no_grad():
+        full = model.generate(input_ids=ids.repeat_interleave(G, 0), attention_mask=mask.repeat_interleave(G, 0),
+                              **kwargs)
+    torch.manual_seed(6)
+    assert torch.equal(generate_grouped(model, ids, mask, G, **kwargs), full)
 
 
 def test_grouped_logps_and_gradients_match_the_full_pass():

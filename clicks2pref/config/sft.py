@@ -84,7 +84,7 @@ class TeacherConfig:
     num_candidates: int = 5  # questions sampled per context
     keep_clicked: bool = False  # also keep the clicked suggestions as candidates (ranked first)
     generation: GenerationConfig = field(default_factory=lambda: GenerationConfig(
-        max_new_tokens=24, temperature=1.0, top_p=0.95, do_sample=True, batch_size=16))
+        max_new_tokens=24, temperature=1.0, top_p=0.95, top_k=50, do_sample=True, batch_size=16))
 
     def __post_init__(self):
         one_of("method", self.method, METHODS)

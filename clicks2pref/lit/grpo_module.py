@@ -40,6 +40,7 @@ from clicks2pref.data.parsing import parse_suggestions
 from clicks2pref.errors import NonFiniteLossError
 from clicks2pref.models.adapters import merged_adapters
 from clicks2pref.models.generate import chat_inputs
+from clicks2pref.models.sampling import greedy_kwargs, sampling_kwargs
 from clicks2pref.models.shared_prompt import generate_grouped, grouped_completion_logps, is_grouped
 from clicks2pref.objectives.grpo import LOSS_TYPES, group_advantages, grpo_loss
 from clicks2pref.rewards.base import RewardBatch
@@ -116,8 +117,7 @@ class GRPOModule(pl.LightningModule):
         width = max(len(p) for p in unique)
         input_ids = torch.tensor([[pad] * (width - len(p)) + p for p in unique], device=self.device)
         attention = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in unique], device=self.device)
-        kwargs = dict(do_sample=False, temperature=None, top_p=None, top_k=None) if greedy else \
-            dict(do_sample=True, temperature=cfg.temperature, top_p=cfg.top_p, top_k=cfg.top_k)
+        kwargs = greedy_kwargs() if greedy else sampling_kwargs(cfg.temperature, cfg.top_k, cfg.top_p)
         was_training = self.model.training
         self.model.eval()
         with merged_adapters(self.model):

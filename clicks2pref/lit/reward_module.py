@@ -11,16 +11,20 @@ per validation: `val_loss`, `val_acc`, `val_ece` (15 bins).
 from __future__ import annotations
 
 import logging
+import math
 from typing import Optional, Sequence
 
 import pytorch_lightning as pl
 import torch
 from torch.utils.data import DataLoader
+from torchmetrics import MeanMetric
+from torchmetrics.classification import BinaryCalibrationError
 
 from clicks2pref.data.impressions import group_examples
 from clicks2pref.data.pairs import context_key, group_pairs
-from clicks2pref.errors import NonFiniteLossError
-from clicks2pref.eval.calibration import btrm_confidence, expected_calibration_error, garm_confidence
+from clicks2pref.errors import ConfigError, NonFiniteLossError
+from clicks2pref.eval.calibration import btrm_confidence, garm_confidence
+from clicks2pref.lit.distributed import GlobalBatchSampler, ShardSampler, all_sum, global_mean_scale, world_and_rank
 from clicks2pref.objectives.bradley_terry import bt_loss
 from clicks2pref.objectives.click_model import (btrm_attraction, click_nll, examination, garm_attraction,
                                                  logit)
@@ -60,11 +64,24 @@ class PairCollator:
         return batch
 
 
-def pair_loader(model, pairs: list[dict], groups_per_batch: int, shuffle: bool, seed: int = 0) -> DataLoader:
-    """Batches of `groups_per_batch` panels (see `clicks2pref.data.pairs.group_pairs`)."""
-    generator = torch.Generator().manual_seed(seed) if shuffle else None
-    return DataLoader(group_pairs(pairs), batch_size=groups_per_batch, shuffle=shuffle, generator=generator,
-                      collate_fn=PairCollator(model), num_workers=0)
+def panel_loader(groups: list, collate, groups_per_batch: int, shuffle: bool, seed: int = 0, world: int = 1,
+                 rank: int = 0) -> DataLoader:
+    """Global batches of `groups_per_batch` panels, rank `rank`'s share of each (`lit.distributed`): shuffled
+    (one seeded permutation per epoch, an incomplete last batch dropped) or in order (every panel once)."""
+    if shuffle:
+        if groups_per_batch % world:
+            raise ConfigError(f"{groups_per_batch} panels per batch do not divide over {world} processes",
+                              "reward_model.optim.groups_per_batch")
+        sampler = GlobalBatchSampler(groups, groups_per_batch, world, rank, seed)
+        return DataLoader(groups, batch_size=groups_per_batch // world, sampler=sampler, collate_fn=collate)
+    return DataLoader(groups, batch_size=max(1, math.ceil(groups_per_batch / world)),
+                      sampler=ShardSampler(groups, world, rank), collate_fn=collate)
+
+
+def pair_loader(model, pairs: list[dict], groups_per_batch: int, shuffle: bool, seed: int = 0, world: int = 1,
+                rank: int = 0) -> DataLoader:
+    """Batches of `groups_per_batch` panels' pairs (see `clicks2pref.data.pairs.group_pairs`)."""
+    return panel_loader(group_pairs(pairs), PairCollator(model), groups_per_batch, shuffle, seed, world, rank)
 
 
 class ImpressionCollator:
@@ -88,11 +105,32 @@ class ImpressionCollator:
 
 
 def impression_loader(model, examples: list[dict], positions: int, groups_per_batch: int, shuffle: bool,
-                      seed: int = 0) -> DataLoader:
+                      seed: int = 0, world: int = 1, rank: int = 0) -> DataLoader:
     """Batches of `groups_per_batch` panels (every order and click pattern logged for each)."""
-    generator = torch.Generator().manual_seed(seed) if shuffle else None
-    return DataLoader(group_examples(examples), batch_size=groups_per_batch, shuffle=shuffle, generator=generator,
-                      collate_fn=ImpressionCollator(model, positions), num_workers=0)
+    return panel_loader(group_examples(examples), ImpressionCollator(model, positions), groups_per_batch, shuffle,
+                        seed, world, rank)
+
+
+class RewardData(pl.LightningDataModule):
+    """The stage's loaders, built in each process once its rank is known (spawned DDP workers included).
+    `make_loader(items, groups_per_batch=, shuffle=, seed=, world=, rank=)` is `pair_loader` or
+    `impression_loader` with the model (and positions) bound."""
+
+    def __init__(self, make_loader, train: list, val: list, groups_per_batch: int, seed: int):
+        super().__init__()
+        self.make_loader, self.train, self.val = make_loader, train, val
+        self.groups_per_batch, self.seed = groups_per_batch, seed
+
+    def _loader(self, items: list, shuffle: bool) -> DataLoader:
+        world, rank = world_and_rank(self.trainer)
+        return self.make_loader(items, groups_per_batch=self.groups_per_batch, shuffle=shuffle, seed=self.seed,
+                                world=world, rank=rank)
+
+    def train_dataloader(self) -> DataLoader:
+        return self._loader(self.train, shuffle=True)
+
+    def val_dataloader(self):
+        return self._loader(self.val, shuffle=False) if self.val else []
 
 
 class RewardModule(pl.LightningModule):
@@ -104,7 +142,9 @@ class RewardModule(pl.LightningModule):
         self.nonfinite_steps = 0
         self.max_grad_norm = 0.0
         self.strict_loading = False  # checkpoints hold the trainable weights only (on_save_checkpoint)
-        self._val: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor, int]] = []
+        # validation over every process's shard: torchmetrics sums the states across processes on compute
+        self.val_loss, self.val_acc = MeanMetric(), MeanMetric()
+        self.val_ece = BinaryCalibrationError(n_bins=n_bins, norm="l1")
 
     # --- the maths of one batch -------------------------------------------------------------------
 
@@ -129,20 +169,16 @@ class RewardModule(pl.LightningModule):
 
     # --- training --------------------------------------------------------------------------------
 
+    def all_finite(self, loss: torch.Tensor) -> bool:
+        """Whether every process's loss is finite: a step is skipped everywhere or nowhere."""
+        world = self.trainer.world_size if self._trainer is not None else 1
+        return bool(all_sum(self._trainer, torch.isfinite(loss).float()) == world)
+
     def training_step(self, batch, batch_idx):
         out = self.model(batch["input_ids"], batch["attention_mask"])
         loss, parts = self.loss(out, batch["chosen"], batch["rejected"])
-        if not torch.isfinite(loss):
-            self.nonfinite_steps += 1
-            self.log(f"{self.prefix}/nonfinite_steps", float(self.nonfinite_steps), on_step=True, on_epoch=False)
-            log.warning("%s: non-finite loss at step %d, skipped (%d of at most %d)", self.prefix,
-                        self.global_step, self.nonfinite_steps, self.max_nonfinite_steps)
-            if self.nonfinite_steps >= self.max_nonfinite_steps:
-                raise NonFiniteLossError(
-                    f"reward model {self.kind}: {self.nonfinite_steps} non-finite losses (the limit is "
-                    f"reward_model.max_nonfinite_steps={self.max_nonfinite_steps}); lower reward_model.optim.lr, "
-                    f"raise reward_model.loss.variance_reg.lambda or check the pairs")
-            return None
+        if not self.all_finite(loss):
+            return self._skip_nonfinite()
         n = len(batch["chosen"])
         _, correct = self.confidence(out, batch["chosen"], batch["rejected"])
         metrics = {"train_loss": loss.detach(), "train_acc": correct.float().mean(),
@@ -153,7 +189,19 @@ class RewardModule(pl.LightningModule):
                            mu_std=out["mu"].detach().std(unbiased=False))
         self.log_dict({f"{self.prefix}/{k}": v for k, v in metrics.items()}, on_step=True, on_epoch=False,
                       batch_size=n)
-        return loss
+        return loss * global_mean_scale(self._trainer, torch.tensor(float(n)))  # a mean over the global batch
+
+    def _skip_nonfinite(self):
+        self.nonfinite_steps += 1
+        self.log(f"{self.prefix}/nonfinite_steps", float(self.nonfinite_steps), on_step=True, on_epoch=False)
+        log.warning("%s: non-finite loss at step %d, skipped (%d of at most %d)", self.prefix, self.global_step,
+                    self.nonfinite_steps, self.max_nonfinite_steps)
+        if self.nonfinite_steps >= self.max_nonfinite_steps:
+            raise NonFiniteLossError(
+                f"reward model {self.kind}: {self.nonfinite_steps} non-finite losses (the limit is "
+                f"reward_model.max_nonfinite_steps={self.max_nonfinite_steps}); lower reward_model.optim.lr, "
+                f"raise reward_model.loss.variance_reg.lambda or check the pairs")
+        return None
 
     def on_before_optimizer_step(self, optimizer):
         grads = [p.grad for p in self.parameters() if p.grad is not None]
@@ -167,20 +215,21 @@ class RewardModule(pl.LightningModule):
         out = self.model(batch["input_ids"], batch["attention_mask"])
         loss, _ = self.loss(out, batch["chosen"], batch["rejected"])
         conf, correct = self.confidence(out, batch["chosen"], batch["rejected"])
-        self._val.append((conf.detach().cpu(), correct.cpu(), loss.detach().cpu(), len(conf)))
+        self.val_loss.update(loss.detach(), weight=len(conf))
+        self.val_acc.update(correct.float())
+        self.val_ece.update(conf.detach(), correct.long())
 
     def on_validation_epoch_end(self):
-        if not self._val or self.trainer.sanity_checking:
-            self._val.clear()
-            return
-        conf = torch.cat([v[0] for v in self._val]).double()
-        correct = torch.cat([v[1] for v in self._val])
-        n = torch.tensor([v[3] for v in self._val], dtype=torch.float64)
-        loss = (torch.stack([v[2] for v in self._val]).double() * n).sum() / n.sum()
-        self._val.clear()
-        self.log_dict({f"{self.prefix}/val_loss": loss.float(),
-                       f"{self.prefix}/val_acc": correct.double().mean().float(),
-                       f"{self.prefix}/val_ece": expected_calibration_error(conf, correct, self.n_bins).float()})
+        metrics = {"val_loss": self.val_loss, "val_acc": self.val_acc, "val_ece": self.val_ece}
+        self.log_validation(metrics)
+
+    def log_validation(self, metrics: dict, extra: Optional[dict] = None) -> None:
+        """Compute (summed over processes), log on every rank alike, reset; nothing during the sanity check."""
+        if not self.trainer.sanity_checking:
+            values = {f"{self.prefix}/{k}": m.compute().float() for k, m in metrics.items()}
+            self.log_dict({**values, **{f"{self.prefix}/{k}": v for k, v in (extra or {}).items()}})
+        for m in metrics.values():
+            m.reset()
 
     # --- optimisation and checkpoints ---------------------------------------------------------------
 
@@ -237,7 +286,9 @@ class ClickRewardModule(RewardModule):
     def learned_examination(self) -> list[float]:
         return [float(v) for v in self.examination().detach()]
 
-    def click_loss(self, batch) -> tuple[torch.Tensor, dict]:
+    def click_loss(self, batch, global_batch: bool = False) -> tuple[torch.Tensor, dict]:
+        """The impressions' NLL (a mean weighted by user counts) plus GaRM's λ·R (a mean over the batch's
+        suggestions); `global_batch` turns both into this process's share of the global batch's means."""
         out = self.model(batch["input_ids"], batch["attention_mask"])
         if self.kind == "garm":
             attraction = garm_attraction(out["mu"], out["sigma"])
@@ -245,45 +296,37 @@ class ClickRewardModule(RewardModule):
             attraction = btrm_attraction(out["reward"])
         nll = click_nll(attraction[batch["items"]], self.examination(), batch["clicks"], batch["lengths"],
                         batch["weights"], self.click_cfg.model)
+        parts = {"nll": nll.detach()}
+        if global_batch:
+            nll = nll * global_mean_scale(self._trainer, batch["weights"].sum().double()).to(nll.dtype)
         if self.kind != "garm":
-            return nll, {"nll": nll.detach()}
+            return nll, parts
         reg_cfg = self.loss_cfg.variance_reg
         reg = REGULARIZERS[reg_cfg.kind](out["mu"], out["sigma"]).mean()
-        return nll + getattr(reg_cfg, "lambda") * reg, {"nll": nll.detach(), "reg": reg.detach()}
+        parts["reg"] = reg.detach()
+        if global_batch:  # exact when no suggestion is in two processes' shares of a batch, else close
+            reg = reg * global_mean_scale(self._trainer, torch.tensor(float(out["mu"].shape[0]))).to(reg.dtype)
+        return nll + getattr(reg_cfg, "lambda") * reg, parts
 
     def training_step(self, batch, batch_idx):
-        loss, parts = self.click_loss(batch)
-        if not torch.isfinite(loss):
+        loss, parts = self.click_loss(batch, global_batch=True)
+        if not self.all_finite(loss):
             return self._skip_nonfinite()
-        metrics = {"train_loss": loss.detach(), **{f"train_{k}": v for k, v in parts.items()},
+        local = parts["nll"] + getattr(self.loss_cfg.variance_reg, "lambda") * parts["reg"] if "reg" in parts \
+            else parts["nll"]
+        metrics = {"train_loss": local, **{f"train_{k}": v for k, v in parts.items()},
                    **{f"exam_{k + 1}": v for k, v in enumerate(self.learned_examination())}}
         self.log_dict({f"{self.prefix}/{k}": v for k, v in metrics.items()}, on_step=True, on_epoch=False,
                       batch_size=len(batch["lengths"]))
         return loss
 
-    def _skip_nonfinite(self):
-        self.nonfinite_steps += 1
-        log.warning("%s: non-finite loss at step %d, skipped (%d of at most %d)", self.prefix, self.global_step,
-                    self.nonfinite_steps, self.max_nonfinite_steps)
-        if self.nonfinite_steps >= self.max_nonfinite_steps:
-            raise NonFiniteLossError(
-                f"reward model {self.kind}: {self.nonfinite_steps} non-finite losses (the limit is "
-                f"reward_model.max_nonfinite_steps={self.max_nonfinite_steps}); lower reward_model.optim.lr")
-        return None
-
     def validation_step(self, batch, batch_idx):
-        loss, parts = self.click_loss(batch)
-        self._val.append((parts["nll"].cpu(), batch["weights"].sum().cpu()))
+        _, parts = self.click_loss(batch)
+        self.val_loss.update(parts["nll"], weight=batch["weights"].sum())
 
     def on_validation_epoch_end(self):
-        if not self._val or self.trainer.sanity_checking:
-            self._val.clear()
-            return
-        w = torch.stack([v[1] for v in self._val]).double()
-        nll = (torch.stack([v[0] for v in self._val]).double() * w).sum() / w.sum()
-        self._val.clear()
-        self.log_dict({f"{self.prefix}/val_loss": nll.float(),
-                       **{f"{self.prefix}/val_exam_{k + 1}": v for k, v in enumerate(self.learned_examination())}})
+        self.log_validation({"val_loss": self.val_loss},
+                            {f"val_exam_{k + 1}": v for k, v in enumerate(self.learned_examination())})
 
     def param_groups(self) -> list[dict]:
         if not self.exam_logits.requires_grad:  # fixed from the per-suggestion fit

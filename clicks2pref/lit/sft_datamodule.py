@@ -17,9 +17,10 @@ import math
 
 import pytorch_lightning as pl
 import torch
-from torch.utils.data import DataLoader, DistributedSampler
+from torch.utils.data import DataLoader
 
 from clicks2pref.errors import ConfigError
+from clicks2pref.lit.distributed import GlobalBatchSampler, ShardSampler, world_and_rank
 from clicks2pref.objectives.sft import IGNORE_INDEX, prompt_completion_labels
 
 log = logging.getLogger(__name__)
@@ -53,44 +54,6 @@ def collate(batch: list[dict], pad_id: int) -> dict[str, torch.Tensor]:
     return {"input_ids": ids, "attention_mask": attention, "position_ids": positions, "labels": labels}
 
 
-class GlobalBatchSampler(DistributedSampler):
-    """Shuffled global batches of `batch_size`, the same for any number of processes, each split across ranks.
-
-    Every epoch draws one permutation (seed + epoch); consecutive runs of `batch_size` indices form the
-    global batches, an incomplete last one is dropped, and rank r takes every N-th index of each. A set
-    smaller than one batch is repeated to fill one.
-    """
-
-    def __init__(self, dataset, batch_size: int, num_replicas: int, rank: int, seed: int):
-        super().__init__(dataset, num_replicas=num_replicas, rank=rank, shuffle=True, seed=seed)
-        self.global_batch = batch_size
-
-    def __iter__(self):
-        g = torch.Generator()
-        g.manual_seed(self.seed + self.epoch)
-        perm = torch.randperm(len(self.dataset), generator=g).tolist()
-        while perm and len(perm) < self.global_batch:
-            perm += torch.randperm(len(self.dataset), generator=g).tolist()
-        for start in range(0, len(perm) - self.global_batch + 1, self.global_batch):
-            yield from perm[start:start + self.global_batch][self.rank::self.num_replicas]
-
-    def __len__(self) -> int:
-        return max(1, len(self.dataset) // self.global_batch) * (self.global_batch // self.num_replicas)
-
-
-class ShardSampler(DistributedSampler):
-    """Rank r of N gets examples r, r+N, ... in order, with no padding (validation)."""
-
-    def __init__(self, dataset, num_replicas: int, rank: int):
-        super().__init__(dataset, num_replicas=num_replicas, rank=rank, shuffle=False)
-
-    def __iter__(self):
-        return iter(range(self.rank, len(self.dataset), self.num_replicas))
-
-    def __len__(self) -> int:
-        return len(range(self.rank, len(self.dataset), self.num_replicas))
-
-
 class _Collate:
     """A picklable collate function (spawned DDP workers pickle the data loaders)."""
 
@@ -122,12 +85,8 @@ class SFTDataModule(pl.LightningDataModule):
             log.warning("sft data: %d training examples, fewer than one batch of %d; they are repeated",
                         len(self.train_set), batch_size)
 
-    def _world(self) -> tuple[int, int]:
-        trainer = self.trainer
-        return (trainer.world_size, trainer.global_rank) if trainer is not None else (1, 0)
-
     def train_dataloader(self) -> DataLoader:
-        world, rank = self._world()
+        world, rank = world_and_rank(self.trainer)
         if self.batch_size % world:
             raise ConfigError(f"train.batch_size={self.batch_size} is the global batch and must divide evenly "
                               f"over {world} processes")
@@ -136,7 +95,7 @@ class SFTDataModule(pl.LightningDataModule):
                           collate_fn=_Collate(self.pad_id))
 
     def val_dataloader(self) -> DataLoader:
-        world, rank = self._world()
+        world, rank = world_and_rank(self.trainer)
         per_rank = max(1, math.ceil(self.batch_size / world))
         return DataLoader(self.val_set, batch_size=per_rank, sampler=ShardSampler(self.val_set, world, rank),
                           collate_fn=_Collate(self.pad_id))

@@ -23,6 +23,7 @@ from clicks2pref.data.parsing import parse_suggestions
 from clicks2pref.errors import NonFiniteLossError
 from clicks2pref.models.generate import GenerationConfig, generate
 from clicks2pref.objectives.sft import IGNORE_INDEX, masked_lm_loss
+from clicks2pref.lit.distributed import all_sum
 
 
 class SFTModule(pl.LightningModule):
@@ -51,10 +52,7 @@ class SFTModule(pl.LightningModule):
 
     # --- helpers -------------------------------------------------------------------------------
     def _sum(self, value: torch.Tensor) -> torch.Tensor:
-        """Sum over processes (identity on one)."""
-        if self.trainer.world_size == 1:
-            return value
-        return self.trainer.strategy.reduce(value.detach().clone(), reduce_op="sum")
+        return all_sum(self.trainer, value)
 
     def forward(self, input_ids, attention_mask, position_ids=None, logits_to_keep: int = 0):
         return self.model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,

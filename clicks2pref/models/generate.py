@@ -11,6 +11,7 @@ from clicks2pref.console import interactive
 from clicks2pref.errors import ConfigError
 from clicks2pref.models.adapters import merged_adapters
 from clicks2pref.models.placement import on_device
+from clicks2pref.models.sampling import greedy_kwargs, sampling_kwargs
 from clicks2pref.models.shared_prompt import generate_grouped
 
 
@@ -19,6 +20,7 @@ class GenerationConfig:
     max_new_tokens: int = 56
     temperature: float = 0.8
     top_p: float = 0.95
+    top_k: int = 50  # transformers' default when a model's generation config names none; 0 = off
     do_sample: bool = True
     batch_size: int = 24
 
@@ -30,6 +32,8 @@ class GenerationConfig:
             raise ConfigError(f"{self.temperature} must be > 0", "temperature")
         if not 0 < self.top_p <= 1:
             raise ConfigError(f"{self.top_p} must be in (0, 1]", "top_p")
+        if self.top_k < 0:
+            raise ConfigError(f"{self.top_k} must be at least 0 (0 = off)", "top_k")
 
 
 def chat_inputs(tokenizer, messages: Sequence[list[dict]]) -> list[list[int]]:
@@ -63,13 +67,10 @@ def generate(model, tokenizer, messages: Sequence[list[dict]], cfg: GenerationCo
             width = max(len(ids[i]) for i in batch)
             input_ids = torch.tensor([[pad] * (width - len(ids[i])) + ids[i] for i in batch])
             attention = torch.tensor([[0] * (width - len(ids[i])) + [1] * len(ids[i]) for i in batch])
-            kwargs = dict(max_new_tokens=cfg.max_new_tokens, do_sample=cfg.do_sample, pad_token_id=pad)
-            if cfg.do_sample:
-                kwargs.update(temperature=cfg.temperature, top_p=cfg.top_p)
-            else:
-                kwargs.update(temperature=None, top_p=None, top_k=None)
+            kwargs = sampling_kwargs(cfg.temperature, cfg.top_k, cfg.top_p) if cfg.do_sample else greedy_kwargs()
             seqs = generate_grouped(model, input_ids.to(model.device), attention.to(model.device),
-                                    num_return_sequences, **kwargs)
+                                    num_return_sequences, max_new_tokens=cfg.max_new_tokens, pad_token_id=pad,
+                                    **kwargs)
             texts = tokenizer.batch_decode(seqs[:, width:], skip_special_tokens=True)
             for j, text in enumerate(texts):
                 out[batch[j // num_return_sequences]].append(text.strip())

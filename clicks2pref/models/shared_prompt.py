@@ -15,6 +15,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from clicks2pref.rewards.logprobs import token_logps
+
 
 def is_grouped(input_ids: Tensor, width: int, group: int) -> bool:
     """Whether the first `width` columns (the prompts) repeat within each run of `group` rows."""
@@ -64,11 +66,5 @@ def grouped_completion_logps(model, input_ids: Tensor, attention_mask: Tensor, n
     first = out.logits.repeat_interleave(group, 0)
     rest = model(input_ids=input_ids[:, width:], attention_mask=attention_mask, cache=cache, use_cache=True,
                  logits_to_keep=n_completion).logits
-    logits = torch.cat([first, rest[:, :-1]], dim=1).float() / temperature  # position t predicts token t + 1
-    log_probs = logits.log_softmax(-1)
-    logps = log_probs.gather(-1, input_ids[:, width:].unsqueeze(-1)).squeeze(-1)
-    ent = None
-    if entropy:
-        with torch.no_grad():
-            ent = -(log_probs.exp() * log_probs).sum(-1)
-    return logps, ent
+    logits = torch.cat([first, rest[:, :-1]], dim=1)  # position t predicts token t + 1
+    return token_logps(logits, input_ids[:, width:], temperature, entropy)

@@ -38,9 +38,13 @@ def completion_logps(model, input_ids: Tensor, attention_mask: Tensor, n_complet
     Gradients flow when called under grad (the GRPO loss); wrap in `torch.no_grad()` for old/ref log-probs.
     """
     logits = model(input_ids=input_ids, attention_mask=attention_mask, logits_to_keep=n_completion + 1).logits
-    logits = logits[:, :-1].float() / temperature  # position t predicts token t + 1
-    targets = input_ids[:, -n_completion:]
-    log_probs = logits.log_softmax(-1)
+    return token_logps(logits[:, :-1], input_ids[:, -n_completion:], temperature, entropy)  # t predicts t + 1
+
+
+def token_logps(logits: Tensor, targets: Tensor, temperature: float = 1.0, entropy: bool = False
+                ) -> tuple[Tensor, Tensor | None]:
+    """Log-prob of each target under its position's logits (tempered in fp32), and the entropy if asked."""
+    log_probs = (logits.float() / temperature).log_softmax(-1)
     logps = log_probs.gather(-1, targets.unsqueeze(-1)).squeeze(-1)
     ent = None
     if entropy:

@@ -174,7 +174,7 @@ def candidates(cfg, model, tok, template, records: list[dict], k: int) -> tuple[
         return [], []
     g = cfg.grpo  # sampled as GRPO samples
     gen = GenerationConfig(max_new_tokens=g.max_completion_length, temperature=g.temperature, top_p=g.top_p,
-                           do_sample=True, batch_size=cfg.policy.generation.batch_size)
+                           top_k=g.top_k, do_sample=True, batch_size=cfg.policy.generation.batch_size)
     texts = generate(model, tok, [build_messages(template, c) for c in contexts], gen,
                      num_return_sequences=fc.samples_per_context, seed=cfg.seed)
     return [c for c in contexts for _ in range(fc.samples_per_context)], texts

@@ -18,6 +18,7 @@ import json
 import logging
 import shutil
 import time
+from functools import partial
 from pathlib import Path
 
 import pytorch_lightning as pl
@@ -34,7 +35,7 @@ from clicks2pref.eval.calibration_report import (calibration_metrics, markdown_r
                                                   pair_predictions, reference_log_ppl, unique_items, write_report)
 from clicks2pref.lit.checkpoints import resume_checkpoint
 from clicks2pref.eval.oracle_agreement import reward_oracle_agreement
-from clicks2pref.lit.reward_module import ClickRewardModule, RewardModule, impression_loader, pair_loader
+from clicks2pref.lit.reward_module import ClickRewardModule, RewardData, RewardModule, impression_loader, pair_loader
 from clicks2pref.loggers import log_metrics, log_table
 from clicks2pref.models.registry import load_causal_lm
 from clicks2pref.models.reward_heads import build_reward_model, load_reward_model, save_reward_model
@@ -169,19 +170,17 @@ def train_one(cfg, kind: str, splits: dict, examples: dict, work: Path, loggers)
             log.info("rm: examination from the per-suggestion click model: %s", ", ".join(f"{e:.3f}" for e in fixed))
         module = ClickRewardModule(model, rm.loss, rm.optim, cm, positions, rm.max_nonfinite_steps,
                                    rm.calibration.n_bins, fixed)
-        train = impression_loader(model, examples["train"], positions, rm.optim.groups_per_batch, shuffle=True,
-                                  seed=cfg.seed)
-        val = (impression_loader(model, examples["val"], positions, rm.optim.groups_per_batch, shuffle=False)
-               if examples["val"] else None)
+        data = RewardData(partial(impression_loader, model, positions=positions), examples["train"],
+                          examples["val"], rm.optim.groups_per_batch, cfg.seed)
     else:
         module = RewardModule(model, rm.loss, rm.optim, rm.max_nonfinite_steps, rm.calibration.n_bins)
-        train = pair_loader(model, splits["train"], rm.optim.groups_per_batch, shuffle=True, seed=cfg.seed)
-        val = pair_loader(model, splits["val"], rm.optim.groups_per_batch, shuffle=False) if splits["val"] else None
+        data = RewardData(partial(pair_loader, model), splits["train"], splits["val"], rm.optim.groups_per_batch,
+                          cfg.seed)
     checkpoint = ModelCheckpoint(dirpath=work / "ckpt", save_last=True, save_top_k=0,
                                  every_n_train_steps=rm.checkpoint_every_n_steps)
     trainer = instantiate(cfg.trainer, logger=list(loggers) or False, callbacks=[checkpoint],
                           max_epochs=rm.optim.epochs, _convert_="object")
-    trainer.fit(module, train, val, ckpt_path=resume_checkpoint(work, None, f"rm {kind}"), weights_only=True)
+    trainer.fit(module, datamodule=data, ckpt_path=resume_checkpoint(work, None, f"rm {kind}"), weights_only=True)
     stats = {"train_seconds": time.time() - start, "steps": int(trainer.global_step),
              "max_grad_norm": module.max_grad_norm, "nonfinite_steps": module.nonfinite_steps,
              "val": {k.split("/")[-1]: float(v) for k, v in trainer.callback_metrics.items() if "/val_" in k}}

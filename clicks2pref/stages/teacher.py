@@ -9,26 +9,19 @@ ranked by how often the teacher produced them. The candidates are cached under
 """
 from __future__ import annotations
 
-import inspect
 import json
 import logging
 import shutil
 import time
 from collections import Counter
 
-import torch
-from tqdm.auto import tqdm
-from transformers import DynamicCache
-
 from clicks2pref.config.sft import training_model_config
-from clicks2pref.console import interactive
 from clicks2pref.data.io import read_jsonl, write_jsonl
 from clicks2pref.data.parsing import format_suggestions, parse_suggestions
 from clicks2pref.data.prompts import PromptTemplate, build_messages
 from clicks2pref.data.sft_data import normalize, single_suggestion_examples, split_groups
 from clicks2pref.lit.fit import fit_causal_lm
-from clicks2pref.models.generate import GenerationConfig, chat_inputs
-from clicks2pref.models.placement import on_device
+from clicks2pref.models.generate import generate
 from clicks2pref.models.registry import load_causal_lm
 from clicks2pref.stages import artifacts
 
@@ -61,54 +54,12 @@ def teacher_template(tcfg):
     return PromptTemplate(instruction=tcfg.instruction, system=tcfg.system)
 
 
-def sample_shared_prefix(model, tok, messages: list[list[dict]], gen: GenerationConfig, n: int,
-                         seed: int) -> list[str]:
-    """n sampled completions per conversation (grouped per conversation, in input order).
-
-    Each prompt is encoded once and its key/value cache repeated n times, instead of encoding every
-    prompt n times as `num_return_sequences` does: on a CPU the prompts cost more than the short
-    completions, so this is several times faster for the same samples.
-    """
-    ids = chat_inputs(tok, messages)
-    order = sorted(range(len(ids)), key=lambda i: len(ids[i]))
-    out: list[list[str]] = [[] for _ in ids]
-    torch.manual_seed(seed)
-    model = on_device(model)
-    was_training = model.training
-    model.eval()
-    pad = tok.pad_token_id
-    forward = (model.get_base_model() if hasattr(model, "get_base_model") else model).forward
-    cache_arg = "cache" if "cache" in inspect.signature(forward).parameters else "past_key_values"
-    with torch.no_grad():
-        for start in tqdm(range(0, len(order), gen.batch_size), desc="teacher sampling", unit="batch", leave=False,
-                          disable=not interactive()):
-            batch = order[start:start + gen.batch_size]
-            width = max(len(ids[i]) for i in batch)
-            input_ids = torch.tensor([[pad] * (width - len(ids[i])) + ids[i] for i in batch], device=model.device)
-            attention = torch.tensor([[0] * (width - len(ids[i])) + [1] * len(ids[i]) for i in batch],
-                                     device=model.device)
-            positions = (attention.cumsum(dim=1) - 1).clamp(min=0)
-            cache = DynamicCache()
-            model(input_ids=input_ids[:, :-1], attention_mask=attention[:, :-1], position_ids=positions[:, :-1],
-                  use_cache=True, **{cache_arg: cache})
-            cache.batch_repeat_interleave(n)
-            seqs = model.generate(input_ids=input_ids.repeat_interleave(n, 0),
-                                  attention_mask=attention.repeat_interleave(n, 0), max_new_tokens=gen.max_new_tokens,
-                                  do_sample=True, temperature=gen.temperature, top_p=gen.top_p, pad_token_id=pad,
-                                  **{cache_arg: cache})
-            texts = tok.batch_decode(seqs[:, width:], skip_special_tokens=True)
-            for j, text in enumerate(texts):
-                out[batch[j // n]].append(text.strip())
-    model.train(was_training)
-    return [t for group in out for t in group]
-
-
 def sample_candidates(model, tok, groups: list[dict], tcfg, seed: int) -> list[list[dict]]:
     """`num_candidates` teacher samples per group, parsed and ranked."""
     template = teacher_template(tcfg)
     n = tcfg.num_candidates
-    outs = sample_shared_prefix(model, tok, [build_messages(template, g["context"]) for g in groups],
-                                tcfg.generation, n, seed)
+    outs = generate(model, tok, [build_messages(template, g["context"]) for g in groups], tcfg.generation,
+                    num_return_sequences=n, seed=seed, desc="teacher sampling")
     return [rank_samples([parse_candidate(o) for o in outs[i * n:(i + 1) * n]]) for i in range(len(groups))]
 
 
