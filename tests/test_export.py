@@ -110,7 +110,8 @@ def test_model_card_names_the_template_holds_the_evaluation_and_its_snippet_runs
     card = ModelCard.load(exported / "README.md")
     assert card.data.library_name == "transformers" and "sft" in card.data.tags
     text = card.text
-    assert f"template `{result['template']}`" in text and cfg.prompt[result["template"]].instruction in text
+    instruction = json.dumps(cfg.prompt[result["template"]].instruction)  # as the card's JSON block holds it
+    assert f"template `{result['template']}`" in text and instruction in text
     assert "## Evaluation" in text and "prompted baseline" in text and "Lift vs. baseline" in text
     assert f"{result['data']['clicked_suggestions']} clicked suggestions" in text
     snippet = re.search(r"## Usage\n\n```python\n(.*?)```", text, re.S).group(1)

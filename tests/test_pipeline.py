@@ -46,8 +46,12 @@ def test_pipeline_runs_every_stage_and_prints_the_results_table(pipeline_run, ca
     # the reward models' calibration on the IID week and on the GRPO policy's week of logs (OOD)
     calibration = json.loads((out / "calibration.json").read_text())
     assert set(calibration["kinds"]) == set(cfg.reward_model.kinds)
-    assert {"iid", "ood"} <= set(calibration["kinds"]["garm"]["splits"])
-    assert any("rl_week" in n for n in calibration["notes"])
+    splits = set(calibration["kinds"]["garm"]["splits"])
+    if any("rl_week" in n for n in calibration["notes"]):
+        assert {"iid", "ood"} <= splits
+    else:  # the random tiny policy's week may hold no parseable panel: then no RL logs and no OOD split
+        assert "iid" in splits and "ood" not in splits
+        assert any("no OOD split" in n for n in calibration["notes"])
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["eval/grpo/oracle_ctr"] == rows["grpo"]["oracle_ctr"]
 

@@ -20,6 +20,11 @@ weight_decay, max_grad_norm, warmup_steps, lr_scheduler (lr_scheduler_type) — 
 micro_batch_size is our per-forward chunk (TRL: per_device_train_batch_size with gradient accumulation
 over one generation batch); the loss is normalised over the whole batch either way.
 
+Several processes (`trainer=ddp_cpu`, `ddp`, `fsdp`): `prompts_per_step` is the global batch, each process
+samples its share of the prompts with its own random stream, the loss is normalised by the global batch's
+token (or sequence) count and DDP averages the gradients, so the update is the one-process update of the
+same samples (tests/test_grpo_ddp.py). Metrics are rank 0's share.
+
 Metrics (under `grpo/`, TRL's names in brackets): reward [reward], reward_std [reward_std],
 rewards/<component>/mean [rewards/<f>/mean], kl [kl], clip_ratio [clip_ratio/region_mean] and
 clip_ratio/{low_mean,high_mean}, entropy [entropy], completion_len [completions/mean_length],
@@ -30,6 +35,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 from typing import Optional, Sequence
 
 import pytorch_lightning as pl
@@ -37,7 +43,8 @@ import torch
 from torch.utils.data import DataLoader
 
 from clicks2pref.data.parsing import parse_suggestions
-from clicks2pref.errors import NonFiniteLossError
+from clicks2pref.errors import ConfigError, NonFiniteLossError
+from clicks2pref.lit.distributed import ShardSampler, all_sum, world_and_rank
 from clicks2pref.models.adapters import merged_adapters
 from clicks2pref.models.generate import chat_inputs
 from clicks2pref.models.sampling import greedy_kwargs, sampling_kwargs
@@ -55,14 +62,34 @@ class PromptCollator:
         return {"messages": [i["messages"] for i in items], "contexts": [i["context"] for i in items]}
 
 
-def prompt_loader(items: Sequence[dict], prompts_per_step: int, steps: int, seed: int = 0) -> DataLoader:
-    """`steps` batches of prompts: shuffled passes over `items` ({"messages", "context"}), concatenated."""
+def prompt_loader(items: Sequence[dict], prompts_per_step: int, steps: int, seed: int = 0, world: int = 1,
+                  rank: int = 0) -> DataLoader:
+    """`steps` batches of prompts: shuffled passes over `items` ({"messages", "context"}), concatenated.
+
+    `prompts_per_step` is the global batch: process `rank` of `world` loads every world-th prompt in order,
+    `prompts_per_step / world` per step, so step i covers the same prompts as on one process."""
+    if prompts_per_step % world:
+        raise ConfigError(f"{prompts_per_step} prompts per step do not divide over {world} processes",
+                          "grpo.prompts_per_step")
     g = torch.Generator().manual_seed(seed)
     order: list[int] = []
     while len(order) < steps * prompts_per_step:
         order += torch.randperm(len(items), generator=g).tolist()
     chosen = [items[i] for i in order[: steps * prompts_per_step]]
-    return DataLoader(chosen, batch_size=prompts_per_step, shuffle=False, collate_fn=PromptCollator())
+    return DataLoader(chosen, batch_size=prompts_per_step // world, sampler=ShardSampler(chosen, world, rank),
+                      collate_fn=PromptCollator())
+
+
+class PromptData(pl.LightningDataModule):
+    """`prompt_loader` built in each process once its rank is known (spawned DDP workers included)."""
+
+    def __init__(self, items: Sequence[dict], prompts_per_step: int, steps: int, seed: int = 0):
+        super().__init__()
+        self.items, self.prompts_per_step, self.steps, self.seed = list(items), prompts_per_step, steps, seed
+
+    def train_dataloader(self) -> DataLoader:
+        world, rank = world_and_rank(self.trainer)
+        return prompt_loader(self.items, self.prompts_per_step, self.steps, self.seed, world, rank)
 
 
 def is_peft(model) -> bool:
@@ -87,7 +114,7 @@ class GRPOModule(pl.LightningModule):
         self.strict_loading = False  # checkpoints hold the trainable weights only
         self.nonfinite_in_a_row = self.nonfinite_total = 0
         self.samples: list[dict] = []
-        self.batches_seen = 0
+        self.batches_seen = self.steps_done = 0
 
     def _eos_ids(self) -> set[int]:
         ids = {self.tokenizer.eos_token_id}
@@ -276,30 +303,41 @@ class GRPOModule(pl.LightningModule):
         entropies); log-probs None when a micro-batch's loss was not finite (gradients are then partial)."""
         cfg, n = self.cfg, loss_mask.shape[1]
         kind = LOSS_TYPES[cfg.loss_type]
-        n_seq, n_tokens = ids.shape[0], loss_mask.sum()
+        # several processes: normalise by the global batch's counts and undo DDP's average over processes
+        world = self.trainer.world_size if self._trainer is not None else 1
+        n_global = float(all_sum(self._trainer, torch.tensor(float(ids.shape[0]), device=ids.device)))
+        n_tokens = all_sum(self._trainer, loss_mask.sum().float())
         total, logps_all, ents = 0.0, [], []
-        for start in range(0, n_seq, cfg.micro_batch_size):
+        for start in range(0, ids.shape[0], cfg.micro_batch_size):
             sl = slice(start, start + cfg.micro_batch_size)
             logps, ent = self.completion_logps(self.model, ids[sl], attention[sl], n, entropy)
             loss, _ = grpo_loss(logps, None if old is None else old[sl], None if ref is None else ref[sl],
                                 advantages[sl], loss_mask[sl], num_tokens=n_tokens if kind == "token" else None,
                                 **self.loss_kwargs())
             if kind != "token":
-                loss = loss * (logps.shape[0] / n_seq)
-            if not torch.isfinite(loss):
+                loss = loss * (logps.shape[0] / n_global)
+            loss = loss * world
+            if all_sum(self._trainer, torch.isfinite(loss).float()) < world:  # every process skips together
                 return float("nan"), None, None
             if self._trainer is not None:
                 self.manual_backward(loss)
             else:  # called outside a Trainer (tests)
                 loss.backward()
-            total += float(loss.detach())
+            total += float(loss.detach()) / world
             logps_all.append(logps.detach())
             if ent is not None:
                 ents.append(ent)
         return total, torch.cat(logps_all), (torch.cat(ents) if ents else None)
 
+    def setup(self, stage: str) -> None:
+        """Several CPU processes share the cores instead of each taking all of them."""
+        if self.trainer.world_size > 1 and self.device.type == "cpu":
+            torch.set_num_threads(max(1, (os.cpu_count() or 1) // self.trainer.world_size))
+
     def on_train_start(self) -> None:
         self.model.train()  # from_pretrained leaves models in eval mode; sampling switches to eval itself
+        if self.trainer.world_size > 1:  # spawned processes start from one random state: sample independently
+            torch.manual_seed(torch.initial_seed() + self.trainer.global_rank)
 
     def _nonfinite(self) -> None:
         self.nonfinite_in_a_row += 1
@@ -328,15 +366,26 @@ class GRPOModule(pl.LightningModule):
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
 
+    @property
+    def optimizer_steps(self) -> int:
+        return self.steps_done if self._trainer is None else max(self.steps_done, int(self.trainer.global_step))
+
+    def train_state(self) -> dict:
+        """The counters and logged samples (checkpoints, and the hand-back from spawned processes)."""
+        return {"nonfinite_total": self.nonfinite_total, "batches_seen": self.batches_seen, "samples": self.samples,
+                "steps_done": self.optimizer_steps}
+
+    def load_train_state(self, state: dict) -> None:
+        self.nonfinite_total = state.get("nonfinite_total", 0)
+        self.batches_seen = state.get("batches_seen", 0)
+        self.samples = state.get("samples", [])
+        self.steps_done = state.get("steps_done", 0)
+
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         """Keep only trainable weights (the LoRA adapters), plus the counters."""
         trainable = {name for name, p in self.named_parameters() if p.requires_grad}
         checkpoint["state_dict"] = {k: v for k, v in checkpoint["state_dict"].items() if k in trainable}
-        checkpoint["grpo"] = {"nonfinite_total": self.nonfinite_total, "batches_seen": self.batches_seen,
-                              "samples": self.samples}
+        checkpoint["grpo"] = self.train_state()
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
-        state = checkpoint.get("grpo", {})
-        self.nonfinite_total = state.get("nonfinite_total", 0)
-        self.batches_seen = state.get("batches_seen", 0)
-        self.samples = state.get("samples", [])
+        self.load_train_state(checkpoint.get("grpo", {}))

@@ -28,6 +28,7 @@ from typing import Optional
 
 import numpy as np
 import pytorch_lightning as pl
+import torch
 from hydra.utils import instantiate
 from omegaconf import OmegaConf
 from pytorch_lightning.callbacks import ModelCheckpoint
@@ -41,7 +42,7 @@ from clicks2pref.eval.monitor import RewardHackingMonitor
 from clicks2pref.eval.training import write_training_plot
 from clicks2pref.eval.policy import baseline_id
 from clicks2pref.lit.checkpoints import resume_checkpoint
-from clicks2pref.lit.grpo_module import GRPOModule, prompt_loader
+from clicks2pref.lit.grpo_module import GRPOModule, PromptData
 from clicks2pref.loggers import log_metrics, log_table
 from clicks2pref.models.registry import apply_training_options, load_causal_lm
 from clicks2pref.report import write_job_metrics
@@ -84,14 +85,14 @@ def run(cfg, loggers=()) -> dict:
     # 4. the module, one prompt per logged conversation, and the reward-hacking monitor
     module = GRPOModule(model, tok, reward, OmegaConf.to_object(g), k=len(cfg.simulator.examination),
                         reference_model=reference, total_steps=g.steps * g.num_iterations)
-    loader = prompt_loader(logged_prompts(records, template), g.prompts_per_step, g.steps, cfg.seed)
+    prompts = logged_prompts(records, template)
     sim = build_simulator(OmegaConf.to_object(cfg.simulator))
     monitor = build_monitor(cfg, sim, template)
 
     # 5. train; a killed run resumes from the work folder's last checkpoint
     train_start = time.time()
     work = artifacts.work_dir(cfg, "grpo", key)
-    trainer = fit(cfg, module, loader, monitor, work, loggers)
+    fit(cfg, module, prompts, monitor, work, loggers)
     train_seconds = time.time() - train_start
     log.info("grpo: %d steps in %.0fs", g.steps, train_seconds)
 
@@ -99,7 +100,7 @@ def run(cfg, loggers=()) -> dict:
     reference_id = f"sft:{inputs['sft']['key']}" if g.init == "sft" else baseline_id(cfg)
     result = {"key": key, "rewards": cfg.rewards.name, "reward": reward.describe(), "weights": reward.weights,
               "tau": tau, "template": template_name, "init": g.init, "steps": g.steps,
-              "optimizer_steps": int(trainer.global_step), "train_seconds": train_seconds,
+              "optimizer_steps": module.optimizer_steps, "train_seconds": train_seconds,
               "nonfinite_steps": module.nonfinite_total,
               "eval": evaluate(cfg, module, sim, template, f"grpo:{key}", reference_id),
               "monitor": monitor.detector.summary(), "selected": monitor.selection(),
@@ -216,18 +217,41 @@ def build_monitor(cfg, sim, template) -> RewardHackingMonitor:
                                 sampled if m.select == "sampled_clicks" else None)
 
 
-def fit(cfg, module, loader, monitor, work: Path, loggers) -> pl.Trainer:
+def fit(cfg, module, prompts: list[dict], monitor, work: Path, loggers) -> pl.Trainer:
     """Lightning's fit with checkpoints in `work`, resuming from its last one (or `ckpt_path`)."""
     g = cfg.grpo
     checkpoint = ModelCheckpoint(dirpath=work / "ckpt", save_last=True, save_top_k=0,
                                  every_n_train_steps=g.checkpoint_every_n_steps * g.num_iterations)
-    trainer = instantiate(cfg.trainer, logger=list(loggers) or False, callbacks=[checkpoint, monitor],
+    handback = TrainState(work / "train_state.pt", monitor)
+    trainer = instantiate(cfg.trainer, logger=list(loggers) or False, callbacks=[checkpoint, monitor, handback],
                           max_steps=g.steps * g.num_iterations, max_epochs=-1, gradient_clip_val=None,
                           accumulate_grad_batches=1, limit_val_batches=0, num_sanity_val_steps=0, _convert_="object")
     # a manual-optimisation checkpoint holds the weights after the step, which is what resuming wants
     warnings.filterwarnings("ignore", message="Using ModelCheckpoint with manual optimization")
-    trainer.fit(module, loader, ckpt_path=resume_checkpoint(work, cfg.ckpt_path, "grpo"), weights_only=True)
+    trainer.fit(module, datamodule=PromptData(prompts, g.prompts_per_step, g.steps, cfg.seed),
+                ckpt_path=resume_checkpoint(work, cfg.ckpt_path, "grpo"), weights_only=True)
+    handback.restore(module)
     return trainer
+
+
+class TrainState(pl.Callback):
+    """What the stage reads after `fit` besides the weights: the monitor's evaluations, the logged samples and
+    the counters. Spawned DDP workers train copies of the module and the callbacks, and Lightning hands only
+    rank 0's weights back to the main process, so rank 0 writes the rest to `path` for `restore`."""
+
+    def __init__(self, path: Path, monitor):
+        self.path, self.monitor = path, monitor
+
+    def on_train_end(self, trainer, pl_module) -> None:  # after the monitor's (callbacks run in list order)
+        if trainer.world_size > 1 and trainer.is_global_zero:
+            torch.save({"monitor": self.monitor.state_dict(), "module": pl_module.train_state()}, self.path)
+
+    def restore(self, module) -> None:
+        if self.path.exists():
+            state = torch.load(self.path, weights_only=False)
+            self.monitor.load_state_dict(state["monitor"])
+            module.load_train_state(state["module"])
+            self.path.unlink()
 
 
 # --- outputs -------------------------------------------------------------------------------------
@@ -269,6 +293,9 @@ def rl_logs(cfg, model, tok, sim, template, folder: Path) -> Optional[str]:
     rng = random.Random(cfg.seed + 4)
     contexts = sample_contexts(train, rc.sessions or cfg.collect.sessions_per_week, rng)
     records, empty = log_week(model, tok, sim, template, rc.policy_name, rc.week, contexts, cfg, rng)
+    if not records:  # an empty file would fail every reader of OOD logs; the OOD split is simply absent
+        log.warning("grpo: no RL logs: all %d panels of the GRPO policy were empty", empty)
+        return None
     path = folder / f"rl_week{rc.week}.{cfg.data.format}"
     write_impressions(records, path)
     log.info("grpo: logged %d impressions from the GRPO policy (%d empty panels) -> %s", len(records), empty, path)
