@@ -23,7 +23,8 @@ over one generation batch); the loss is normalised over the whole batch either w
 Several processes (`trainer=ddp_cpu`, `ddp`, `fsdp`): `prompts_per_step` is the global batch, each process
 samples its share of the prompts with its own random stream, the loss is normalised by the global batch's
 token (or sequence) count and DDP averages the gradients, so the update is the one-process update of the
-same samples (tests/test_grpo_ddp.py). Metrics are rank 0's share.
+same samples (tests/test_grpo_ddp.py). Metrics are rank 0's share. (`stage=grpo` does not yet run in
+spawned processes: its reward components and oracle monitor do not pickle.)
 
 Metrics (under `grpo/`, TRL's names in brackets): reward [reward], reward_std [reward_std],
 rewards/<component>/mean [rewards/<f>/mean], kl [kl], clip_ratio [clip_ratio/region_mean] and

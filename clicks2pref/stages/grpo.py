@@ -28,7 +28,6 @@ from typing import Optional
 
 import numpy as np
 import pytorch_lightning as pl
-import torch
 from hydra.utils import instantiate
 from omegaconf import OmegaConf
 from pytorch_lightning.callbacks import ModelCheckpoint
@@ -37,6 +36,7 @@ from clicks2pref.data.io import load_impressions, write_impressions, write_jsonl
 from clicks2pref.data.parsing import parse_suggestions
 from clicks2pref.data.prompts import build_messages
 from clicks2pref.data.simulator import build_simulator, split_contexts
+from clicks2pref.errors import ConfigError
 from clicks2pref.eval.heldout import heldout_contexts, paired, score_policy
 from clicks2pref.eval.monitor import RewardHackingMonitor
 from clicks2pref.eval.training import write_training_plot
@@ -222,36 +222,19 @@ def fit(cfg, module, prompts: list[dict], monitor, work: Path, loggers) -> pl.Tr
     g = cfg.grpo
     checkpoint = ModelCheckpoint(dirpath=work / "ckpt", save_last=True, save_top_k=0,
                                  every_n_train_steps=g.checkpoint_every_n_steps * g.num_iterations)
-    handback = TrainState(work / "train_state.pt", monitor)
-    trainer = instantiate(cfg.trainer, logger=list(loggers) or False, callbacks=[checkpoint, monitor, handback],
+    trainer = instantiate(cfg.trainer, logger=list(loggers) or False, callbacks=[checkpoint, monitor],
                           max_steps=g.steps * g.num_iterations, max_epochs=-1, gradient_clip_val=None,
                           accumulate_grad_batches=1, limit_val_batches=0, num_sanity_val_steps=0, _convert_="object")
+    if trainer.world_size > 1 and getattr(trainer.strategy, "_start_method", None) == "spawn":
+        raise ConfigError("stage=grpo does not run in spawned processes yet: its reward components and the oracle "
+                          "monitor do not pickle, and spawned workers would return only the weights. Train GRPO "
+                          "in one process; GRPOModule itself matches one process under DDP "
+                          "(tests/test_grpo_ddp.py)", "trainer")
     # a manual-optimisation checkpoint holds the weights after the step, which is what resuming wants
     warnings.filterwarnings("ignore", message="Using ModelCheckpoint with manual optimization")
     trainer.fit(module, datamodule=PromptData(prompts, g.prompts_per_step, g.steps, cfg.seed),
                 ckpt_path=resume_checkpoint(work, cfg.ckpt_path, "grpo"), weights_only=True)
-    handback.restore(module)
     return trainer
-
-
-class TrainState(pl.Callback):
-    """What the stage reads after `fit` besides the weights: the monitor's evaluations, the logged samples and
-    the counters. Spawned DDP workers train copies of the module and the callbacks, and Lightning hands only
-    rank 0's weights back to the main process, so rank 0 writes the rest to `path` for `restore`."""
-
-    def __init__(self, path: Path, monitor):
-        self.path, self.monitor = path, monitor
-
-    def on_train_end(self, trainer, pl_module) -> None:  # after the monitor's (callbacks run in list order)
-        if trainer.world_size > 1 and trainer.is_global_zero:
-            torch.save({"monitor": self.monitor.state_dict(), "module": pl_module.train_state()}, self.path)
-
-    def restore(self, module) -> None:
-        if self.path.exists():
-            state = torch.load(self.path, weights_only=False)
-            self.monitor.load_state_dict(state["monitor"])
-            module.load_train_state(state["module"])
-            self.path.unlink()
 
 
 # --- outputs -------------------------------------------------------------------------------------
