@@ -8,12 +8,20 @@ over processes: the averaged gradient is then the one-process gradient of the wh
 """
 from __future__ import annotations
 
+import os
+
 import torch
 from torch.utils.data import DistributedSampler
 
 
 def world_and_rank(trainer) -> tuple[int, int]:
     return (trainer.world_size, trainer.global_rank) if trainer is not None else (1, 0)
+
+
+def share_cpu_threads(trainer, device) -> None:
+    """Several CPU processes share the cores instead of each taking all of them."""
+    if trainer.world_size > 1 and device.type == "cpu":
+        torch.set_num_threads(max(1, (os.cpu_count() or 1) // trainer.world_size))
 
 
 def all_sum(trainer, value: torch.Tensor) -> torch.Tensor:

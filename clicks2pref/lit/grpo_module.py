@@ -36,7 +36,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import os
 from typing import Optional, Sequence
 
 import pytorch_lightning as pl
@@ -45,7 +44,7 @@ from torch.utils.data import DataLoader
 
 from clicks2pref.data.parsing import parse_suggestions
 from clicks2pref.errors import ConfigError, NonFiniteLossError
-from clicks2pref.lit.distributed import ShardSampler, all_sum, world_and_rank
+from clicks2pref.lit.distributed import ShardSampler, all_sum, share_cpu_threads, world_and_rank
 from clicks2pref.models.adapters import merged_adapters
 from clicks2pref.models.generate import chat_inputs
 from clicks2pref.models.sampling import greedy_kwargs, sampling_kwargs
@@ -115,7 +114,7 @@ class GRPOModule(pl.LightningModule):
         self.strict_loading = False  # checkpoints hold the trainable weights only
         self.nonfinite_in_a_row = self.nonfinite_total = 0
         self.samples: list[dict] = []
-        self.batches_seen = self.steps_done = 0
+        self.batches_seen = 0
 
     def _eos_ids(self) -> set[int]:
         ids = {self.tokenizer.eos_token_id}
@@ -331,9 +330,7 @@ class GRPOModule(pl.LightningModule):
         return total, torch.cat(logps_all), (torch.cat(ents) if ents else None)
 
     def setup(self, stage: str) -> None:
-        """Several CPU processes share the cores instead of each taking all of them."""
-        if self.trainer.world_size > 1 and self.device.type == "cpu":
-            torch.set_num_threads(max(1, (os.cpu_count() or 1) // self.trainer.world_size))
+        share_cpu_threads(self.trainer, self.device)
 
     def on_train_start(self) -> None:
         self.model.train()  # from_pretrained leaves models in eval mode; sampling switches to eval itself
@@ -367,26 +364,15 @@ class GRPOModule(pl.LightningModule):
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
 
-    @property
-    def optimizer_steps(self) -> int:
-        return self.steps_done if self._trainer is None else max(self.steps_done, int(self.trainer.global_step))
-
-    def train_state(self) -> dict:
-        """The counters and logged samples (checkpoints, and the hand-back from spawned processes)."""
-        return {"nonfinite_total": self.nonfinite_total, "batches_seen": self.batches_seen, "samples": self.samples,
-                "steps_done": self.optimizer_steps}
-
-    def load_train_state(self, state: dict) -> None:
-        self.nonfinite_total = state.get("nonfinite_total", 0)
-        self.batches_seen = state.get("batches_seen", 0)
-        self.samples = state.get("samples", [])
-        self.steps_done = state.get("steps_done", 0)
-
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         """Keep only trainable weights (the LoRA adapters), plus the counters."""
         trainable = {name for name, p in self.named_parameters() if p.requires_grad}
         checkpoint["state_dict"] = {k: v for k, v in checkpoint["state_dict"].items() if k in trainable}
-        checkpoint["grpo"] = self.train_state()
+        checkpoint["grpo"] = {"nonfinite_total": self.nonfinite_total, "batches_seen": self.batches_seen,
+                              "samples": self.samples}
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
-        self.load_train_state(checkpoint.get("grpo", {}))
+        state = checkpoint.get("grpo", {})
+        self.nonfinite_total = state.get("nonfinite_total", 0)
+        self.batches_seen = state.get("batches_seen", 0)
+        self.samples = state.get("samples", [])

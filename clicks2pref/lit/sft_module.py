@@ -13,7 +13,6 @@ Metrics (prefix `sft`, or `teacher` for the teacher): `<p>/train_loss`, `<p>/lr`
 """
 from __future__ import annotations
 
-import os
 from typing import Callable, Optional, Sequence
 
 import pytorch_lightning as pl
@@ -23,7 +22,7 @@ from clicks2pref.data.parsing import parse_suggestions
 from clicks2pref.errors import NonFiniteLossError
 from clicks2pref.models.generate import GenerationConfig, generate
 from clicks2pref.objectives.sft import IGNORE_INDEX, masked_lm_loss
-from clicks2pref.lit.distributed import all_sum
+from clicks2pref.lit.distributed import all_sum, share_cpu_threads
 
 
 class SFTModule(pl.LightningModule):
@@ -46,9 +45,7 @@ class SFTModule(pl.LightningModule):
         self._last_val_step = -1
 
     def setup(self, stage: str) -> None:
-        """Several CPU processes share the cores instead of each taking all of them."""
-        if self.trainer.world_size > 1 and self.device.type == "cpu":
-            torch.set_num_threads(max(1, (os.cpu_count() or 1) // self.trainer.world_size))
+        share_cpu_threads(self.trainer, self.device)
 
     # --- helpers -------------------------------------------------------------------------------
     def _sum(self, value: torch.Tensor) -> torch.Tensor:

@@ -92,7 +92,7 @@ def run(cfg, loggers=()) -> dict:
     # 5. train; a killed run resumes from the work folder's last checkpoint
     train_start = time.time()
     work = artifacts.work_dir(cfg, "grpo", key)
-    fit(cfg, module, prompts, monitor, work, loggers)
+    trainer = fit(cfg, module, prompts, monitor, work, loggers)
     train_seconds = time.time() - train_start
     log.info("grpo: %d steps in %.0fs", g.steps, train_seconds)
 
@@ -100,7 +100,7 @@ def run(cfg, loggers=()) -> dict:
     reference_id = f"sft:{inputs['sft']['key']}" if g.init == "sft" else baseline_id(cfg)
     result = {"key": key, "rewards": cfg.rewards.name, "reward": reward.describe(), "weights": reward.weights,
               "tau": tau, "template": template_name, "init": g.init, "steps": g.steps,
-              "optimizer_steps": module.optimizer_steps, "train_seconds": train_seconds,
+              "optimizer_steps": int(trainer.global_step), "train_seconds": train_seconds,
               "nonfinite_steps": module.nonfinite_total,
               "eval": evaluate(cfg, module, sim, template, f"grpo:{key}", reference_id),
               "monitor": monitor.detector.summary(), "selected": monitor.selection(),
