@@ -4,7 +4,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from clicks2pref.rewards.fusion import FusionConfig, click_auc, fit_weights, fuse, grid_points, pareto_mask
+from clicks2pref.rewards.fusion import (FusionConfig, centre_within, click_auc, fit_weights, fuse, grid_points,
+                                       pareto_mask)
 
 
 def synthetic(n=20000, w=(1.5, 0.5, 1.0), seed=0):
@@ -63,3 +64,70 @@ def test_stage_two_keeps_the_best_auc_point_meeting_the_constraints():
     # without candidates there are no constraints: the best-AUC point wins
     free = fuse(["click", "rule"], X, y, cfg)
     assert free["chosen"]["auc"] >= chosen["auc"] and free["weights"]["click"] > 0.9
+
+
+def test_centring_within_contexts_against_hand_computed_values():
+    scores = np.array([[1.0, 10.0], [3.0, 20.0], [5.0, 5.0], [2.0, 0.0], [4.0, 3.0]])
+    out = centre_within(scores, ["a", "a", "b", "c", "c"])
+    assert out.tolist() == [[-1.0, -5.0], [1.0, 5.0], [0.0, 0.0], [-1.0, -1.5], [1.0, 1.5]]
+
+
+def test_within_context_fit_ignores_what_only_separates_contexts():
+    # clicks follow c0 within each context; c1 only says which contexts are easy (a between-context effect)
+    rng = np.random.default_rng(2)
+    contexts, panels = 400, 4
+    ease = rng.normal(scale=2.0, size=contexts)
+    groups = np.repeat(np.arange(contexts), panels)
+    c0 = rng.normal(size=contexts * panels)
+    c1 = ease[groups] + rng.normal(scale=0.05, size=len(groups))
+    X = np.stack([c0, c1], axis=1)
+    rows = np.repeat(np.arange(len(X)), 30)  # 30 users per panel
+    p = 1 / (1 + np.exp(-(1.0 * c0 + ease[groups] - 1.0)))[rows]
+    y = (rng.random(len(rows)) < p).astype(int)
+    pooled = fit_weights(X[rows], y, C=1e4)["weights"]
+    within = fit_weights(centre_within(X, groups)[rows], y, C=1e4)["weights"]
+    assert pooled[1] > 0.4  # the pooled fit gives the between-context score half the weight
+    assert within[0] > 0.9  # centred, only the score that orders panels of one context keeps weight
+
+
+def test_bad_fusion_settings_name_their_key():
+    from clicks2pref.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="logs"):
+        FusionConfig(logs="baseline")
+    with pytest.raises(ConfigError, match="kappa_grid"):
+        FusionConfig(kappa_grid=[0.5, -1.0])
+
+
+def test_the_policy_week_logs_its_own_panels_with_sampled_clicks(tmp_path):
+    """`fusion.logs=policy`: the policy (here SmolLM2) serves training contexts, a group of panels per context,
+    each shown to simulated users in a fresh order; the same call gives the same week."""
+    from clicks2pref.data.io import write_impressions
+    from clicks2pref.data.parsing import parse_suggestions
+    from clicks2pref.data.simulator import build_simulator, split_contexts
+    from clicks2pref.models.registry import load_causal_lm
+    from clicks2pref.stages.fusion import policy_week
+    from tests.conftest import compose_config
+
+    cfg = compose_config(["experiment=smoke", "stage=fusion", "fusion.log.contexts=3", "fusion.log.panels_per_context=2",
+                          "fusion.log.users_per_panel=5", "grpo.max_completion_length=48"], tmp_path)
+    model, tok = load_causal_lm(cfg.collect.model, cfg.paths.model_cache, seed=0)
+    records, contexts, texts = policy_week(cfg, model, tok, cfg.prompt.concise, 3)
+    assert len(texts) == len(contexts) == 6 and contexts[0] == contexts[1] and contexts[2] == contexts[3]
+    panels = [parse_suggestions(t, 3).suggestions for t in texts]
+    shown = [p for p in panels if p]
+    assert shown and len(records) == 5 * len(shown)
+    assert {r["policy"] for r in records} == {"sft"} and {r["week"] for r in records} == {cfg.collect.weeks + 1}
+    by_panel: dict = {}
+    for r in records:
+        by_panel.setdefault(r["panel_id"], []).append(r)
+    assert len(by_panel) == len(shown)
+    for group, panel in zip(by_panel.values(), shown):
+        assert all(sorted(r["suggestions"]) == sorted(panel) for r in group)  # the panel, in each user's order
+    split = cfg.data.split
+    train = set(split_contexts(build_simulator(cfg.simulator).world, split.val_fraction, split.test_fraction,
+                               split.seed)["train"])
+    assert all((r["topic"], r["facet"]) in train for r in records)
+    write_impressions(records, tmp_path / "week.jsonl")  # valid click-log records
+    again, _, _ = policy_week(cfg, model, tok, cfg.prompt.concise, 3)
+    assert again == records

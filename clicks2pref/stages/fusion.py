@@ -1,11 +1,15 @@
-"""Stage `fusion` (SPEC 5.4): weights of the reward components from held-out clicks, then a constrained grid.
+"""Stage `fusion` (SPEC 5.4): the reward's composition from clicks on the policy RL will train.
 
-Reads the click logs, the SFT policy (the reference of the `ppl` term and the source of candidate
-panels) and the reward models; scores every distinct panel of the held-out weeks (`fusion.weeks`,
-not used to train the reward models) with each enabled component of `rewards`, fits clicks on the
-scores (stage one) and searches the grid around the fit under the rule-pass and in-distribution
-constraints (stage two; `clicks2pref.rewards.fusion`). Writes `artifacts/fusion/<key>/fusion_weights.json`
-(weights, τ, stage one's fit, the Pareto front searched) and copies it to the run folder.
+With `fusion.logs=policy` (the default) the SFT policy serves a logged week: `fusion.log.panels_per_context`
+panels per training context, sampled as GRPO samples a group, each shown to simulated users whose sampled
+clicks are recorded (the oracle is never read). Every enabled component of `rewards` scores those panels;
+GaRM's κ is chosen from `fusion.kappa_grid` by how well GaRM alone ranks the clicked impressions; stage one
+fits clicks on the scores, centred within each context (`within_context`: a GRPO advantage only compares
+panels of one context), and stage two searches the grid around the fit under the rule-pass and
+in-distribution constraints on those same panels (`clicks2pref.rewards.fusion`). `fusion.logs=clicks` fits
+on held-out weeks of the collected logs instead (the baseline policy's panels). Writes
+`artifacts/fusion/<key>/fusion_weights.json` (weights, κ, τ, stage one's fit, the Pareto front searched) and
+the policy's week (`policy_week.jsonl`), and copies the weights to the run folder.
 """
 from __future__ import annotations
 
@@ -14,23 +18,27 @@ import logging
 import random
 import time
 from pathlib import Path
+from typing import Optional
 
 import numpy as np
 import torch
+from omegaconf import OmegaConf
 
-from clicks2pref.data.io import load_impressions
-from clicks2pref.data.parsing import format_suggestions
+from clicks2pref.data.io import load_impressions, write_impressions
+from clicks2pref.data.parsing import format_suggestions, parse_suggestions
 from clicks2pref.data.prompts import build_messages
+from clicks2pref.data.simulator import build_simulator, split_contexts
 from clicks2pref.errors import ClickLogError
 from clicks2pref.loggers import log_metrics
 from clicks2pref.models.generate import GenerationConfig, generate
 from clicks2pref.report import write_job_metrics
 from clicks2pref.rewards.base import RewardBatch, RewardResources, context_key
-from clicks2pref.rewards.composite import build_components, enabled
-from clicks2pref.rewards.fusion import fuse
+from clicks2pref.rewards.composite import build_component, build_components
+from clicks2pref.rewards.fusion import centre_within, click_auc, fuse
 from clicks2pref.rewards.ppl import ReferenceScorer, calibrate_tau
 from clicks2pref.rewards.rule import RuleReward
 from clicks2pref.stages import artifacts
+from clicks2pref.stages.collect import sample_contexts, serve
 from clicks2pref.stages.policies import load_sft_policy
 
 log = logging.getLogger(__name__)
@@ -38,18 +46,15 @@ log = logging.getLogger(__name__)
 
 def run(cfg, loggers=()) -> dict:
     fc = cfg.fusion
-    names = enabled(cfg.rewards)
     # 1. what fusion reads: the SFT policy (reference and candidate sampler), the reward models, the logs
     inputs = artifacts.upstream(cfg, "fusion", loggers)
     key = artifacts.key(cfg, "fusion", inputs)
     if (result := artifacts.reuse(cfg, "fusion", key)) is not None:
         return publish(cfg, result, loggers, fresh=False)
 
-    # 2. the held-out weeks' impressions (clicks to fit) and the rest (τ's calibration panels)
+    # 2. the components, with the SFT policy as the perplexity reference, and τ from the collected logs
     start = time.time()
-    held, rest = held_out_weeks(cfg)
-
-    # 3. the components, with the SFT policy as the perplexity reference, and τ
+    held, rest = held_out_weeks(cfg) if fc.logs == "clicks" else ([], collected_logs(cfg))
     model, tok = load_sft_policy(artifacts.artifact_path(cfg, "sft", inputs["sft"]["key"]), cfg, merge=True)
     template = cfg.prompt[inputs["sft"]["template"]]
     scorer = ReferenceScorer(model, tok, template, cfg.grpo.temperature, cfg.grpo.micro_batch_size)
@@ -57,34 +62,116 @@ def run(cfg, loggers=()) -> dict:
                                 cfg.reward_model.backbone.trust_remote_code)
     components = build_components(cfg.rewards, resources)
     tau, quantile = calibrate(cfg, components, scorer, rest)
-
-    # 4. stage one's data: component scores of held-out panels, one row per impression
-    panels, rows, clicks = panel_table(held)
     k = len(cfg.simulator.examination)
-    logged = RewardBatch([p["context"] for p in panels], [format_suggestions(p["suggestions"]) for p in panels], k)
-    panel_scores = score_matrix(components, logged)
-    log.info("fusion: %d held-out impressions (%d panels, CTR %.3f) scored by %s", len(rows), len(panels),
-             clicks.mean(), ", ".join(names))
 
-    # 5. stage two's candidates: reference-policy samples for held-out contexts, and the constraints on them
-    n_cand, cand_scores, cand_pass, cand_in_dist = candidate_scores(cfg, components, scorer, model, tok, template,
-                                                                    held, tau)
-
-    # 6. fit, grid, choose; the weights (with what they were fitted on) are the artifact
-    fused = fuse(names, panel_scores[rows], clicks, fc, cand_scores, cand_pass, cand_in_dist, cfg.seed)
-    mean = lambda x: float(x.mean()) if x is not None else None  # noqa: E731
-    result = {"key": key, "rewards": cfg.rewards.name, "components": names, "weights": fused["weights"], "tau": tau,
-              "tau_quantile": quantile, "stage_one": fused["stage_one"], "chosen": fused["chosen"],
-              "constraints": {"min_rule_pass": fc.min_rule_pass, "min_in_distribution": fc.min_in_distribution,
-                              "met": fused["constraints_met"]},
-              "data": {"weeks": list(fc.weeks), "impressions": int(len(rows)), "panels": len(panels),
-                       "ctr": float(clicks.mean()), "candidates": n_cand, "candidate_rule_pass": mean(cand_pass),
-                       "candidate_in_distribution": mean(cand_in_dist)},
-              "grid_size": fused["grid_size"], "front": fused["front"], "inputs": {s: inputs[s]["key"] for s in inputs},
-              "seconds": time.time() - start}
+    # 3. the clicks to fit: a logged week of the SFT policy itself (its own panels, simulated users' sampled
+    #    clicks), whose panels are also stage two's candidates; or (logs=clicks) held-out weeks of the logs
     with artifacts.atomic_dir(artifacts.artifact_path(cfg, "fusion", key)) as tmp:
+        source, records = fc.logs, []
+        if source == "policy":
+            records, cand_contexts, cand_texts = policy_week(cfg, model, tok, template, k)
+            if records:
+                write_impressions(records, tmp / f"policy_week.{cfg.data.format}")
+            else:
+                source = "clicks"
+                log.warning("fusion: every panel of the SFT policy's week was empty (nothing to show users); the "
+                            "weights are fitted on the collected logs' weeks %s instead (fusion.logs=clicks)",
+                            list(fc.weeks))
+        if source == "clicks":
+            records = held or held_out_weeks(cfg)[0]
+            cand_contexts, cand_texts = candidates(cfg, model, tok, template, records, k, fc.samples_per_context)
+            samples = fc.samples_per_context
+        else:
+            samples = fc.log.panels_per_context
+        panels, rows, clicks = panel_table(records)
+        logged = RewardBatch([p["context"] for p in panels], [format_suggestions(p["suggestions"]) for p in panels], k)
+        groups = [context_key(p["context"]) for p in panels]
+
+        # 4. κ of GaRM from the same clicks (GaRM alone, within contexts), then every component's scores
+        kappa, kappa_auc = fit_kappa(cfg, components, resources, logged, groups, rows, clicks)
+        panel_scores = score_matrix(components, logged)
+        if fc.within_context:
+            panel_scores = centre_within(panel_scores, groups)
+        log.info("fusion: %d impressions (%d panels of %d contexts, CTR %.3f, %s logs) scored by %s", len(rows),
+                 len(panels), len(set(groups)), clicks.mean(), source, ", ".join(components))
+
+        # 5. stage two's constraints on the candidates: rule pass and in-distribution of each context's best
+        n_cand, cand_scores, cand_pass, cand_in_dist = candidate_scores(components, scorer, cand_contexts, cand_texts,
+                                                                        samples, tau, k)
+
+        # 6. fit, grid, choose; the weights (with what they were fitted on) are the artifact
+        fused = fuse(list(components), panel_scores[rows], clicks, fc, cand_scores, cand_pass, cand_in_dist,
+                     cfg.seed)
+        mean = lambda x: float(x.mean()) if x is not None else None  # noqa: E731
+        result = {"key": key, "rewards": cfg.rewards.name, "components": list(components),
+                  "weights": fused["weights"], "kappa": kappa, "kappa_auc": kappa_auc, "tau": tau,
+                  "tau_quantile": quantile, "stage_one": fused["stage_one"], "chosen": fused["chosen"],
+                  "constraints": {"min_rule_pass": fc.min_rule_pass, "min_in_distribution": fc.min_in_distribution,
+                                  "met": fused["constraints_met"]},
+                  "data": {"logs": source, "weeks": sorted({r["week"] for r in records}),
+                           "impressions": int(len(rows)), "panels": len(panels), "contexts": len(set(groups)),
+                           "ctr": float(clicks.mean()), "within_context": bool(fc.within_context),
+                           "candidates": n_cand, "candidate_rule_pass": mean(cand_pass),
+                           "candidate_in_distribution": mean(cand_in_dist)},
+                  "grid_size": fused["grid_size"], "front": fused["front"],
+                  "inputs": {s: inputs[s]["key"] for s in inputs}, "seconds": time.time() - start}
         (tmp / "fusion_weights.json").write_text(json.dumps(result, indent=2))
     return publish(cfg, result, loggers, fresh=True)
+
+
+def policy_week(cfg, model, tok, template, k: int) -> tuple[list[dict], list[list[dict]], list[str]]:
+    """A week of the reference policy serving training contexts: `fusion.log.panels_per_context` panels per
+    context sampled as GRPO samples a group, each shown to `fusion.log.users_per_panel` simulated users.
+
+    Returns the impressions and every sampled (context, text), empty panels included (the candidates)."""
+    fl = cfg.fusion.log
+    rng = random.Random(f"fusion-{cfg.seed}")
+    sim = build_simulator(cfg.simulator)
+    split = cfg.data.split
+    pairs = sample_contexts(split_contexts(sim.world, split.val_fraction, split.test_fraction, split.seed)["train"],
+                            fl.contexts, rng)
+    conversations = [sim.context(t, f, rng) for t, f in pairs]
+    texts = generate(model, tok, [build_messages(template, c) for c in conversations], group_sampling(cfg),
+                     num_return_sequences=fl.panels_per_context, seed=cfg.seed, desc="fusion: policy week")
+    repeat = lambda xs: [x for x in xs for _ in range(fl.panels_per_context)]  # noqa: E731
+    panels = [parse_suggestions(t, k).suggestions for t in texts]
+    records, empty = serve(sim, repeat(pairs), repeat(conversations), panels, "sft", cfg.collect.weeks + 1,
+                           fl.users_per_panel, cfg.collect.shuffle_positions, rng)
+    log.info("fusion: the SFT policy's week: %d contexts × %d panels (%d empty), %d impressions", len(pairs),
+             fl.panels_per_context, empty, len(records))
+    return records, repeat(conversations), texts
+
+
+def group_sampling(cfg) -> GenerationConfig:
+    """Generation settings of a GRPO group, so fusion sees the panels RL will compare."""
+    g = cfg.grpo
+    return GenerationConfig(max_new_tokens=g.max_completion_length, temperature=g.temperature, top_p=g.top_p,
+                            top_k=g.top_k, do_sample=True, batch_size=cfg.policy.generation.batch_size)
+
+
+def fit_kappa(cfg, components: dict, resources, logged, groups: list, rows: np.ndarray, clicks: np.ndarray
+              ) -> tuple[Optional[float], dict]:
+    """GaRM's κ from `fusion.kappa_grid`: the value whose GaRM panel score (alone, centred within contexts
+    when `within_context`) best ranks the clicked impressions (AUC); the first on ties. Replaces the GaRM
+    component in `components` by the chosen one. (None, {}) when GaRM is off or the grid is empty."""
+    if "garm" not in components or not cfg.fusion.kappa_grid:
+        return None, {}
+    aucs, built = {}, {}
+    for kappa in cfg.fusion.kappa_grid:
+        rewards = OmegaConf.merge(cfg.rewards, {"garm": {"kappa": float(kappa)}})
+        built[kappa] = build_component(rewards, "garm", resources)
+        score = score_matrix({"garm": built[kappa]}, logged)
+        if cfg.fusion.within_context:
+            score = centre_within(score, groups)
+        aucs[float(kappa)] = click_auc(score[rows, 0], clicks)
+    best = max(aucs, key=lambda x: -np.inf if np.isnan(aucs[x]) else aucs[x])
+    components["garm"] = built[best]
+    log.info("fusion: GaRM κ %s (click AUC by κ: %s)", best, ", ".join(f"{x:g} {a:.3f}" for x, a in aucs.items()))
+    return best, aucs
+
+
+def collected_logs(cfg) -> list[dict]:
+    return load_impressions(artifacts.logs_source(cfg), cfg.data.on_invalid)
 
 
 def held_out_weeks(cfg) -> tuple[list[dict], list[dict]]:
@@ -112,10 +199,9 @@ def calibrate(cfg, components: dict, scorer, records: list[dict]) -> tuple[float
     return tau, quantile
 
 
-def candidate_scores(cfg, components: dict, scorer, model, tok, template, held: list[dict], tau: float):
-    """(number of candidates, their component scores [C, S, K], rule pass [C, S], log-PPL ≤ τ [C, S])."""
-    k, S = len(cfg.simulator.examination), cfg.fusion.samples_per_context
-    contexts, texts = candidates(cfg, model, tok, template, held, k)
+def candidate_scores(components: dict, scorer, contexts: list, texts: list[str], S: int, tau: float, k: int):
+    """(number of candidates, their component scores [C, S, K], rule pass [C, S], log-PPL ≤ τ [C, S]) of
+    candidate panels that come in consecutive groups of `S` per context."""
     if not texts:
         return 0, None, None, None
     batch = RewardBatch(contexts, texts, k)
@@ -164,20 +250,17 @@ def score_matrix(components: dict, batch) -> np.ndarray:
     return np.stack(cols, axis=1) if cols else np.zeros((len(batch), 0))
 
 
-def candidates(cfg, model, tok, template, records: list[dict], k: int) -> tuple[list[list[dict]], list[str]]:
-    """Panels the reference policy samples for held-out logged contexts, `samples_per_context` each (grouped)."""
-    fc = cfg.fusion
+def candidates(cfg, model, tok, template, records: list[dict], k: int, samples: int
+               ) -> tuple[list[list[dict]], list[str]]:
+    """Panels the reference policy samples for held-out logged contexts, `samples` each (grouped)."""
     contexts = list({context_key(r["context"]): r["context"] for r in records}.values())
     random.Random(cfg.seed).shuffle(contexts)
-    contexts = contexts[:fc.candidate_contexts]
-    if not contexts or fc.samples_per_context < 1:
+    contexts = contexts[:cfg.fusion.candidate_contexts]
+    if not contexts or samples < 1:
         return [], []
-    g = cfg.grpo  # sampled as GRPO samples
-    gen = GenerationConfig(max_new_tokens=g.max_completion_length, temperature=g.temperature, top_p=g.top_p,
-                           top_k=g.top_k, do_sample=True, batch_size=cfg.policy.generation.batch_size)
-    texts = generate(model, tok, [build_messages(template, c) for c in contexts], gen,
-                     num_return_sequences=fc.samples_per_context, seed=cfg.seed)
-    return [c for c in contexts for _ in range(fc.samples_per_context)], texts
+    texts = generate(model, tok, [build_messages(template, c) for c in contexts], group_sampling(cfg),
+                     num_return_sequences=samples, seed=cfg.seed)
+    return [c for c in contexts for _ in range(samples)], texts
 
 
 def publish(cfg, result: dict, loggers, fresh: bool) -> dict:

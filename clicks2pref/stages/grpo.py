@@ -178,7 +178,11 @@ def build_reward(cfg, reference_model, tok, template, reference_context, rm_fold
     """The composite reward with τ calibrated (or taken from fusion) and weights resolved."""
     scorer = ReferenceScorer(reference_model, tok, template, cfg.grpo.temperature, cfg.grpo.micro_batch_size,
                              reference_context)
-    components = build_components(cfg.rewards, RewardResources(rm_folders, scorer, cfg.paths.model_cache,
+    rewards = cfg.rewards
+    if fused is not None and fused.get("kappa") is not None and rewards.weights == "fusion":
+        rewards = OmegaConf.merge(rewards, {"garm": {"kappa": fused["kappa"]}})  # κ fitted with the weights
+        log.info("grpo: GaRM κ = %g (fitted by stage=fusion)", fused["kappa"])
+    components = build_components(rewards, RewardResources(rm_folders, scorer, cfg.paths.model_cache,
                                                                   cfg.reward_model.backbone.trust_remote_code))
     tau = None
     if "ppl" in components:
