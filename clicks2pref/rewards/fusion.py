@@ -3,7 +3,9 @@
 Stage one: a logistic regression (scikit-learn) of clicks on the components' panel scores over held-out
 impressions; its coefficients, negatives clipped to 0 and normalised to sum 1, are the first weights.
 Raw (unstandardised) scores are used on purpose: the composite reward sums raw scores, and if clicks
-follow logit = b + Σ β_k r_k then w ∝ β is exactly the click model's own weighting.
+follow logit = b + Σ β_k r_k then w ∝ β is exactly the click model's own weighting. The stage may centre
+the scores within each context first (`centre_within`): a GRPO advantage compares panels of one context,
+so a component that only tells easy contexts from hard ones should earn no weight.
 
 Stage two: a grid around those weights (each multiplied by each of `grid.factors`, from a `grid.floor`
 so a component stage one zeroed can come back, renormalised). Every point gets three objectives:

@@ -77,27 +77,32 @@ def run(cfg, loggers=()) -> dict:
                 log.warning("fusion: every panel of the SFT policy's week was empty (nothing to show users); the "
                             "weights are fitted on the collected logs' weeks %s instead (fusion.logs=clicks)",
                             list(fc.weeks))
-        if source == "clicks":
+        if source == "policy":  # each impression's panel as the policy wrote it (as GRPO will score it)
+            logged = RewardBatch(cand_contexts, cand_texts, k)
+            rows = np.array([int(r["panel_id"].rsplit("-p", 1)[1]) for r in records])
+            clicks = np.array([int(any(r["clicks"])) for r in records])
+            samples = fc.log.panels_per_context
+        else:  # each distinct logged panel in the order it was shown
             records = held or held_out_weeks(cfg)[0]
+            panels, rows, clicks = panel_table(records)
+            logged = RewardBatch([p["context"] for p in panels], [format_suggestions(p["suggestions"]) for p in panels],
+                                 k)
             cand_contexts, cand_texts = candidates(cfg, model, tok, template, records, k, fc.samples_per_context)
             samples = fc.samples_per_context
-        else:
-            samples = fc.log.panels_per_context
-        panels, rows, clicks = panel_table(records)
-        logged = RewardBatch([p["context"] for p in panels], [format_suggestions(p["suggestions"]) for p in panels], k)
-        groups = [context_key(p["context"]) for p in panels]
+        groups = [context_key(c) for c in logged.contexts]
 
         # 4. κ of GaRM from the same clicks (GaRM alone, within contexts), then every component's scores
         kappa, kappa_auc = fit_kappa(cfg, components, resources, logged, groups, rows, clicks)
-        panel_scores = score_matrix(components, logged)
-        if fc.within_context:
-            panel_scores = centre_within(panel_scores, groups)
+        raw_scores = score_matrix(components, logged)
+        panel_scores = centre_within(raw_scores, groups) if fc.within_context else raw_scores
         log.info("fusion: %d impressions (%d panels of %d contexts, CTR %.3f, %s logs) scored by %s", len(rows),
-                 len(panels), len(set(groups)), clicks.mean(), source, ", ".join(components))
+                 len(logged), len(set(groups)), clicks.mean(), source, ", ".join(components))
 
-        # 5. stage two's constraints on the candidates: rule pass and in-distribution of each context's best
-        n_cand, cand_scores, cand_pass, cand_in_dist = candidate_scores(components, scorer, cand_contexts, cand_texts,
-                                                                        samples, tau, k)
+        # 5. stage two's constraints on the candidates (the logged panels themselves when the policy logged them):
+        #    rule pass and in-distribution of each context's best
+        candidate_batch = logged if source == "policy" else RewardBatch(cand_contexts, cand_texts, k)
+        n_cand, cand_scores, cand_pass, cand_in_dist = candidate_scores(
+            components, scorer, candidate_batch, samples, tau, raw_scores if source == "policy" else None)
 
         # 6. fit, grid, choose; the weights (with what they were fitted on) are the artifact
         fused = fuse(list(components), panel_scores[rows], clicks, fc, cand_scores, cand_pass, cand_in_dist,
@@ -109,7 +114,7 @@ def run(cfg, loggers=()) -> dict:
                   "constraints": {"min_rule_pass": fc.min_rule_pass, "min_in_distribution": fc.min_in_distribution,
                                   "met": fused["constraints_met"]},
                   "data": {"logs": source, "weeks": sorted({r["week"] for r in records}),
-                           "impressions": int(len(rows)), "panels": len(panels), "contexts": len(set(groups)),
+                           "impressions": int(len(rows)), "panels": len(logged), "contexts": len(set(groups)),
                            "ctr": float(clicks.mean()), "within_context": bool(fc.within_context),
                            "candidates": n_cand, "candidate_rule_pass": mean(cand_pass),
                            "candidate_in_distribution": mean(cand_in_dist)},
@@ -199,16 +204,16 @@ def calibrate(cfg, components: dict, scorer, records: list[dict]) -> tuple[float
     return tau, quantile
 
 
-def candidate_scores(components: dict, scorer, contexts: list, texts: list[str], S: int, tau: float, k: int):
+def candidate_scores(components: dict, scorer, batch: RewardBatch, S: int, tau: float,
+                     scores: Optional[np.ndarray] = None):
     """(number of candidates, their component scores [C, S, K], rule pass [C, S], log-PPL ≤ τ [C, S]) of
-    candidate panels that come in consecutive groups of `S` per context."""
-    if not texts:
+    candidate panels that come in consecutive groups of `S` per context (`scores`: already computed)."""
+    if not len(batch):
         return 0, None, None, None
-    batch = RewardBatch(contexts, texts, k)
-    scores = score_matrix(components, batch).reshape(-1, S, len(components))
+    scores = (score_matrix(components, batch) if scores is None else scores).reshape(-1, S, len(components))
     passes = (components.get("rule") or RuleReward()).passes(batch).numpy().reshape(-1, S)
     log_ppl = batch.ref_log_ppl if batch.ref_log_ppl is not None else scorer(batch.contexts, batch.completions)
-    return len(texts), scores, passes, (np.asarray(log_ppl) <= tau).reshape(-1, S)
+    return len(batch), scores, passes, (np.asarray(log_ppl) <= tau).reshape(-1, S)
 
 
 def rm_models(cfg, inputs: dict) -> dict:
