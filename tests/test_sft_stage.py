@@ -126,7 +126,7 @@ def test_killed_run_resumes_from_its_checkpoint(smoke_collect, tmp_path):
 def test_ddp_cpu_matches_one_process(smoke_collect, tmp_path):
     _, collect = smoke_collect
     base = TINY + [f"data.logs={collect['logs']}", "sft.train.max_steps=6", "sft.train.val_every_n_steps=6",
-                   "sft.train.format_probe=0", "cache=false"]
+                   "sft.train.validate_before=true", "sft.train.format_probe=0", "cache=false"]
     one = run_sft(base, tmp_path / "one")["train"]
     two = run_sft(base + ["trainer=ddp_cpu"], tmp_path / "two")["train"]
     assert one["val_loss_before"] == pytest.approx(two["val_loss_before"], rel=1e-5)
