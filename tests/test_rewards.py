@@ -157,14 +157,11 @@ class FakeRM:
     def __init__(self):
         self.calls = 0
 
-    def rewards(self, contexts, suggestions, kappa=0.0, batch_size=32, attraction=False):
-        from clicks2pref.models.reward_heads import scalar_rewards
-
+    def score(self, contexts, suggestions, batch_size=32):
         self.calls += len(suggestions)
         mu = torch.tensor([len(s.split()) / 10 for s in suggestions], dtype=torch.float64)
         sigma = torch.tensor([0.5 if s.endswith("?") else 2.0 for s in suggestions], dtype=torch.float64)
-        out = {"reward": mu} if self.kind == "btrm" else {"mu": mu, "sigma": sigma}
-        return scalar_rewards(out, self.kind, kappa, attraction)
+        return {"reward": mu} if self.kind == "btrm" else {"mu": mu, "sigma": sigma}
 
 
 def test_composite_builds_from_the_real_config_and_weights_components(tmp_path):
@@ -229,6 +226,26 @@ def test_btrm_preset_shares_one_btrm_between_btrm_and_external(tmp_path):
     batch = RewardBatch([CONTEXT], [GOOD])
     b, e = components["btrm"](batch), components["external"](batch)
     assert b.tolist() == pytest.approx(e.tolist()) and rm.calls == 3
+
+
+def test_garm_components_at_every_kappa_share_one_pass_of_the_model(tmp_path):
+    """Fusion builds GaRM at each κ of its grid: the model's outputs are cached before κ is applied."""
+    from omegaconf import OmegaConf
+
+    from clicks2pref.rewards.composite import build_component
+
+    cfg = compose_config(["stage=grpo", "rewards=no_external", "rewards.embedder=lexical", "rewards.ppl.tau=2.0",
+                          "rewards.panel=mean"], tmp_path)
+    rm = FakeRM()
+    resources = RewardResources({"garm": rm}, reference=lambda c, t: torch.zeros(len(t)))
+    batch = RewardBatch([CONTEXT], [GOOD])
+    mu = [len(s.split()) / 10 for s in batch.panels[0]]
+    sigma = [0.5 if s.endswith("?") else 2.0 for s in batch.panels[0]]
+    for kappa in (0.0, 0.5, 1.0):
+        garm = build_component(OmegaConf.merge(cfg.rewards, {"garm": {"kappa": kappa}}), "garm", resources)
+        expected = sum(e * (m - kappa * s) for e, m, s in zip([0.9, 0.6, 0.4], mu, sigma)) / 1.9
+        assert garm(batch).item() == pytest.approx(expected)
+    assert rm.calls == 3
 
 
 def test_missing_reward_model_is_a_config_error():

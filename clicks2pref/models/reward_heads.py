@@ -32,6 +32,7 @@ from clicks2pref.objectives.click_model import btrm_attraction, garm_attraction
 from clicks2pref.objectives.gaussian import sigma_from_raw
 
 KINDS = ("garm", "btrm")
+OUTPUTS = {"btrm": ("reward",), "garm": ("mu", "sigma")}  # what each kind's head returns per input
 POOLINGS = ("last", "mean")
 
 
@@ -150,7 +151,9 @@ class RewardModel(nn.Module):
         self.train(was_training)
         inverse = torch.empty(len(order), dtype=torch.long)
         inverse[torch.tensor(order, dtype=torch.long)] = torch.arange(len(order))
-        return {k: torch.cat(v)[inverse] for k, v in parts.items()} if order else {}
+        if not order:
+            return {k: torch.zeros(0) for k in OUTPUTS[self.kind]}
+        return {k: torch.cat(v)[inverse] for k, v in parts.items()}
 
     def rewards(self, contexts: Sequence[list[dict]], suggestions: Sequence[str], kappa: float = 0.0,
                 batch_size: int = 32, attraction: bool = False) -> Tensor:

@@ -11,7 +11,7 @@ import json
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
-from typing import Callable, Optional, Sequence
+from typing import Callable, Optional, Sequence, Union
 
 import torch
 from torch import Tensor
@@ -101,7 +101,9 @@ class SuggestionScorer:
     """Per-suggestion scores with a cache keyed by (context, suggestion): a GRPO group repeats suggestions,
     and probe contexts recur, so each distinct pair goes through the reward model once."""
 
-    score_fn: Callable[[list[list[dict]], list[str]], Tensor]  # (contexts, suggestions) -> one score each
+    # (contexts, suggestions) -> one score each, or {output name: one value each} (a reward model's head
+    # outputs, cached before κ or a click link so that components differing only in those share one pass)
+    score_fn: Callable[[list[list[dict]], list[str]], Union[Tensor, dict[str, Tensor]]]
     max_cache: int = 100_000
     cache: dict = field(default_factory=dict)
 
@@ -120,7 +122,7 @@ class SuggestionScorer:
         if todo:
             items = list(todo.values())
             scores = self.score_fn([c for c, _ in items], [s for _, s in items])
-            new = dict(zip(todo, (float(x) for x in scores)))
+            new = dict(zip(todo, per_item(scores)))
             known.update(new)
             if len(self.cache) + len(new) > self.max_cache:
                 self.cache.clear()
@@ -128,11 +130,31 @@ class SuggestionScorer:
         return [[known[k] for k in row] for row in keys]
 
 
+def per_item(scores: Union[Tensor, dict[str, Tensor]]) -> list:
+    """A float per item, or a {name: float} per item from a dict of per-item tensors."""
+    if isinstance(scores, dict):
+        columns = {k: v.tolist() for k, v in scores.items()}
+        return [dict(zip(columns, values)) for values in zip(*columns.values())]
+    return [float(x) for x in scores]
+
+
+def map_panels(rows: list[list[dict]], fn: Callable[[dict[str, Tensor]], Tensor]) -> list[list[float]]:
+    """`fn` applied to the cached outputs of every suggestion at once, in the panels' shape."""
+    flat = [v for row in rows for v in row]
+    values = fn({k: torch.tensor([v[k] for v in flat]) for k in flat[0]}).tolist() if flat else []
+    out, start = [], 0
+    for row in rows:
+        out.append(values[start:start + len(row)])
+        start += len(row)
+    return out
+
+
 class RewardResources:
     """What components need beyond their own config, handed to each component's `setup`.
 
     `reward_models`: kind ("garm", "btrm") -> folder written by stage=rm, or an already loaded model
-    (anything with `.rewards(contexts, suggestions, kappa, batch_size)`); each is loaded once and shared
+    (anything with a `kind` and `.score(contexts, suggestions, batch_size)` returning its head's outputs,
+    {"mu", "sigma"} or {"reward"}, per suggestion); each is loaded once and shared
     (the `btrm` and `external` components use one BTRM). `reference`: a callable (contexts, completions)
     -> mean token NLL of each completion under the reference policy, for the `ppl` component.
     A folder is checked against its manifest first; `trust_remote_code` is the user's switch only.

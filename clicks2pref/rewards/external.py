@@ -17,8 +17,9 @@ from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
 from clicks2pref.errors import ModelNotFoundError
 from clicks2pref.models.registry import resolve
-from clicks2pref.rewards.base import RewardBatch, panel_scores, resolve_examination
-from clicks2pref.rewards.shared_prefix import rm_rewards
+from clicks2pref.models.reward_heads import scalar_rewards
+from clicks2pref.rewards.base import RewardBatch, map_panels, panel_scores, resolve_examination
+from clicks2pref.rewards.shared_prefix import rm_outputs
 
 
 @dataclass
@@ -80,22 +81,25 @@ class ExternalReward:
         self.configured_examination = None if examination is None else list(examination)
         self.examination: Optional[list[float]] = self.configured_examination
         self.batch_size, self.max_length, self.trust_remote_code = batch_size, max_length, trust_remote_code
-        self.model = self.scorer = None
+        self.model = self.scorer = self.link = None  # link: cached outputs -> per-suggestion score
 
     def setup(self, resources) -> None:
+        attraction = self.panel == "click"
         if self.name_or_path is None:  # the trained BTRM: share the btrm component's model and cache
             self.model = resources.reward_model("btrm")
-            key = ("btrm", None, 0.0, self.panel)
+            self.scorer = resources.scorer(("btrm", None), lambda c, s: rm_outputs(self.model, c, s, self.batch_size))
+            self.link = lambda out: scalar_rewards(out, "btrm", 0.0, attraction)
         else:
             self.model = HFSequenceRewardModel(self.name_or_path, resources.cache_dir, self.max_length,
                                                self.trust_remote_code)
-            key = ("external", self.name_or_path, self.panel)
+            self.scorer = resources.scorer(("external", self.name_or_path, self.panel),
+                                           lambda c, s: {"score": self.model.rewards(c, s, 0.0, self.batch_size,
+                                                                                     attraction=attraction)})
+            self.link = lambda out: out["score"]
         self.examination = resolve_examination(self.configured_examination, self.model, "external")
-        attraction = self.panel == "click"
-        self.scorer = resources.scorer(key, lambda c, s: rm_rewards(self.model, c, s, 0.0, self.batch_size,
-                                                                    attraction=attraction))
 
     def __call__(self, batch: RewardBatch) -> Tensor:
         if self.scorer is None:
             raise RuntimeError("ExternalReward.setup(resources) was not called")
-        return panel_scores(self.scorer(batch), self.examination, self.missing_score, self.panel)
+        return panel_scores(map_panels(self.scorer(batch), self.link), self.examination, self.missing_score,
+                            self.panel)

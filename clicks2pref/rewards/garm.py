@@ -16,8 +16,9 @@ from typing import List, Optional
 from torch import Tensor
 
 from clicks2pref.errors import ConfigError
-from clicks2pref.rewards.base import RewardBatch, panel_scores, resolve_examination
-from clicks2pref.rewards.shared_prefix import rm_rewards
+from clicks2pref.models.reward_heads import scalar_rewards
+from clicks2pref.rewards.base import RewardBatch, map_panels, panel_scores, resolve_examination
+from clicks2pref.rewards.shared_prefix import rm_outputs
 
 
 @dataclass
@@ -48,13 +49,13 @@ class GaRMReward:
         if getattr(self.model, "kind", self.kind) != self.kind:
             raise ConfigError(f"rewards.{self.kind}.path holds a {self.model.kind} model; point it at a {self.kind}")
         self.examination = resolve_examination(self.configured_examination, self.model, self.kind)
-        self.scorer = resources.scorer((self.kind, self.path, self.kappa, self.panel), self.score_suggestions)
-
-    def score_suggestions(self, contexts: list[list[dict]], suggestions: list[str]) -> Tensor:
-        return rm_rewards(self.model, contexts, suggestions, kappa=self.kappa, batch_size=self.batch_size,
-                          attraction=self.panel == "click")
+        # one cache per model, of its head's outputs: every κ and panel link reuses the same forward passes
+        self.scorer = resources.scorer((self.kind, self.path),
+                                       lambda c, s: rm_outputs(self.model, c, s, batch_size=self.batch_size))
 
     def __call__(self, batch: RewardBatch) -> Tensor:
         if self.scorer is None:
             raise RuntimeError(f"{type(self).__name__}.setup(resources) was not called")
-        return panel_scores(self.scorer(batch), self.examination, self.missing_score, self.panel)
+        scores = map_panels(self.scorer(batch),
+                            lambda out: scalar_rewards(out, self.kind, self.kappa, self.panel == "click"))
+        return panel_scores(scores, self.examination, self.missing_score, self.panel)

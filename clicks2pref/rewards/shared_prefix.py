@@ -17,7 +17,7 @@ import torch
 from torch import Tensor
 
 from clicks2pref.models.placement import on_device
-from clicks2pref.models.reward_heads import RewardModel, scalar_rewards
+from clicks2pref.models.reward_heads import OUTPUTS, RewardModel, scalar_rewards
 from clicks2pref.rewards.base import context_key
 
 
@@ -31,18 +31,23 @@ def _cache_kwarg(backbone) -> str:
     return "cache" if "cache" in inspect.signature(base.forward).parameters else "past_key_values"
 
 
-def _head_rewards(model, pooled: Tensor, kappa: float, attraction: bool) -> Tensor:
-    return scalar_rewards(model.head_outputs(pooled), model.kind, kappa, attraction).float()
-
-
-@torch.no_grad()
 def rm_rewards(model, contexts: Sequence[list[dict]], suggestions: Sequence[str], kappa: float = 0.0,
                batch_size: int = 32, attraction: bool = False) -> Tensor:
     """`model.rewards(contexts, suggestions, kappa, batch_size, attraction)`, sharing each conversation's
     forward pass."""
     if not supports_shared_prefix(model):
         return model.rewards(contexts, suggestions, kappa=kappa, batch_size=batch_size, attraction=attraction)
-    out = torch.empty(len(suggestions), dtype=torch.float32)
+    return scalar_rewards(rm_outputs(model, contexts, suggestions, batch_size), model.kind, kappa, attraction).float()
+
+
+@torch.no_grad()
+def rm_outputs(model, contexts: Sequence[list[dict]], suggestions: Sequence[str], batch_size: int = 32
+               ) -> dict[str, Tensor]:
+    """`model.score(contexts, suggestions, batch_size)`: the head's outputs per suggestion ({"reward"} or
+    {"mu", "sigma"}), before κ or a click link is applied, so one pass serves every κ."""
+    if not supports_shared_prefix(model):
+        return model.score(contexts, suggestions, batch_size)
+    out = {name: torch.empty(len(suggestions), dtype=torch.float32) for name in OUTPUTS[model.kind]}
     groups: dict[str, list[int]] = {}
     for i, c in enumerate(contexts):
         groups.setdefault(context_key(c), []).append(i)
@@ -77,10 +82,13 @@ def rm_rewards(model, contexts: Sequence[list[dict]], suggestions: Sequence[str]
                                     **{cache_arg: past}).last_hidden_state
             last = torch.tensor([len(s) - 1 for s in suffixes], device=device)
             pooled = hidden[torch.arange(len(chunk), device=device), last]
-            out[torch.tensor([idx[j] for j in chunk])] = _head_rewards(model, pooled, kappa, attraction).cpu()
+            rows = torch.tensor([idx[j] for j in chunk])
+            for name, v in model.head_outputs(pooled).items():
+                out[name][rows] = v.float().cpu()
     model.train(was_training)
     if fallback:
-        out[torch.tensor(fallback)] = model.rewards([contexts[i] for i in fallback], [suggestions[i] for i in fallback],
-                                                    kappa=kappa, batch_size=batch_size,
-                                                    attraction=attraction).float().cpu()
+        rows = torch.tensor(fallback)
+        for name, v in model.score([contexts[i] for i in fallback], [suggestions[i] for i in fallback],
+                                   batch_size).items():
+            out[name][rows] = v.float().cpu()
     return out
