@@ -30,6 +30,7 @@ register_configs()
 HEADLINE = {
     "collect": lambda r: max(t["oracle_ctr"] for t in r["templates"]),  # the best template's oracle CTR
     "sft": lambda r: r["eval"]["sft"]["oracle_ctr"],  # the SFT policy's oracle CTR on held-out contexts
+    "serve": lambda r: r["weeks"][str(r["fusion_week"])]["ctr"],  # sampled CTR of the SFT policy's fusion week
     "rm": lambda r: r["metrics"]["garm"]["iid"]["accuracy"],  # GaRM's pair accuracy on the IID week
     "fusion": lambda r: r["chosen"]["auc"],  # click AUC of the chosen weights
     "grpo": lambda r: r["eval"]["grpo"]["oracle_ctr"],  # the GRPO policy's oracle CTR on held-out contexts

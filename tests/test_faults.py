@@ -242,6 +242,9 @@ def test_the_cache_key_follows_the_code_each_stage_runs(tmp_path, monkeypatch):
     assert {"clicks2pref/objectives/gaussian.py", "clicks2pref/lit/reward_module.py"} <= rm
     assert "clicks2pref/objectives/grpo.py" in grpo and "clicks2pref/objectives/grpo.py" not in rm | collect
     assert "clicks2pref/lit/reward_module.py" not in collect
+    # the cache's plumbing imports the reward presets; editing a reward must not recompute the click logs
+    assert not {"clicks2pref/rewards/garm.py", "clicks2pref/rewards/composite.py"} & collect
+    assert "clicks2pref/stages/artifacts.py" not in rm
     cfg = compose_config(["experiment=smoke", "stage=rm", "data.logs=x.jsonl"], tmp_path)
     monkeypatch.setattr(artifacts, "_files_digest", lambda source: "logs")
     before = artifacts.key(cfg, "rm")

@@ -97,37 +97,3 @@ def test_bad_fusion_settings_name_their_key():
         FusionConfig(logs="baseline")
     with pytest.raises(ConfigError, match="kappa_grid"):
         FusionConfig(kappa_grid=[0.5, -1.0])
-
-
-def test_the_policy_week_logs_its_own_panels_with_sampled_clicks(tmp_path):
-    """`fusion.logs=policy`: the policy (here SmolLM2) serves training contexts, a group of panels per context,
-    each shown to simulated users in a fresh order; the same call gives the same week."""
-    from clicks2pref.data.io import write_impressions
-    from clicks2pref.data.parsing import parse_suggestions
-    from clicks2pref.data.simulator import build_simulator, split_contexts
-    from clicks2pref.models.registry import load_causal_lm
-    from clicks2pref.stages.fusion import policy_week
-    from tests.conftest import compose_config
-
-    cfg = compose_config(["experiment=smoke", "stage=fusion", "fusion.log.contexts=3", "fusion.log.panels_per_context=2",
-                          "fusion.log.users_per_panel=5", "grpo.max_completion_length=48"], tmp_path)
-    model, tok = load_causal_lm(cfg.collect.model, cfg.paths.model_cache, seed=0)
-    records, contexts, texts = policy_week(cfg, model, tok, cfg.prompt.concise, 3)
-    assert len(texts) == len(contexts) == 6 and contexts[0] == contexts[1] and contexts[2] == contexts[3]
-    panels = [parse_suggestions(t, 3).suggestions for t in texts]
-    shown = [p for p in panels if p]
-    assert shown and len(records) == 5 * len(shown)
-    assert {r["policy"] for r in records} == {"sft"} and {r["week"] for r in records} == {cfg.collect.weeks + 1}
-    by_panel: dict = {}
-    for r in records:
-        by_panel.setdefault(r["panel_id"], []).append(r)
-    assert len(by_panel) == len(shown)
-    for group, panel in zip(by_panel.values(), shown):
-        assert all(sorted(r["suggestions"]) == sorted(panel) for r in group)  # the panel, in each user's order
-    split = cfg.data.split
-    train = set(split_contexts(build_simulator(cfg.simulator).world, split.val_fraction, split.test_fraction,
-                               split.seed)["train"])
-    assert all((r["topic"], r["facet"]) in train for r in records)
-    write_impressions(records, tmp_path / "week.jsonl")  # valid click-log records
-    again, _, _ = policy_week(cfg, model, tok, cfg.prompt.concise, 3)
-    assert again == records

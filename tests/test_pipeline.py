@@ -30,7 +30,7 @@ def pipeline_run(smoke_collect, tmp_path_factory):
 
 def test_pipeline_runs_every_stage_and_prints_the_results_table(pipeline_run, capsys):
     cfg, result, out = pipeline_run
-    assert set(result["seconds"]) == {"sft", "rm", "fusion", "grpo", "evaluate"}  # collect: data.logs given
+    assert set(result["seconds"]) == {"sft", "serve", "rm", "fusion", "grpo", "evaluate"}  # collect: data.logs given
     evaluation = json.loads((out / "evaluation.json").read_text())
     rows = {r["policy"]: r for r in evaluation["rows"]}
     assert set(rows) == {"baseline", "sft", "grpo", "sft+bo4"} and evaluation["contexts"] == 3

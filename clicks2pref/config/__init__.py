@@ -22,6 +22,7 @@ from clicks2pref.config.collect import CollectConfig, EvalConfig
 from clicks2pref.config.data import DataConfig
 from clicks2pref.config.grpo import GRPOStageConfig, move_trl_aliases
 from clicks2pref.config.reward_model import RewardModelConfig
+from clicks2pref.config.serve import ServeConfig
 from clicks2pref.config.sft import SFTConfig, TeacherConfig
 from clicks2pref.data.prompts import PromptTemplate
 from clicks2pref.data.simulator.click_model import SimulatorConfig
@@ -63,6 +64,7 @@ class Config:
     collect: CollectConfig = field(default_factory=CollectConfig)
     sft: SFTConfig = field(default_factory=SFTConfig)
     teacher: TeacherConfig = field(default_factory=TeacherConfig)
+    serve: ServeConfig = field(default_factory=ServeConfig)
     reward_model: RewardModelConfig = field(default_factory=RewardModelConfig)
     rewards: RewardsConfig = field(default_factory=RewardsConfig)
     fusion: FusionConfig = field(default_factory=FusionConfig)

@@ -41,21 +41,8 @@ LOG_SOURCES = ("policy", "clicks")
 
 
 @dataclass
-class FusionLogConfig:
-    contexts: int = 64  # training contexts the reference policy serves in its logged week
-    panels_per_context: int = 4  # panels sampled per context (as GRPO samples a group)
-    users_per_panel: int = 24  # simulated users each panel is shown to (sampled clicks)
-
-    def __post_init__(self):
-        for key in ("contexts", "panels_per_context", "users_per_panel"):
-            if getattr(self, key) < 1:
-                raise ConfigError(f"{getattr(self, key)} must be at least 1", key)
-
-
-@dataclass
 class FusionConfig:
-    logs: str = "policy"  # policy: a logged week of the reference (SFT) policy | clicks: `weeks` of the click logs
-    log: FusionLogConfig = field(default_factory=FusionLogConfig)
+    logs: str = "policy"  # policy: the SFT policy's served week (stage serve) | clicks: `weeks` of the click logs
     within_context: bool = True  # centre scores within each context before fitting (GRPO compares within one)
     kappa_grid: List[float] = field(default_factory=lambda: [0.0, 0.5, 1.0])  # GaRM κ candidates; [] = keep κ
     weeks: List[int] = field(default_factory=lambda: [4])  # logs=clicks: held-out weeks of the click logs

@@ -58,6 +58,11 @@ def _evaluated(cfg) -> tuple[str, ...]:
     return tuple(dict.fromkeys([*_logs(cfg), *named, *(["rm"] if rm else [])]))
 
 
+def _rm_reads(cfg) -> tuple[str, ...]:
+    """The click logs, and the SFT policy's served weeks when the reward models train on some."""
+    return (*_logs(cfg), *(["serve"] if cfg.serve.rm_weeks else []))
+
+
 @dataclass(frozen=True)
 class StageSpec:
     hashes: tuple[str, ...]  # config subtrees the output depends on
@@ -78,14 +83,19 @@ SPECS = {
     "sft": StageSpec(("seed", "simulator", "prompt", "policy", "sft", "teacher", "data.on_invalid", "data.split",
                       *TRAIN_KEYS), "sft.json"),
     # rm: the reference policy of the perplexity deciles too, and the OOD logs' bytes
+    # serve: the SFT policy's logged weeks, sampled as GRPO samples a group
+    "serve": StageSpec(("seed", "serve", "simulator", "grpo.temperature", "grpo.top_p", "grpo.top_k",
+                        "grpo.max_completion_length", "policy.generation.batch_size", "data.on_invalid", "data.split",
+                        "data.format", "collect.weeks", "collect.shuffle_positions"), "serve.json",
+                       reads=lambda cfg: (*_logs(cfg), "sft")),
     "rm": StageSpec(("seed", "simulator", "prompt", "policy", "collect", "data", "reward_model", "trainer.max_steps",
-                     *TRAIN_KEYS), "rm.json", files=("data.ood_logs",)),
+                     *TRAIN_KEYS), "rm.json", files=("data.ood_logs",), reads=_rm_reads),
     # fusion: the enabled components and their settings, not how the weights are chosen
-    "fusion": StageSpec(("seed", "rewards", "fusion", "simulator", "grpo.temperature", "grpo.top_p",
-                         "grpo.top_k", "grpo.max_completion_length", "grpo.micro_batch_size",
-                         "policy.generation.batch_size", "data.on_invalid", "data.split", "data.format",
-                         "collect.weeks", "collect.shuffle_positions"), "fusion_weights.json",
-                        reads=lambda cfg: ("sft", *(["rm"] if needed_reward_models(cfg.rewards) else [])),
+    "fusion": StageSpec(("seed", "rewards", "fusion", "grpo.temperature", "grpo.top_p", "grpo.top_k",
+                         "grpo.max_completion_length", "grpo.micro_batch_size", "policy.generation.batch_size",
+                         "data.on_invalid", "data.split", "data.format"), "fusion_weights.json",
+                        reads=lambda cfg: ("sft", *(["serve"] if cfg.fusion.logs == "policy" else []),
+                                           *(["rm"] if needed_reward_models(cfg.rewards) else [])),
                         exclude=("rewards.name", "rewards.weights"), version=f"scoring-v{SCORING_VERSION}"),
     "grpo": StageSpec(("seed", "rewards", "grpo", "simulator", "policy", "prompt", "data.on_invalid", "data.split",
                        "data.format", "collect.sessions_per_week", "collect.users_per_panel", "trainer.precision",
@@ -134,9 +144,15 @@ def code_fingerprint(stage: str) -> str:
 _PACKAGE = Path(__file__).resolve().parents[1]
 
 
+# the cache's own plumbing: what it imports (the reward presets, to know which stages read the reward models)
+# is not what a stage computes, so it stays out of every stage's fingerprint
+_PLUMBING = ("clicks2pref.stages.artifacts",)
+
+
 def code_modules(stage: str) -> list[str]:
-    """The clicks2pref source files `stages/<stage>.py` imports, directly or not (paths from the repository)."""
-    seen, found, todo = set(), [], [f"clicks2pref.stages.{stage}"]
+    """The clicks2pref source files `stages/<stage>.py` imports, directly or not (paths from the repository),
+    leaving out the artifact cache's own module and its imports."""
+    seen, found, todo = set(_PLUMBING), [], [f"clicks2pref.stages.{stage}"]
     while todo:
         name = todo.pop()
         if name in seen:

@@ -1,15 +1,15 @@
 """Stage `fusion` (SPEC 5.4): the reward's composition from clicks on the policy RL will train.
 
-With `fusion.logs=policy` (the default) the SFT policy serves a logged week: `fusion.log.panels_per_context`
-panels per training context, sampled as GRPO samples a group, each shown to simulated users whose sampled
-clicks are recorded (the oracle is never read). Every enabled component of `rewards` scores those panels;
-GaRM's κ is chosen from `fusion.kappa_grid` by how well GaRM alone ranks the clicked impressions; stage one
-fits clicks on the scores, centred within each context (`within_context`: a GRPO advantage only compares
-panels of one context), and stage two searches the grid around the fit under the rule-pass and
-in-distribution constraints on those same panels (`clicks2pref.rewards.fusion`). `fusion.logs=clicks` fits
-on held-out weeks of the collected logs instead (the baseline policy's panels). Writes
-`artifacts/fusion/<key>/fusion_weights.json` (weights, κ, τ, stage one's fit, the Pareto front searched) and
-the policy's week (`policy_week.jsonl`), and copies the weights to the run folder.
+With `fusion.logs=policy` (the default) the clicks are the SFT policy's own: the week stage `serve` logged
+for fusion (a GRPO group of panels per training context, simulated users' sampled clicks; the reward models
+never trained on it; the oracle is never read). Every enabled component of `rewards` scores those panels as
+the policy wrote them; GaRM's κ is chosen from `fusion.kappa_grid` by how well GaRM alone ranks the clicked
+impressions; stage one fits clicks on the scores, centred within each context (`within_context`: a GRPO
+advantage only compares panels of one context), and stage two searches the grid around the fit under the
+rule-pass and in-distribution constraints on those same panels (`clicks2pref.rewards.fusion`).
+`fusion.logs=clicks` fits on held-out weeks of the collected logs instead (the baseline policy's panels).
+Writes `artifacts/fusion/<key>/fusion_weights.json` (weights, κ, τ, stage one's fit, the Pareto front
+searched) and copies it to the run folder.
 """
 from __future__ import annotations
 
@@ -24,13 +24,12 @@ import numpy as np
 import torch
 from omegaconf import OmegaConf
 
-from clicks2pref.data.io import load_impressions, write_impressions
-from clicks2pref.data.parsing import format_suggestions, parse_suggestions
+from clicks2pref.data.io import load_impressions
+from clicks2pref.data.parsing import format_suggestions
 from clicks2pref.data.prompts import build_messages
-from clicks2pref.data.simulator import build_simulator, split_contexts
 from clicks2pref.errors import ClickLogError
 from clicks2pref.loggers import log_metrics
-from clicks2pref.models.generate import GenerationConfig, generate
+from clicks2pref.models.generate import generate
 from clicks2pref.report import write_job_metrics
 from clicks2pref.rewards.base import RewardBatch, RewardResources, context_key
 from clicks2pref.rewards.composite import build_component, build_components
@@ -38,7 +37,7 @@ from clicks2pref.rewards.fusion import centre_within, click_auc, fuse
 from clicks2pref.rewards.ppl import ReferenceScorer, calibrate_tau
 from clicks2pref.rewards.rule import RuleReward
 from clicks2pref.stages import artifacts
-from clicks2pref.stages.collect import sample_contexts, serve
+from clicks2pref.stages.serve import group_sampling, served
 from clicks2pref.stages.policies import load_sft_policy
 
 log = logging.getLogger(__name__)
@@ -69,10 +68,8 @@ def run(cfg, loggers=()) -> dict:
     with artifacts.atomic_dir(artifacts.artifact_path(cfg, "fusion", key)) as tmp:
         source, records = fc.logs, []
         if source == "policy":
-            records, cand_contexts, cand_texts = policy_week(cfg, model, tok, template, k)
-            if records:
-                write_impressions(records, tmp / f"policy_week.{cfg.data.format}")
-            else:
+            records, cand_contexts, cand_texts = served(cfg, inputs["serve"], inputs["serve"]["fusion_week"])
+            if not records:
                 source = "clicks"
                 log.warning("fusion: every panel of the SFT policy's week was empty (nothing to show users); the "
                             "weights are fitted on the collected logs' weeks %s instead (fusion.logs=clicks)",
@@ -81,7 +78,7 @@ def run(cfg, loggers=()) -> dict:
             logged = RewardBatch(cand_contexts, cand_texts, k)
             rows = np.array([int(r["panel_id"].rsplit("-p", 1)[1]) for r in records])
             clicks = np.array([int(any(r["clicks"])) for r in records])
-            samples = fc.log.panels_per_context
+            samples = cfg.serve.panels_per_context
         else:  # each distinct logged panel in the order it was shown
             records = held or held_out_weeks(cfg)[0]
             panels, rows, clicks = panel_table(records)
@@ -122,36 +119,6 @@ def run(cfg, loggers=()) -> dict:
                   "inputs": {s: inputs[s]["key"] for s in inputs}, "seconds": time.time() - start}
         (tmp / "fusion_weights.json").write_text(json.dumps(result, indent=2))
     return publish(cfg, result, loggers, fresh=True)
-
-
-def policy_week(cfg, model, tok, template, k: int) -> tuple[list[dict], list[list[dict]], list[str]]:
-    """A week of the reference policy serving training contexts: `fusion.log.panels_per_context` panels per
-    context sampled as GRPO samples a group, each shown to `fusion.log.users_per_panel` simulated users.
-
-    Returns the impressions and every sampled (context, text), empty panels included (the candidates)."""
-    fl = cfg.fusion.log
-    rng = random.Random(f"fusion-{cfg.seed}")
-    sim = build_simulator(cfg.simulator)
-    split = cfg.data.split
-    pairs = sample_contexts(split_contexts(sim.world, split.val_fraction, split.test_fraction, split.seed)["train"],
-                            fl.contexts, rng)
-    conversations = [sim.context(t, f, rng) for t, f in pairs]
-    texts = generate(model, tok, [build_messages(template, c) for c in conversations], group_sampling(cfg),
-                     num_return_sequences=fl.panels_per_context, seed=cfg.seed, desc="fusion: policy week")
-    repeat = lambda xs: [x for x in xs for _ in range(fl.panels_per_context)]  # noqa: E731
-    panels = [parse_suggestions(t, k).suggestions for t in texts]
-    records, empty = serve(sim, repeat(pairs), repeat(conversations), panels, "sft", cfg.collect.weeks + 1,
-                           fl.users_per_panel, cfg.collect.shuffle_positions, rng)
-    log.info("fusion: the SFT policy's week: %d contexts × %d panels (%d empty), %d impressions", len(pairs),
-             fl.panels_per_context, empty, len(records))
-    return records, repeat(conversations), texts
-
-
-def group_sampling(cfg) -> GenerationConfig:
-    """Generation settings of a GRPO group, so fusion sees the panels RL will compare."""
-    g = cfg.grpo
-    return GenerationConfig(max_new_tokens=g.max_completion_length, temperature=g.temperature, top_p=g.top_p,
-                            top_k=g.top_k, do_sample=True, batch_size=cfg.policy.generation.batch_size)
 
 
 def fit_kappa(cfg, components: dict, resources, logged, groups: list, rows: np.ndarray, clicks: np.ndarray

@@ -1,4 +1,4 @@
-"""`stage=pipeline`: collect → sft → rm → fusion → grpo → evaluate, each reused from the artifact cache
+"""`stage=pipeline`: collect → sft → serve → rm → fusion → grpo → evaluate, each reused from the artifact cache
 when its key matches, ending with the results table."""
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from hydra.utils import get_method
 
 log = logging.getLogger(__name__)
 
-STAGES = ("collect", "sft", "rm", "fusion", "grpo", "evaluate")
+STAGES = ("collect", "sft", "serve", "rm", "fusion", "grpo", "evaluate")
 
 
 def run(cfg, loggers=()) -> dict:

@@ -1,9 +1,10 @@
 """Stage 3 (reward models): GaRM and BTRM trained on clicks, then calibration and agreement with the oracle
 (SPEC 5.3, 5.6).
 
-Reads click logs (`data.logs` or this config's collect output) and optionally `data.ood_logs`, and
-trains each kind in `reward_model.kinds` with Lightning on weeks 1–3: on every impression under a
-click model with learned examination (`objective=click_model`, the default), or on clicked ≻ skipped
+Reads click logs (`data.logs` or this config's collect output), the SFT policy's served weeks (stage
+`serve`, `serve.rm_weeks`: the panels RL will compare) and optionally `data.ood_logs`, and trains each
+kind in `reward_model.kinds` with Lightning on weeks 1–3 and the served weeks: on every impression under
+a click model with learned examination (`objective=click_model`, the default), or on clicked ≻ skipped
 pairs (`objective=pairwise`, the paper's). Week 4 is the IID test, OOD logs the OOD test; every model
 is scored on both objectives' terms (pairwise accuracy and ECE) and against the oracle (Spearman ρ of
 its score with each logged suggestion's true click probability). Writes under `artifacts/rm/<key>/`:
@@ -20,6 +21,7 @@ import shutil
 import time
 from functools import partial
 from pathlib import Path
+from typing import Optional
 
 import pytorch_lightning as pl
 from hydra.utils import instantiate
@@ -41,7 +43,7 @@ from clicks2pref.models.registry import load_causal_lm
 from clicks2pref.models.reward_heads import build_reward_model, load_reward_model, save_reward_model
 from clicks2pref.objectives.click_model import fit_item_examination
 from clicks2pref.report import write_job_metrics
-from clicks2pref.stages import artifacts
+from clicks2pref.stages import artifacts, serve as serve_stage
 
 log = logging.getLogger(__name__)
 REPORTS = ("calibration.json", "calibration.md")
@@ -59,7 +61,7 @@ def run(cfg, loggers=()) -> dict:
 
     # 2. clicked ≻ skipped pairs per split, and the reference log-perplexity of the test suggestions
     start = time.time()
-    splits, examples, notes = load_splits(cfg)
+    splits, examples, notes = load_splits(cfg, inputs.get("serve"))
     log.info("rm: pairs %s; impressions %s", ", ".join(f"{k} {len(v)}" for k, v in splits.items()),
              ", ".join(f"{k} {sum(e['count'] for e in v)}" for k, v in examples.items()))
     ppl = reference_ppl(cfg, splits) if rm.calibration.reference_ppl else {}
@@ -103,11 +105,19 @@ def run(cfg, loggers=()) -> dict:
     return publish(cfg, result, report, loggers, fresh=True)
 
 
-def load_splits(cfg) -> tuple[dict[str, list[dict]], dict[str, list[dict]], list[str]]:
-    """Pairs and impression examples per split, and notes for the report (where the OOD split came from)."""
+def load_splits(cfg, served: Optional[dict] = None) -> tuple[dict[str, list[dict]], dict[str, list[dict]], list[str]]:
+    """Pairs and impression examples per split, and notes for the report (where the OOD split came from).
+
+    `served`: stage serve's result; its reward-model weeks (the SFT policy's own panels) join the training weeks."""
     pcfg = cfg.reward_model.pairs
     source = artifacts.logs_source(cfg)
     records = load_impressions(source, cfg.data.on_invalid)
+    extra = []
+    for week in (served or {}).get("rm_weeks", []):
+        records += serve_stage.served(cfg, served, week)[0]
+        extra.append(week)
+    if extra:
+        pcfg = OmegaConf.merge(pcfg, {"train_weeks": [*pcfg.train_weeks, *extra]})
     ood = load_impressions(cfg.data.ood_logs, cfg.data.on_invalid) if cfg.data.ood_logs else None
     splits = pair_splits(records, pcfg, ood)
     examples = impression_splits(records, pcfg, ood)
@@ -122,7 +132,8 @@ def load_splits(cfg) -> tuple[dict[str, list[dict]], dict[str, list[dict]], list
                             f"logs (weeks present: {weeks}); set reward_model.pairs.train_weeks or "
                             f"reward_model.pairs.position_filter", str(source), field="reward_model.pairs")
     notes = [f"pairs: {pcfg.position_filter}; train weeks {list(pcfg.train_weeks)} (val {pcfg.val_fraction:.0%} of "
-             f"panels), IID test weeks {list(pcfg.test_weeks)}; logs {source}"]
+             f"panels), IID test weeks {list(pcfg.test_weeks)}; logs {source}"
+             + (f", and the SFT policy's served weeks {extra}" if extra else "")]
     if ood is None:
         notes.append("no OOD split: set data.ood_logs to another policy's click logs")
     else:

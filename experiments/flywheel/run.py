@@ -1,11 +1,12 @@
 """The data flywheel: R rounds of log → retrain the reward → GRPO, one table row per round.
 
-Round 1 is the pipeline on collect's logs (weeks 1–4 of the prompted policy). Its GRPO policy is then
-logged for a week (`grpo.rl_logs`, panels in random order; the driver numbers that week 4 + round), and
-round r + 1 trains SFT, the reward models and fusion on every log so far (the new weeks join the training
-weeks; week 4 stays the reward models' IID test; fusion fits on a week of that round's SFT policy) before
-running GRPO again from its SFT policy. Each round's row is its GRPO stage's own held-out comparison with that round's SFT policy
-(oracle CTR, paired 95 % CI) and the reward models' oracle ρ; nothing is chosen on the oracle.
+Round 1 is the pipeline on collect's logs (weeks 1–4 of the prompted policy; stage serve logs its SFT
+policy for the reward models and fusion). Its GRPO policy is then logged for a week (`grpo.rl_logs`, panels
+in random order; the driver numbers that week 4 + round), and round r + 1 trains SFT, the reward models and
+fusion on every log so far (the new weeks join the training weeks; week 4 stays the reward models' IID
+test) before running GRPO again from its SFT policy. Each round's row is its GRPO stage's own held-out
+comparison with that round's SFT policy (oracle CTR, paired 95 % CI) and the reward models' oracle ρ;
+nothing is chosen on the oracle.
 
     python experiments/flywheel/run.py --rounds 2 [extra overrides...]
     python experiments/flywheel/run.py --rounds 2 experiment=smoke     # minutes, not hours

@@ -1,0 +1,104 @@
+"""Stage `serve`: the SFT policy's own logged traffic.
+
+The reward models learned on the prompted policy's panels rank those well and the SFT policy's poorly, yet
+RL asks them to compare the SFT policy's panels. So the SFT policy serves weeks of training contexts:
+`serve.panels_per_context` panels per context, sampled as GRPO samples a group, each shown to
+`serve.users_per_panel` simulated users (positions shuffled per `collect.shuffle_positions`), whose sampled
+clicks are recorded; the oracle is never read. The first `serve.rm_weeks` weeks join the reward models'
+training weeks; the week after is fusion's (`fusion.logs=policy`), on panels the reward models never saw.
+Weeks are numbered after the click logs' last. Writes under `artifacts/serve/<key>/`: `week<N>.jsonl`
+(impressions), `panels<N>.jsonl` (every sampled text as the policy wrote it, with its context and panel id,
+empty ones included) and `serve.json`.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import random
+import time
+
+from clicks2pref.data.io import load_impressions, read_jsonl, write_impressions, write_jsonl
+from clicks2pref.data.parsing import parse_suggestions
+from clicks2pref.data.prompts import build_messages
+from clicks2pref.data.simulator import build_simulator, split_contexts
+from clicks2pref.models.generate import GenerationConfig, generate
+from clicks2pref.stages import artifacts
+from clicks2pref.stages.collect import sample_contexts, serve
+from clicks2pref.stages.policies import load_sft_policy
+
+log = logging.getLogger(__name__)
+
+
+def run(cfg, loggers=()) -> dict:
+    inputs = artifacts.upstream(cfg, "serve", loggers)
+    key = artifacts.key(cfg, "serve", inputs)
+    if (result := artifacts.reuse(cfg, "serve", key)) is not None:
+        return result
+    start = time.time()
+    model, tok = load_sft_policy(artifacts.artifact_path(cfg, "sft", inputs["sft"]["key"]), cfg, merge=True)
+    template = cfg.prompt[inputs["sft"]["template"]]
+    k = len(cfg.simulator.examination)
+    first = first_week(cfg)
+    weeks = list(range(first, first + cfg.serve.rm_weeks + 1))
+    counts = {}
+    with artifacts.atomic_dir(artifacts.artifact_path(cfg, "serve", key)) as tmp:
+        for week in weeks:
+            records, contexts, texts = policy_week(cfg, model, tok, template, k, week)
+            if records:  # a policy that shows nothing (a tiny random model) leaves no week
+                write_impressions(records, tmp / f"week{week}.{cfg.data.format}")
+            write_jsonl([{"panel_id": f"w{week}-p{i:05d}", "context": c, "text": t}
+                         for i, (c, t) in enumerate(zip(contexts, texts))], tmp / f"panels{week}.jsonl")
+            counts[str(week)] = {"impressions": len(records), "panels": len(texts),
+                            "ctr": sum(any(r["clicks"]) for r in records) / len(records) if records else None}
+        result = {"key": key, "rm_weeks": weeks[:-1], "fusion_week": weeks[-1], "weeks": counts,
+                  "template": inputs["sft"]["template"], "inputs": {s: inputs[s]["key"] for s in inputs},
+                  "seconds": time.time() - start}
+        (tmp / "serve.json").write_text(json.dumps(result, indent=2))
+    log.info("serve: the SFT policy's weeks %s (reward models: %s, fusion: %s) in %.0fs", weeks, weeks[:-1],
+             weeks[-1], result["seconds"])
+    return result
+
+
+def first_week(cfg) -> int:
+    """The week after the click logs' last."""
+    if not cfg.data.logs:
+        return cfg.collect.weeks + 1
+    return max(r["week"] for r in load_impressions(cfg.data.logs, cfg.data.on_invalid)) + 1
+
+
+def policy_week(cfg, model, tok, template, k: int, week: int) -> tuple[list[dict], list[list[dict]], list[str]]:
+    """One week of the policy serving a fresh sample of `serve.contexts` training contexts.
+
+    Returns the impressions and every sampled (context, text), empty panels included, grouped by context."""
+    sv = cfg.serve
+    rng = random.Random(f"serve-{cfg.seed}-{week}")
+    sim = build_simulator(cfg.simulator)
+    split = cfg.data.split
+    pairs = sample_contexts(split_contexts(sim.world, split.val_fraction, split.test_fraction, split.seed)["train"],
+                            sv.contexts, rng)
+    conversations = [sim.context(t, f, rng) for t, f in pairs]
+    texts = generate(model, tok, [build_messages(template, c) for c in conversations], group_sampling(cfg),
+                     num_return_sequences=sv.panels_per_context, seed=cfg.seed + week, desc=f"serve: week {week}")
+    repeat = lambda xs: [x for x in xs for _ in range(sv.panels_per_context)]  # noqa: E731
+    panels = [parse_suggestions(t, k).suggestions for t in texts]
+    records, empty = serve(sim, repeat(pairs), repeat(conversations), panels, "sft", week, sv.users_per_panel,
+                           cfg.collect.shuffle_positions, rng)
+    log.info("serve: week %d: %d contexts × %d panels (%d empty), %d impressions", week, len(pairs),
+             sv.panels_per_context, empty, len(records))
+    return records, repeat(conversations), texts
+
+
+def group_sampling(cfg) -> GenerationConfig:
+    """Generation settings of a GRPO group, so the logs hold the panels RL will compare."""
+    g = cfg.grpo
+    return GenerationConfig(max_new_tokens=g.max_completion_length, temperature=g.temperature, top_p=g.top_p,
+                            top_k=g.top_k, do_sample=True, batch_size=cfg.policy.generation.batch_size)
+
+
+def served(cfg, result: dict, week: int) -> tuple[list[dict], list[list[dict]], list[str]]:
+    """A served week's impressions (none when every panel was empty) and its sampled (context, text)s."""
+    folder = artifacts.artifact_path(cfg, "serve", result["key"])
+    path = folder / f"week{week}.{cfg.data.format}"
+    records = load_impressions(str(path), cfg.data.on_invalid) if path.exists() else []
+    panels = read_jsonl(folder / f"panels{week}.jsonl")
+    return records, [p["context"] for p in panels], [p["text"] for p in panels]
