@@ -13,6 +13,7 @@ SCRIPT = Path(__file__).resolve().parents[1] / "experiments" / "flywheel" / "run
 def test_two_rounds_feed_the_first_policys_week_into_the_second(tmp_path):
     out = tmp_path / "fly"
     done = subprocess.run([sys.executable, str(SCRIPT), "--rounds", "2", "--out", str(out), "experiment=smoke",
+                           "policy=smollm2", "grpo.max_completion_length=48",  # a real policy writes panels
                            f"paths.artifacts_dir={tmp_path / 'artifacts'}", f"paths.log_dir={tmp_path / 'logs'}"],
                           capture_output=True, text=True, timeout=1200)
     assert done.returncode == 0, done.stderr[-3000:]
