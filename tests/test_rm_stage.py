@@ -28,7 +28,8 @@ def rm_run(smoke_collect, tmp_path_factory):
     logs = collected["logs"]
     ood = str(Path(logs).parent / "week4.jsonl")
     out = tmp_path_factory.mktemp("rm_stage")
-    cfg = compose_config(TINY_RM + [f"data.logs={logs}", f"data.ood_logs={ood}"], out)
+    cfg = compose_config(TINY_RM + [f"data.logs={logs}", f"data.ood_logs={ood}",
+                                    "reward_model.calibration.reference_ppl=true"], out)
     return cfg, run_stage(cfg), out
 
 
@@ -81,7 +82,8 @@ def test_second_run_reuses_the_artifact(rm_run, tmp_path):
 
     cfg, result, _ = rm_run
     again = compose_config(TINY_RM + [f"data.logs={cfg.data.logs}", f"data.ood_logs={cfg.data.ood_logs}",
-                                      f"paths.artifacts_dir={cfg.paths.artifacts_dir}", "logger=[]"], tmp_path)
+                                      f"paths.artifacts_dir={cfg.paths.artifacts_dir}", "logger=[]",
+                                      "reward_model.calibration.reference_ppl=true"], tmp_path)
     assert run_stage(again) == result
     assert (tmp_path / "calibration.md").exists()
 
@@ -94,7 +96,8 @@ def test_interrupted_kinds_are_resumed_from_the_work_folder(rm_run, tmp_path):
     from clicks2pref.stages.artifacts import key as artifact_key
 
     cfg, result, _ = rm_run
-    overrides = TINY_RM + [f"data.logs={cfg.data.logs}", "logger=[]", "reward_model.kinds=[btrm]"]
+    overrides = TINY_RM + [f"data.logs={cfg.data.logs}", "logger=[]", "reward_model.kinds=[btrm]",
+                             "rewards=btrm_instead_of_garm"]
     fresh = compose_config(overrides, tmp_path)
     key = artifact_key(fresh, "rm")
     work = Path(fresh.paths.artifacts_dir) / "rm" / f".work-{key}" / "btrm"
@@ -112,15 +115,15 @@ def test_killed_training_resumes_from_the_last_lightning_checkpoint(smoke_collec
     _, collected = smoke_collect
     overrides = TINY_RM + [f"data.logs={collected['logs']}", "logger=[]"]
     cfg = compose_config(overrides + ["trainer.max_steps=2"], tmp_path)  # "killed" after 2 steps
-    splits, _ = load_splits(cfg)
+    splits, examples, _ = load_splits(cfg)
     work = tmp_path / "work" / "garm"
-    _, first = train_one(cfg, "garm", splits, work, [])
+    _, first = train_one(cfg, "garm", splits, examples, work, [])
     checkpoint = torch.load(work / "ckpt" / "last.ckpt", weights_only=True)  # no pickle needed
     assert first["steps"] == 2 and checkpoint["global_step"] == 2
     assert all(k.startswith("model.") for k in checkpoint["state_dict"])  # trainable weights only
     (work / "model" / "reward_model.json").unlink()  # as if killed before the model was saved
-    _, resumed = train_one(compose_config(overrides, tmp_path), "garm", splits, work, [])
-    steps_per_epoch = -(-len({p["group"] for p in splits["train"]}) // 4)
+    _, resumed = train_one(compose_config(overrides, tmp_path), "garm", splits, examples, work, [])
+    steps_per_epoch = -(-len({e["group"] for e in examples["train"]}) // 4)  # whole panels, 4 per batch
     assert resumed["steps"] == 2 * steps_per_epoch  # continued to the end of the two epochs
 
 
@@ -159,12 +162,12 @@ def test_missing_logs_fail_with_one_line(tmp_path):
 def test_lambda_sweep_multirun(smoke_collect, tmp_path):
     """The sweep as users run it (five GaRM jobs), shrunk: tiny-llama, one epoch, smoke logs."""
     _, collected = smoke_collect
-    proc = subprocess.run([sys.executable, "-m", "clicks2pref", "-m", "experiment=lambda_sweep", "reward_model=tiny",
+    proc = subprocess.run([sys.executable, "-m", "clicks2pref", "-m", "experiment=lambda_sweep", "reward_model=tiny", "serve.rm_weeks=0",
                            f"data.logs={collected['logs']}", f"paths.root_dir={tmp_path}", "logger=csv"],
                           capture_output=True, text=True, timeout=900)
     assert proc.returncode == 0, proc.stderr[-3000:]
     reports = sorted(tmp_path.glob("logs/rm/multiruns/*/*/calibration.json"))
-    assert len(reports) == 5
+    assert len(reports) == 5, sorted(str(p) for p in Path("/").glob(str(tmp_path)[1:] + "/**/calibration.json"))[:10]
     lambdas = []
     for report in reports:
         overrides = (report.parent / ".hydra" / "overrides.yaml").read_text().splitlines()
