@@ -259,3 +259,44 @@ def test_ddp_cpu_matches_one_process(kind, objective):
     atol = 1e-3 if kind == "btrm" else 1e-5  # ... which also leaves ~1e-4 of round-off in the other weights
     for name in a:
         assert torch.allclose(a[name], b[name], rtol=1e-4, atol=atol), (name, a[name], b[name])
+
+
+# --- the shared-prefix training layout --------------------------------------------------------------
+
+
+def test_shared_prefix_batch_gives_the_full_pass_outputs_and_gradients():
+    """Each conversation once, its suggestions from its cache: the same μ, σ and the same LoRA and head
+    gradients as every (conversation, suggestion) input in full, for conversations of different lengths."""
+    from clicks2pref.rewards.shared_prefix import collate_items, forward_items
+
+    cfg = rm_config(**{"head.init_std": 0.5})
+    cfg.backbone.lora = LoraConfig(r=4, lora_alpha=8, lora_dropout=0.0, target_modules=["q_proj", "v_proj"])
+    model = build("garm", cfg)
+    model.train()
+    other = [{"role": "user", "content": "Is raw cookie dough safe to eat, and why do people worry about it?"}]
+    items = [(CTX, "Why?"), (other, "Which doughs are safe raw?"), (CTX, "Can I pick two of these options?"),
+             (other, "What kills salmonella?"), (CTX, "Any more?")]
+    results = []
+    for shared in (False, True):
+        batch = collate_items(model, items, shared_prefix=shared)
+        assert ("prefix_ids" in batch) == shared
+        model.zero_grad()
+        out = forward_items(model, batch)
+        (out["mu"] * torch.arange(1.0, 6.0)).sum().add(out["sigma"].sum()).backward()
+        grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+        results.append((out, grads))
+    (full, full_grads), (shared, shared_grads) = results
+    for name in ("mu", "sigma"):
+        torch.testing.assert_close(shared[name], full[name], rtol=1e-4, atol=1e-5)
+    assert set(shared_grads) == set(full_grads) and any("lora" in n for n in full_grads)
+    for name, g in full_grads.items():
+        torch.testing.assert_close(shared_grads[name], g, rtol=1e-3, atol=1e-5, msg=name)
+
+
+def test_shared_prefix_batch_falls_back_to_the_full_layout_when_an_input_is_truncated():
+    from clicks2pref.rewards.shared_prefix import collate_items
+
+    model = build("btrm", rm_config(**{"head.max_length": 64}))
+    long_ctx = [CTX[0], {"role": "assistant", "content": "word " * 200}]
+    assert "input_ids" in collate_items(model, [(CTX, "Why?"), (long_ctx, "Is this kept whole?")])
+    assert "prefix_ids" in collate_items(model, [(CTX, "Why?"), (CTX, "How?")])

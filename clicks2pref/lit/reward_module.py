@@ -2,7 +2,8 @@
 every impression under a click model (`ClickRewardModule`, `reward_model.objective=click_model`).
 
 A batch is a few whole panels: every distinct suggestion in it is scored once and the pairs index
-into those scores, so the six users who saw one panel cost one forward pass per suggestion.
+into those scores, so the six users who saw one panel cost one forward pass per suggestion; with
+`shared_prefix` each distinct conversation runs once too (`clicks2pref.rewards.shared_prefix`).
 `training_step` reads in order: score → gather chosen / rejected → loss (clicks2pref.objectives) →
 skip and count a non-finite loss. Logged under `rm/<kind>/` every step: `train_loss`, `train_acc`,
 `sigma_mean` and `sigma_std` (GaRM; σ over the batch's suggestions), `grad_norm` (before clipping);
@@ -29,6 +30,7 @@ from clicks2pref.objectives.bradley_terry import bt_loss
 from clicks2pref.objectives.click_model import (btrm_attraction, click_nll, examination, garm_attraction,
                                                  logit)
 from clicks2pref.objectives.gaussian import REGULARIZERS, garm_loss
+from clicks2pref.rewards.shared_prefix import collate_items, forward_items
 
 log = logging.getLogger(__name__)
 
@@ -51,15 +53,15 @@ def _slots():
 class PairCollator:
     """Groups of pairs → the model's padded inputs for their distinct suggestions + pair indices."""
 
-    def __init__(self, model):
-        self.model = model
+    def __init__(self, model, shared_prefix: bool = False):
+        self.model, self.shared_prefix = model, shared_prefix
 
     def __call__(self, groups: Sequence[list[dict]]) -> dict:
         slot, items = _slots()
         pairs = [p for g in groups for p in g]
         chosen = [slot(p["context"], p["chosen"]) for p in pairs]
         rejected = [slot(p["context"], p["rejected"]) for p in pairs]
-        batch = self.model.collate(items)
+        batch = collate_items(self.model, items, self.shared_prefix)
         batch["chosen"], batch["rejected"] = torch.tensor(chosen), torch.tensor(rejected)
         return batch
 
@@ -79,24 +81,25 @@ def panel_loader(groups: list, collate, groups_per_batch: int, shuffle: bool, se
 
 
 def pair_loader(model, pairs: list[dict], groups_per_batch: int, shuffle: bool, seed: int = 0, world: int = 1,
-                rank: int = 0) -> DataLoader:
+                rank: int = 0, shared_prefix: bool = False) -> DataLoader:
     """Batches of `groups_per_batch` panels' pairs (see `clicks2pref.data.pairs.group_pairs`)."""
-    return panel_loader(group_pairs(pairs), PairCollator(model), groups_per_batch, shuffle, seed, world, rank)
+    return panel_loader(group_pairs(pairs), PairCollator(model, shared_prefix), groups_per_batch, shuffle, seed,
+                        world, rank)
 
 
 class ImpressionCollator:
     """Groups of impression examples → padded inputs for their distinct suggestions, the [N, K] index of
     each shown position into them, clicks [N, K], panel lengths [N] and user counts [N]."""
 
-    def __init__(self, model, positions: int):
-        self.model, self.positions = model, positions
+    def __init__(self, model, positions: int, shared_prefix: bool = False):
+        self.model, self.positions, self.shared_prefix = model, positions, shared_prefix
 
     def __call__(self, groups: Sequence[list[dict]]) -> dict:
         slot, items = _slots()
         examples = [e for g in groups for e in g]
         k = self.positions
         index = [[slot(e["context"], s) for s in e["suggestions"][:k]] for e in examples]
-        batch = self.model.collate(items)
+        batch = collate_items(self.model, items, self.shared_prefix)
         batch["items"] = torch.tensor([row + [0] * (k - len(row)) for row in index])
         batch["clicks"] = torch.tensor([(list(e["clicks"][:k]) + [0] * k)[:k] for e in examples])
         batch["lengths"] = torch.tensor([len(row) for row in index])
@@ -105,10 +108,10 @@ class ImpressionCollator:
 
 
 def impression_loader(model, examples: list[dict], positions: int, groups_per_batch: int, shuffle: bool,
-                      seed: int = 0, world: int = 1, rank: int = 0) -> DataLoader:
+                      seed: int = 0, world: int = 1, rank: int = 0, shared_prefix: bool = False) -> DataLoader:
     """Batches of `groups_per_batch` panels (every order and click pattern logged for each)."""
-    return panel_loader(group_examples(examples), ImpressionCollator(model, positions), groups_per_batch, shuffle,
-                        seed, world, rank)
+    return panel_loader(group_examples(examples), ImpressionCollator(model, positions, shared_prefix),
+                        groups_per_batch, shuffle, seed, world, rank)
 
 
 class RewardData(pl.LightningDataModule):
@@ -175,7 +178,7 @@ class RewardModule(pl.LightningModule):
         return bool(all_sum(self._trainer, torch.isfinite(loss).float()) == world)
 
     def training_step(self, batch, batch_idx):
-        out = self.model(batch["input_ids"], batch["attention_mask"])
+        out = forward_items(self.model, batch)
         loss, parts = self.loss(out, batch["chosen"], batch["rejected"])
         if not self.all_finite(loss):
             return self._skip_nonfinite()
@@ -212,7 +215,7 @@ class RewardModule(pl.LightningModule):
     # --- validation ------------------------------------------------------------------------------
 
     def validation_step(self, batch, batch_idx):
-        out = self.model(batch["input_ids"], batch["attention_mask"])
+        out = forward_items(self.model, batch)
         loss, _ = self.loss(out, batch["chosen"], batch["rejected"])
         conf, correct = self.confidence(out, batch["chosen"], batch["rejected"])
         self.val_loss.update(loss.detach(), weight=len(conf))
@@ -289,7 +292,7 @@ class ClickRewardModule(RewardModule):
     def click_loss(self, batch, global_batch: bool = False) -> tuple[torch.Tensor, dict]:
         """The impressions' NLL (a mean weighted by user counts) plus GaRM's λ·R (a mean over the batch's
         suggestions); `global_batch` turns both into this process's share of the global batch's means."""
-        out = self.model(batch["input_ids"], batch["attention_mask"])
+        out = forward_items(self.model, batch)
         if self.kind == "garm":
             attraction = garm_attraction(out["mu"], out["sigma"])
         else:

@@ -1,17 +1,19 @@
-"""Reward-model scoring that runs each distinct conversation through the backbone once.
+"""Reward-model passes that run each distinct conversation through the backbone once.
 
-A GRPO batch asks a reward model about G × K suggestions per conversation, and the conversation
-(~100 tokens with the chat template) is far longer than a suggestion (~15). For a chat-template RM
-read at the last token (`clicks2pref.models.reward_heads.RewardModel`, `pooling: last`) the
-conversation's key/value cache is computed once and every suggestion continues from it: the same
-numbers as `RewardModel.rewards` (to float rounding) at a fraction of the cost. Any other model, and
-any input the RM would truncate, goes through the model's own `rewards`.
+A reward model reads one suggestion in its conversation, and the conversation (~100 tokens with the
+chat template) is far longer than a suggestion (~15). GRPO asks about G × K suggestions per
+conversation, and a training batch of whole panels about K per panel, so for a chat-template RM read at
+the last token (`clicks2pref.models.reward_heads.RewardModel`, `pooling: last`) each conversation's
+keys and values are computed once and each suggestion continues from them (`collate_shared`,
+`forward_shared`). The tokens, positions and masks are the full pass's, so the numbers are too (to
+float rounding), and the gradient reaches the conversation's tokens through the cache, summed over its
+suggestions as in the full pass. Any other model, and any input the RM would truncate, takes the full
+pass (`RewardModel.collate` and `forward`).
 """
 from __future__ import annotations
 
-import copy
 import inspect
-from typing import Sequence
+from typing import Optional, Sequence
 
 import torch
 from torch import Tensor
@@ -31,6 +33,76 @@ def _cache_kwarg(backbone) -> str:
     return "cache" if "cache" in inspect.signature(base.forward).parameters else "past_key_values"
 
 
+def shared_segments(model, context: list[dict], suggestion: str) -> Optional[tuple[list[int], list[int]]]:
+    """(conversation ids, suggestion ids) when the full input is exactly their concatenation, else None."""
+    prefix, suffix, tail = model._segments(context, suggestion)
+    if prefix and suffix and not tail and len(prefix) + len(suffix) <= model.cfg.max_length:
+        return prefix, suffix
+    return None
+
+
+def collate_shared(model, items: Sequence[tuple[list[dict], str]]) -> Optional[dict[str, Tensor]]:
+    """Inputs with each distinct conversation once: `prefix_ids`/`prefix_mask` [C, P] (right-padded),
+    `prefix_index` [N] (item → its conversation), `suffix_ids`/`suffix_mask` [N, S] (right-padded).
+    None when the model cannot share (`supports_shared_prefix`) or some item does not split into
+    conversation + suggestion (`shared_segments`)."""
+    if not supports_shared_prefix(model):
+        return None
+    segs = [shared_segments(model, c, s) for c, s in items]
+    if not segs or any(x is None for x in segs):
+        return None
+    prefixes: dict[tuple[int, ...], int] = {}
+    index = [prefixes.setdefault(tuple(p), len(prefixes)) for p, _ in segs]
+    pad = model.tokenizer.pad_token_id
+
+    def padded(rows):
+        width = max(len(r) for r in rows)
+        return (torch.tensor([list(r) + [pad] * (width - len(r)) for r in rows]),
+                torch.tensor([[1] * len(r) + [0] * (width - len(r)) for r in rows]))
+
+    prefix_ids, prefix_mask = padded(list(prefixes))
+    suffix_ids, suffix_mask = padded([s for _, s in segs])
+    return {"prefix_ids": prefix_ids, "prefix_mask": prefix_mask, "prefix_index": torch.tensor(index),
+            "suffix_ids": suffix_ids, "suffix_mask": suffix_mask}
+
+
+def forward_shared(model, batch: dict[str, Tensor]) -> dict[str, Tensor]:
+    """The head's outputs per item of a `collate_shared` batch (with gradients when enabled).
+
+    The conversations run at batch C; their cache is gathered to the N items, and each suggestion
+    continues at its conversation's length (a right-padded conversation leaves masked holes, which the
+    attention mask skips). The last suggestion token is pooled, as `RewardModel.forward` pools.
+    """
+    prefix_mask, index, suffix_mask = batch["prefix_mask"], batch["prefix_index"], batch["suffix_mask"]
+    first = model.backbone(input_ids=batch["prefix_ids"], attention_mask=prefix_mask, use_cache=True)
+    cache = first.cache if getattr(first, "cache", None) is not None else first.past_key_values
+    cache.batch_select_indices(index)
+    mask = torch.cat([prefix_mask[index], suffix_mask], dim=1)
+    positions = prefix_mask.sum(1)[index, None] + torch.arange(suffix_mask.shape[1], device=mask.device)[None]
+    hidden = model.backbone(input_ids=batch["suffix_ids"], attention_mask=mask, position_ids=positions,
+                            use_cache=True, **{_cache_kwarg(model.backbone): cache}).last_hidden_state
+    last = suffix_mask.sum(1) - 1
+    return model.head_outputs(hidden[torch.arange(hidden.shape[0], device=hidden.device), last])
+
+
+def collate_items(model, items: Sequence[tuple[list[dict], str]], shared_prefix: bool = True) -> dict[str, Tensor]:
+    """A training or validation batch: the shared layout where it applies (`collate_shared`), else the full
+    one. Gradient checkpointing drops the cache in training, so it takes the full layout."""
+    backbone = model.backbone
+    checkpointing = getattr(backbone, "is_activation_checkpointing", None)  # transformers ≥ 5.x's name
+    if checkpointing is None:
+        checkpointing = getattr(backbone, "is_gradient_checkpointing", False)
+    batch = collate_shared(model, items) if shared_prefix and not checkpointing else None
+    return batch if batch is not None else model.collate(items)
+
+
+def forward_items(model, batch: dict[str, Tensor]) -> dict[str, Tensor]:
+    """The head's outputs for a `collate_items` batch, whichever layout it has."""
+    if "prefix_ids" in batch:
+        return forward_shared(model, batch)
+    return model(batch["input_ids"], batch["attention_mask"])
+
+
 def rm_rewards(model, contexts: Sequence[list[dict]], suggestions: Sequence[str], kappa: float = 0.0,
                batch_size: int = 32, attraction: bool = False) -> Tensor:
     """`model.rewards(contexts, suggestions, kappa, batch_size, attraction)`, sharing each conversation's
@@ -44,47 +116,27 @@ def rm_rewards(model, contexts: Sequence[list[dict]], suggestions: Sequence[str]
 def rm_outputs(model, contexts: Sequence[list[dict]], suggestions: Sequence[str], batch_size: int = 32
                ) -> dict[str, Tensor]:
     """`model.score(contexts, suggestions, batch_size)`: the head's outputs per suggestion ({"reward"} or
-    {"mu", "sigma"}), before κ or a click link is applied, so one pass serves every κ."""
+    {"mu", "sigma"}), before κ or a click link is applied, so one pass serves every κ. Suggestions run
+    `batch_size` at a time, grouped by conversation, so a conversation is run once per batch it reaches."""
     if not supports_shared_prefix(model):
         return model.score(contexts, suggestions, batch_size)
     out = {name: torch.empty(len(suggestions), dtype=torch.float32) for name in OUTPUTS[model.kind]}
     groups: dict[str, list[int]] = {}
     for i, c in enumerate(contexts):
         groups.setdefault(context_key(c), []).append(i)
-    fallback: list[int] = []
+    shared, fallback = [], []
+    for idx in groups.values():
+        for i in idx:
+            (shared if shared_segments(model, contexts[i], suggestions[i]) is not None else fallback).append(i)
     was_training = model.training
     model.eval()
     model = on_device(model)
     device = model.head.weight.device
-    pad = model.tokenizer.pad_token_id
-    cache_arg = _cache_kwarg(model.backbone)
-    for idx in groups.values():
-        segs = [model._segments(contexts[i], suggestions[i]) for i in idx]
-        prefix = segs[0][0]
-        ok = [j for j, (p, s, t) in enumerate(segs) if p and p == prefix and not t and s
-              and len(p) + len(s) <= model.cfg.max_length]
-        fallback += [idx[j] for j in range(len(idx)) if j not in set(ok)]
-        if not ok:
-            continue
-        ids = torch.tensor([prefix], device=device)
-        first = model.backbone(input_ids=ids, attention_mask=torch.ones_like(ids), use_cache=True)
-        cache = first.cache if getattr(first, "cache", None) is not None else first.past_key_values
-        for start in range(0, len(ok), batch_size):
-            chunk = ok[start:start + batch_size]
-            suffixes = [segs[j][1] for j in chunk]
-            width = max(len(s) for s in suffixes)
-            sfx = torch.tensor([s + [pad] * (width - len(s)) for s in suffixes], device=device)
-            mask = torch.tensor([[1] * (len(prefix) + len(s)) + [0] * (width - len(s)) for s in suffixes],
-                                device=device)
-            past = copy.deepcopy(cache)
-            past.batch_repeat_interleave(len(chunk))
-            hidden = model.backbone(input_ids=sfx, attention_mask=mask, use_cache=True,
-                                    **{cache_arg: past}).last_hidden_state
-            last = torch.tensor([len(s) - 1 for s in suffixes], device=device)
-            pooled = hidden[torch.arange(len(chunk), device=device), last]
-            rows = torch.tensor([idx[j] for j in chunk])
-            for name, v in model.head_outputs(pooled).items():
-                out[name][rows] = v.float().cpu()
+    for start in range(0, len(shared), batch_size):
+        rows = shared[start:start + batch_size]
+        batch = collate_shared(model, [(contexts[i], suggestions[i]) for i in rows])
+        for name, v in forward_shared(model, {k: t.to(device) for k, t in batch.items()}).items():
+            out[name][torch.tensor(rows)] = v.float().cpu()
     model.train(was_training)
     if fallback:
         rows = torch.tensor(fallback)
