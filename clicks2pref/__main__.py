@@ -24,6 +24,7 @@ from clicks2pref.stages.artifacts import release_locks
 
 log = logging.getLogger("clicks2pref")
 register_configs()
+SWEEP = {"jobs": 0, "failed": 0}  # this process's sweep jobs (the basic launcher runs them all here)
 
 # stage -> its headline metric in the result dict its `run` returns: the number the job returns, which a Hydra
 # sweeper (`hparams_search=grpo_optuna`) optimises; `optimized_metric=<dotted path>` picks another
@@ -80,6 +81,7 @@ def _main(cfg: DictConfig) -> float:
     # the composed config is in the run folder (Hydra's .hydra/config.yaml); the console keeps to our milestones
     log.info("run folder %s (config in .hydra/config.yaml)", HydraConfig.get().runtime.output_dir)
     sweep_job = HydraConfig.get().mode == RunMode.MULTIRUN
+    SWEEP["jobs"] += sweep_job
     try:
         return headline(cfg, run_stage(cfg))
     except Clicks2PrefError as e:  # the user's input: one clear line, no traceback
@@ -99,11 +101,17 @@ def _main(cfg: DictConfig) -> float:
 
 
 def _record_failure(cfg: DictConfig, text: str) -> None:
+    SWEEP["failed"] += 1
     (Path(cfg.paths.output_dir) / "error.txt").write_text(text)
 
 
 def main():
+    """Run the job or sweep; a sweep in which some job failed exits with status 1 once every job has run."""
     _main()
+    if SWEEP["failed"]:
+        print(f"error: {SWEEP['failed']} of {SWEEP['jobs']} sweep jobs failed (error.txt in each failed job's "
+              f"folder)", file=sys.stderr)
+        sys.exit(1)
 
 
 if __name__ == "__main__":

@@ -47,8 +47,9 @@ def test_grpo_step_against_trl():
 def test_reward_training_against_trl_and_garm():
     lines = run_script("reward_training.py", *SMOKE, "--panels", "8", "--users-per-panel", "6",
                        "--trl-micro-batch", "4")
-    last = check_sides(lines, ["ours_btrm", "trl", "ours_garm"])
-    assert set(last["ratio"]) == {"ours_btrm/trl", "ours_garm/ours_btrm"}
+    last = check_sides(lines, ["ours_btrm", "trl", "ours_garm", "ours_btrm_full"])
+    assert set(last["ratio"]) == {"ours_btrm/trl", "ours_garm/ours_btrm", "ours_btrm/ours_btrm_full"}
+    assert lines[0]["settings"]["shared_prefix"] and not lines[3]["settings"]["shared_prefix"]
     trl = lines[1]
     assert trl["settings"]["trl_micro_batch"] == 4 and trl["settings"]["trl_accumulation_steps"] > 1
     assert trl["settings"]["trl_pairs_per_step"] == 4 * trl["settings"]["trl_accumulation_steps"]

@@ -154,3 +154,12 @@ def test_cli_bad_value_is_one_line_without_a_traceback(tmp_path):
     assert "Traceback" not in out.stderr
     assert out.stderr.strip().splitlines()[-1] == "error: sft.train.max_steps: -1 must be at least 1"
     assert not (tmp_path / "artifacts").exists()  # nothing ran
+
+
+def test_a_sweep_with_failed_jobs_runs_them_all_and_exits_1(tmp_path):
+    out = subprocess.run([sys.executable, "-m", "clicks2pref", "-m", "sft.train.max_steps=-1,-2",
+                          f"paths.root_dir={tmp_path}"], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 1
+    assert "error: sft.train.max_steps: -2 must be at least 1" in out.stderr  # the second job ran too
+    assert out.stderr.strip().splitlines()[-1].startswith("error: 2 of 2 sweep jobs failed")
+    assert len(list((tmp_path / "logs").rglob("error.txt"))) == 2

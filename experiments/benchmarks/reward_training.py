@@ -1,7 +1,8 @@
 """Benchmark: preference pairs per second of reward-model training. Our BTRM (`RewardModule` on a LoRA
 backbone + linear head) against `trl.RewardTrainer` (`AutoModelForSequenceClassification` from the same
-weights, the same LoRA) on the same pairs; and our GaRM against our BTRM, which prices the σ head and
-the probit likelihood.
+weights, the same LoRA) on the same pairs; our GaRM against our BTRM, which prices the σ head and
+the probit likelihood; and our BTRM against itself with every (conversation, suggestion) input run in
+full (`reward_model.shared_prefix=false`), which prices the shared conversation.
 
     python experiments/benchmarks/reward_training.py [--model smollm2-135m-instruct] [--groups-per-batch 4]
         [--users-per-panel 24] [--warmup 1] [--reps 3]
@@ -95,8 +96,9 @@ def settings(args, pairs: list[dict]) -> dict:
             "warmup": args.warmup, "torch_threads": torch.get_num_threads(), "seed": args.seed}
 
 
-def run_ours(args, kind: str) -> dict:
-    """Our reward model of `kind` trained by `RewardModule` under a minimal Lightning Trainer."""
+def run_ours(args, kind: str, shared_prefix: bool = True) -> dict:
+    """Our reward model of `kind` trained by `RewardModule` under a minimal Lightning Trainer; with
+    `shared_prefix` (the stage's default) each distinct conversation of a batch runs once."""
     from clicks2pref.config.reward_model import RewardLossConfig, RewardOptimConfig  # Lightning: our side only
     from clicks2pref.lit.reward_module import RewardModule, pair_loader
     from clicks2pref.models.reward_heads import HeadConfig, build_reward_model
@@ -112,11 +114,12 @@ def run_ours(args, kind: str) -> dict:
     timer = lightning_timer(size=lambda batch: len(batch["chosen"]))
     steps = args.warmup + args.reps
     trainer = lightning_trainer(steps, [timer], gradient_clip_val=args.max_grad_norm)
-    trainer.fit(module, pair_loader(model, pairs, args.groups_per_batch, shuffle=True, seed=args.seed))
+    trainer.fit(module, pair_loader(model, pairs, args.groups_per_batch, shuffle=True, seed=args.seed,
+                                    shared_prefix=shared_prefix))
     reps, work = timed(timer.seconds, args.warmup), timed(timer.work, args.warmup)
     out = settings(args, pairs)
-    out.update(driver="lightning Trainer.fit", kind=kind)
-    return side_result(f"ours_{kind}", reps, work, "pairs/s", out)
+    out.update(driver="lightning Trainer.fit", kind=kind, shared_prefix=shared_prefix)
+    return side_result(f"ours_{kind}" + ("" if shared_prefix else "_full"), reps, work, "pairs/s", out)
 
 
 def sequence_classifier(args, pad_token_id: int):
@@ -173,8 +176,10 @@ def run_trl(args) -> dict:
     return side_result("trl", reps, [batch] * len(reps), "pairs/s", out)
 
 
-SIDES = {"ours_btrm": lambda a: run_ours(a, "btrm"), "trl": run_trl, "ours_garm": lambda a: run_ours(a, "garm")}
-RATIOS = {"ours_btrm/trl": ("ours_btrm", "trl"), "ours_garm/ours_btrm": ("ours_garm", "ours_btrm")}
+SIDES = {"ours_btrm": lambda a: run_ours(a, "btrm"), "trl": run_trl, "ours_garm": lambda a: run_ours(a, "garm"),
+         "ours_btrm_full": lambda a: run_ours(a, "btrm", shared_prefix=False)}
+RATIOS = {"ours_btrm/trl": ("ours_btrm", "trl"), "ours_garm/ours_btrm": ("ours_garm", "ours_btrm"),
+          "ours_btrm/ours_btrm_full": ("ours_btrm", "ours_btrm_full")}
 
 
 def main() -> None:
