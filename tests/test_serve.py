@@ -78,3 +78,12 @@ def test_the_reward_models_train_on_the_served_weeks_and_fusion_fits_on_the_next
     assert "served weeks [5]" in notes[0]
     assert artifacts.SPECS["rm"].reads(compose_config(["stage=rm", "serve.rm_weeks=0", f"data.logs={logs}/*.jsonl"],
                                                       tmp_path)) == ()
+
+
+def test_serve_reports_each_weeks_counts_and_sampled_ctr():
+    from clicks2pref.stages.serve import flat_metrics
+
+    result = {"seconds": 12.5, "weeks": {"5": {"impressions": 48, "panels": 8, "ctr": 0.25},
+                                         "6": {"impressions": 0, "panels": 8, "ctr": None}}}
+    assert flat_metrics(result) == {"serve/seconds": 12.5, "serve/week5_impressions": 48, "serve/week5_panels": 8,
+                                    "serve/week5_ctr": 0.25, "serve/week6_impressions": 0, "serve/week6_panels": 8}

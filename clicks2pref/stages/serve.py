@@ -21,9 +21,11 @@ from clicks2pref.data.io import load_impressions, read_jsonl, write_impressions,
 from clicks2pref.data.parsing import parse_suggestions
 from clicks2pref.data.prompts import build_messages
 from clicks2pref.data.simulator import build_simulator, split_contexts
+from clicks2pref.loggers import log_metrics
 from clicks2pref.models.generate import GenerationConfig, generate
 from clicks2pref.stages import artifacts
 from clicks2pref.stages.collect import sample_contexts, serve
+from clicks2pref.report import write_job_metrics
 from clicks2pref.stages.policies import load_sft_policy
 
 log = logging.getLogger(__name__)
@@ -32,8 +34,24 @@ log = logging.getLogger(__name__)
 def run(cfg, loggers=()) -> dict:
     inputs = artifacts.upstream(cfg, "serve", loggers)
     key = artifacts.key(cfg, "serve", inputs)
-    if (result := artifacts.reuse(cfg, "serve", key)) is not None:
-        return result
+    result = artifacts.reuse(cfg, "serve", key) or build(cfg, inputs, key)
+    write_job_metrics(cfg, "serve", flat_metrics(result))
+    log_metrics(loggers, flat_metrics(result))  # a reused week's numbers too: a sweep's runs are complete
+    return result
+
+
+def flat_metrics(result: dict) -> dict:
+    """serve/week<N>_impressions, _panels and _ctr (sampled clicks) per served week, and the stage's seconds."""
+    out = {"serve/seconds": result["seconds"]}
+    for week, c in result["weeks"].items():
+        out.update({f"serve/week{week}_impressions": c["impressions"], f"serve/week{week}_panels": c["panels"]})
+        if c["ctr"] is not None:
+            out[f"serve/week{week}_ctr"] = c["ctr"]
+    return out
+
+
+def build(cfg, inputs: dict, key: str) -> dict:
+    """Serve the weeks and write the artifact (the caller holds the key's lock)."""
     start = time.time()
     model, tok = load_sft_policy(artifacts.artifact_path(cfg, "sft", inputs["sft"]["key"]), cfg, merge=True)
     template = cfg.prompt[inputs["sft"]["template"]]
@@ -49,7 +67,7 @@ def run(cfg, loggers=()) -> dict:
             write_jsonl([{"panel_id": f"w{week}-p{i:05d}", "context": c, "text": t}
                          for i, (c, t) in enumerate(zip(contexts, texts))], tmp / f"panels{week}.jsonl")
             counts[str(week)] = {"impressions": len(records), "panels": len(texts),
-                            "ctr": sum(any(r["clicks"]) for r in records) / len(records) if records else None}
+                                 "ctr": sum(any(r["clicks"]) for r in records) / len(records) if records else None}
         result = {"key": key, "rm_weeks": weeks[:-1], "fusion_week": weeks[-1], "weeks": counts,
                   "template": inputs["sft"]["template"], "inputs": {s: inputs[s]["key"] for s in inputs},
                   "seconds": time.time() - start}
