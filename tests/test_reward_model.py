@@ -274,15 +274,18 @@ def test_shared_prefix_batch_gives_the_full_pass_outputs_and_gradients():
     model = build("garm", cfg)
     model.train()
     other = [{"role": "user", "content": "Is raw cookie dough safe to eat, and why do people worry about it?"}]
-    items = [(CTX, "Why?"), (other, "Which doughs are safe raw?"), (CTX, "Can I pick two of these options?"),
-             (other, "What kills salmonella?"), (CTX, "Any more?")]
+    long_ctx = [CTX[0], {"role": "assistant", "content": "word " * 200}]  # truncated: the full layout
+    items = [(CTX, "Why?"), (other, "Which doughs are safe raw?"), (long_ctx, "Is this kept whole?"),
+             (CTX, "Can I pick two of these options?"), (other, "What kills salmonella?"), (CTX, "Any more?")]
     results = []
     for shared in (False, True):
         batch = collate_items(model, items, shared_prefix=shared)
         assert ("prefix_ids" in batch) == shared
+        if shared:
+            assert batch["prefix_ids"].shape[0] == 2 and batch["full_rows"].tolist() == [2]
         model.zero_grad()
         out = forward_items(model, batch)
-        (out["mu"] * torch.arange(1.0, 6.0)).sum().add(out["sigma"].sum()).backward()
+        (out["mu"] * torch.arange(1.0, 7.0)).sum().add(out["sigma"].sum()).backward()
         grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
         results.append((out, grads))
     (full, full_grads), (shared, shared_grads) = results
@@ -293,10 +296,11 @@ def test_shared_prefix_batch_gives_the_full_pass_outputs_and_gradients():
         torch.testing.assert_close(shared_grads[name], g, rtol=1e-3, atol=1e-5, msg=name)
 
 
-def test_shared_prefix_batch_falls_back_to_the_full_layout_when_an_input_is_truncated():
+def test_shared_prefix_batch_takes_the_full_layout_when_it_cannot_share():
     from clicks2pref.rewards.shared_prefix import collate_items
 
     model = build("btrm", rm_config(**{"head.max_length": 64}))
     long_ctx = [CTX[0], {"role": "assistant", "content": "word " * 200}]
-    assert "input_ids" in collate_items(model, [(CTX, "Why?"), (long_ctx, "Is this kept whole?")])
-    assert "prefix_ids" in collate_items(model, [(CTX, "Why?"), (CTX, "How?")])
+    assert "prefix_ids" not in collate_items(model, [(long_ctx, "Why?"), (long_ctx, "Is this kept whole?")])
+    assert "prefix_ids" not in collate_items(model, [(CTX, "Why?"), (CTX, "How?")], shared_prefix=False)
+    assert collate_items(model, [(CTX, "Why?"), (CTX, "How?")])["prefix_ids"].shape[0] == 1

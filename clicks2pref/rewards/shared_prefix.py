@@ -86,21 +86,36 @@ def forward_shared(model, batch: dict[str, Tensor]) -> dict[str, Tensor]:
 
 
 def collate_items(model, items: Sequence[tuple[list[dict], str]], shared_prefix: bool = True) -> dict[str, Tensor]:
-    """A training or validation batch: the shared layout where it applies (`collate_shared`), else the full
-    one. Gradient checkpointing drops the cache in training, so it takes the full layout."""
+    """A training or validation batch. Items that split into conversation + suggestion take the shared
+    layout (`collate_shared`, their batch rows in `shared_rows`), the rest (e.g. a context the model
+    truncates) the full one (`input_ids`, `attention_mask`, rows in `full_rows`). Gradient checkpointing
+    drops the cache in training, so with it every item takes the full layout."""
     backbone = model.backbone
     checkpointing = getattr(backbone, "is_activation_checkpointing", None)  # transformers ≥ 5.x's name
     if checkpointing is None:
         checkpointing = getattr(backbone, "is_gradient_checkpointing", False)
-    batch = collate_shared(model, items) if shared_prefix and not checkpointing else None
-    return batch if batch is not None else model.collate(items)
+    share = shared_prefix and not checkpointing and supports_shared_prefix(model)
+    shared = [i for i, (c, s) in enumerate(items) if share and shared_segments(model, c, s) is not None]
+    if not shared:
+        return model.collate(items)
+    batch = collate_shared(model, [items[i] for i in shared])
+    batch["shared_rows"] = torch.tensor(shared)
+    rest = sorted(set(range(len(items))) - set(shared))
+    if rest:
+        batch.update(model.collate([items[i] for i in rest]), full_rows=torch.tensor(rest))
+    return batch
 
 
 def forward_items(model, batch: dict[str, Tensor]) -> dict[str, Tensor]:
-    """The head's outputs for a `collate_items` batch, whichever layout it has."""
-    if "prefix_ids" in batch:
-        return forward_shared(model, batch)
-    return model(batch["input_ids"], batch["attention_mask"])
+    """The head's outputs for a `collate_items` batch, in item order, whichever layouts it holds."""
+    if "prefix_ids" not in batch:
+        return model(batch["input_ids"], batch["attention_mask"])
+    out = forward_shared(model, batch)
+    if "full_rows" not in batch:
+        return out
+    full = model(batch["input_ids"], batch["attention_mask"])
+    order = torch.cat([batch["shared_rows"], batch["full_rows"]]).argsort()  # item i's place in cat(shared, full)
+    return {k: torch.cat([out[k], full[k]])[order] for k in out}
 
 
 def rm_rewards(model, contexts: Sequence[list[dict]], suggestions: Sequence[str], kappa: float = 0.0,
