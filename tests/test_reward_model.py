@@ -236,7 +236,8 @@ def trained(kind, objective, **trainer_kwargs):
     if objective == "pairwise":
         data, module, loader = panels(24, 0), None, pair_loader
     else:
-        data, loader = impressions(24, 0), partial(impression_loader, positions=3)
+        # the stage's layout: the panels' shared conversation runs once per process's share of a batch
+        data, loader = impressions(24, 0), partial(impression_loader, positions=3, shared_prefix=True)
         module = ClickRewardModule(model, cfg.loss, cfg.optim, cfg.click_model, 3, fixed_examination=[1.0, 0.6, 0.4])
     fit(model, cfg, data, groups_per_batch=4, module=module, loader=loader,
         **trainer_kwargs)
