@@ -41,16 +41,10 @@ def shared_segments(model, context: list[dict], suggestion: str) -> Optional[tup
     return None
 
 
-def collate_shared(model, items: Sequence[tuple[list[dict], str]]) -> Optional[dict[str, Tensor]]:
-    """Inputs with each distinct conversation once: `prefix_ids`/`prefix_mask` [C, P] (right-padded),
-    `prefix_index` [N] (item → its conversation), `suffix_ids`/`suffix_mask` [N, S] (right-padded).
-    None when the model cannot share (`supports_shared_prefix`) or some item does not split into
-    conversation + suggestion (`shared_segments`)."""
-    if not supports_shared_prefix(model):
-        return None
-    segs = [shared_segments(model, c, s) for c, s in items]
-    if not segs or any(x is None for x in segs):
-        return None
+def collate_shared(model, segs: Sequence[tuple[list[int], list[int]]]) -> dict[str, Tensor]:
+    """Inputs with each distinct conversation once, from items' (conversation ids, suggestion ids)
+    (`shared_segments`): `prefix_ids`/`prefix_mask` [C, P] (right-padded), `prefix_index` [N] (item →
+    its conversation), `suffix_ids`/`suffix_mask` [N, S] (right-padded)."""
     prefixes: dict[tuple[int, ...], int] = {}
     index = [prefixes.setdefault(tuple(p), len(prefixes)) for p, _ in segs]
     pad = model.tokenizer.pad_token_id
@@ -95,10 +89,11 @@ def collate_items(model, items: Sequence[tuple[list[dict], str]], shared_prefix:
     if checkpointing is None:
         checkpointing = getattr(backbone, "is_gradient_checkpointing", False)
     share = shared_prefix and not checkpointing and supports_shared_prefix(model)
-    shared = [i for i, (c, s) in enumerate(items) if share and shared_segments(model, c, s) is not None]
+    segs = [shared_segments(model, c, s) for c, s in items] if share else [None] * len(items)
+    shared = [i for i, seg in enumerate(segs) if seg is not None]
     if not shared:
         return model.collate(items)
-    batch = collate_shared(model, [items[i] for i in shared])
+    batch = collate_shared(model, [segs[i] for i in shared])
     batch["shared_rows"] = torch.tensor(shared)
     rest = sorted(set(range(len(items))) - set(shared))
     if rest:
@@ -139,17 +134,16 @@ def rm_outputs(model, contexts: Sequence[list[dict]], suggestions: Sequence[str]
     groups: dict[str, list[int]] = {}
     for i, c in enumerate(contexts):
         groups.setdefault(context_key(c), []).append(i)
-    shared, fallback = [], []
-    for idx in groups.values():
-        for i in idx:
-            (shared if shared_segments(model, contexts[i], suggestions[i]) is not None else fallback).append(i)
+    segs = {i: shared_segments(model, contexts[i], suggestions[i]) for i in range(len(contexts))}
+    shared = [i for idx in groups.values() for i in idx if segs[i] is not None]  # grouped by conversation
+    fallback = [i for i in range(len(contexts)) if segs[i] is None]
     was_training = model.training
     model.eval()
     model = on_device(model)
     device = model.head.weight.device
     for start in range(0, len(shared), batch_size):
         rows = shared[start:start + batch_size]
-        batch = collate_shared(model, [(contexts[i], suggestions[i]) for i in rows])
+        batch = collate_shared(model, [segs[i] for i in rows])
         for name, v in forward_shared(model, {k: t.to(device) for k, t in batch.items()}).items():
             out[name][torch.tensor(rows)] = v.float().cpu()
     model.train(was_training)

@@ -23,9 +23,9 @@ from clicks2pref.data.prompts import build_messages
 from clicks2pref.data.simulator import build_simulator, split_contexts
 from clicks2pref.loggers import log_metrics
 from clicks2pref.models.generate import GenerationConfig, generate
+from clicks2pref.report import write_job_metrics
 from clicks2pref.stages import artifacts
 from clicks2pref.stages.collect import sample_contexts, serve
-from clicks2pref.report import write_job_metrics
 from clicks2pref.stages.policies import load_sft_policy
 
 log = logging.getLogger(__name__)
