@@ -5,8 +5,9 @@ policy for the reward models and fusion). Its GRPO policy is then logged for a w
 in random order; the driver numbers that week 4 + round), and round r + 1 trains SFT, the reward models and
 fusion on every log so far (the new weeks join the training weeks; week 4 stays the reward models' IID
 test) before running GRPO again from its SFT policy. Each round's row is its GRPO stage's own held-out
-comparison with that round's SFT policy (oracle CTR, paired 95 % CI) and the reward models' oracle ρ;
-nothing is chosen on the oracle.
+comparison with that round's SFT policy (oracle CTR, paired 95 % CI) and the reward models' oracle ρ, and
+(`--eval-samples` k > 0) stage evaluate's powered comparison of the two: k panels per test context, paired CI
+over contexts. Nothing is chosen on the oracle.
 
     python experiments/flywheel/run.py --rounds 2 [extra overrides...]
     python experiments/flywheel/run.py --rounds 2 experiment=smoke     # minutes, not hours
@@ -24,6 +25,15 @@ import clicks2pref
 from clicks2pref.data.io import load_impressions, write_impressions
 
 COLUMNS = ("round", "weeks", "garm_iid_oracle_rho", "sft_ctr", "grpo_ctr", "grpo_vs_sft", "ci_low", "ci_high", "gsb")
+POWERED = ("eval_sft_ctr", "eval_grpo_ctr", "eval_grpo_vs_sft", "eval_ci_low", "eval_ci_high", "eval_gsb",
+           "eval_bo_gain", "eval_reward_rho")
+
+
+def eval_overrides(samples: int) -> list[str]:
+    """Stage evaluate comparing the round's GRPO policy with its SFT policy on `samples` panels per context,
+    and the round's GaRM picking the best of the SFT policy's `samples` (its gain, and its within-context ρ)."""
+    return ["eval.policies=[sft,grpo]", "eval.reference=sft", f"eval.samples_per_context={samples}",
+            f"eval.best_of.n={samples}", "eval.best_of.policies=[sft]", "eval.calibration=false"]
 
 
 def round_overrides(extra: list[str], logs: Path | None, new_weeks: list[int]) -> list[str]:
@@ -44,30 +54,43 @@ def gather_logs(folder: Path, collected: list[Path], fed_back: dict[int, Path]) 
         write_impressions(records, folder / f"week{week}.jsonl")
 
 
-def row(r: int, n_logs: int, rm: dict, grpo: dict) -> dict:
+def row(r: int, n_logs: int, rm: dict, grpo: dict, evaluated: dict | None = None) -> dict:
     ev = grpo["eval"]
     garm = rm["metrics"].get("garm", {}).get("iid", {})
-    return {"round": r, "weeks": n_logs, "garm_iid_oracle_rho": garm.get("oracle_spearman"),
-            "sft_ctr": ev["sft"]["oracle_ctr"], "grpo_ctr": ev["grpo"]["oracle_ctr"],
-            "grpo_vs_sft": ev["lift"]["ctr_diff"], "ci_low": ev["lift"]["ci_low"], "ci_high": ev["lift"]["ci_high"],
-            "gsb": ev["gsb"]["gsb"]}
+    out = {"round": r, "weeks": n_logs, "garm_iid_oracle_rho": garm.get("oracle_spearman"),
+           "sft_ctr": ev["sft"]["oracle_ctr"], "grpo_ctr": ev["grpo"]["oracle_ctr"],
+           "grpo_vs_sft": ev["lift"]["ctr_diff"], "ci_low": ev["lift"]["ci_low"], "ci_high": ev["lift"]["ci_high"],
+           "gsb": ev["gsb"]["gsb"]}
+    if evaluated:
+        by = {x["policy"]: x for x in evaluated["rows"]}
+        sft, rl = by["sft"], by["grpo"]
+        out.update(eval_sft_ctr=sft["oracle_ctr"], eval_grpo_ctr=rl["oracle_ctr"],
+                   eval_grpo_vs_sft=rl["oracle_ctr"] - sft["oracle_ctr"], eval_ci_low=rl["diff_ci_low"],
+                   eval_ci_high=rl["diff_ci_high"], eval_gsb=rl["gsb"])
+        best = evaluated.get("best_of") or [{}]
+        out.update(eval_bo_gain=best[0].get("vs_policy"), eval_reward_rho=best[0].get("reward_spearman"))
+    return out
 
 
 def markdown(rows: list[dict]) -> str:
-    signed = {"grpo_vs_sft", "ci_low", "ci_high", "gsb"}
+    signed = {"grpo_vs_sft", "ci_low", "ci_high", "gsb", "eval_grpo_vs_sft", "eval_ci_low", "eval_ci_high", "eval_gsb",
+              "eval_bo_gain"}
+    columns = COLUMNS + tuple(c for c in POWERED if rows and c in rows[0])
 
     def fmt(column, v):
         if not isinstance(v, float):
             return str(v)
         return f"{v:+.4f}" if column in signed else f"{v:.4f}"
 
-    lines = ["| " + " | ".join(COLUMNS) + " |", "|" + "---|" * len(COLUMNS)]
-    return "\n".join(lines + ["| " + " | ".join(fmt(c, r[c]) for c in COLUMNS) + " |" for r in rows]) + "\n"
+    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+    return "\n".join(lines + ["| " + " | ".join(fmt(c, r[c]) for c in columns) + " |" for r in rows]) + "\n"
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--eval-samples", type=int, default=16,
+                        help="panels per test context of each round's powered SFT-vs-GRPO evaluation; 0 = off")
     parser.add_argument("--out", type=Path, default=Path("logs/flywheel") / time.strftime("%Y-%m-%d_%H-%M-%S"))
     args, extra = parser.parse_known_args()
     rows, logs_dir, collected, fed_back = [], None, [], {}
@@ -80,7 +103,11 @@ def main() -> None:
         if not collected:  # round 1's logs: collect's weeks
             cfg = clicks2pref.compose([*overrides, "stage=collect"], output_dir=args.out / "round1" / "collect")
             collected = sorted(Path(clicks2pref.run(cfg)["logs"]).parent.glob("week*.jsonl"))
-        rows.append(row(r, len(collected) + len(fed_back), results["rm"], results["grpo"]))
+        if args.eval_samples > 0:
+            cfg = clicks2pref.compose([*overrides, "stage=evaluate", *eval_overrides(args.eval_samples)],
+                                      output_dir=args.out / f"round{r}" / "evaluate")
+            results["evaluate"] = clicks2pref.run(cfg)
+        rows.append(row(r, len(collected) + len(fed_back), results["rm"], results["grpo"], results.get("evaluate")))
         print(markdown(rows))
         if r < args.rounds:
             rl = results["grpo"].get("rl_logs")
