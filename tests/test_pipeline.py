@@ -91,3 +91,23 @@ def test_second_run_reuses_every_artifact(pipeline_run, tmp_path, caplog):
 def test_calibration_notebook_runs_on_the_pipeline_folder(pipeline_run):
     _, _, out = pipeline_run
     run_notebook("calibration.ipynb", {"RUN_DIR": str(out)})
+
+
+def test_best_of_by_the_composite_reward_ranks_with_the_reward_grpo_trains_on(pipeline_run, tmp_path, caplog):
+    import logging
+
+    from clicks2pref.__main__ import run_stage
+
+    cfg, _, out = pipeline_run
+    again = compose_config(["experiment=smoke", "stage=evaluate", f"data.logs={cfg.data.logs}", "logger=csv",
+                            "eval.policies=[sft]", "eval.reference=sft", "eval.calibration=false",
+                            "eval.best_of.reward=composite"], tmp_path)
+    with open_dict(again):
+        again.paths.root_dir = str(out)  # the pipeline's artifacts: sft, rm and fusion are reused
+    with caplog.at_level(logging.INFO):
+        result = run_stage(again)
+    (best,) = result["best_of"]
+    assert best["reward"] == "composite" and best["oracle_ctr"] <= best["oracle_best"] + 1e-12
+    fused = json.loads(next(Path(again.paths.artifacts_dir).glob("fusion/*/fusion_weights.json")).read_text())
+    described = next(r.getMessage() for r in caplog.records if "best-of by the composite reward" in r.getMessage())
+    assert all(f"{w:.3f}·{n}" in described for n, w in fused["weights"].items())  # fusion's weights, not equal ones

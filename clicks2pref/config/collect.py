@@ -61,11 +61,12 @@ class BestOfConfig:
 
     n: int = 4  # panels per context to choose from (≤ samples_per_context); 0 = off
     policies: List[str] = field(default_factory=lambda: ["sft"])  # whose samples are reranked (those evaluated)
-    reward: str = "garm"  # the `rewards` component that scores panels (garm | btrm | external | rule | diversity)
+    reward: str = "garm"  # the `rewards` component that scores panels (garm | btrm | external | rule | diversity),
+    # or composite: the reward GRPO trains on (fused weights and κ, ppl against the SFT policy, rule constraint)
 
     def __post_init__(self):
         at_least("n", self.n, 0)
-        one_of("reward", self.reward, ("garm", "btrm", "external", "rule", "diversity"))
+        one_of("reward", self.reward, ("garm", "btrm", "external", "rule", "diversity", "composite"))
 
 
 @dataclass

@@ -36,6 +36,8 @@ from clicks2pref.rewards.base import RewardBatch, RewardResources
 from clicks2pref.rewards.composite import build_component
 from clicks2pref.rewards.diversity import DiversityReward, distinct_n
 from clicks2pref.stages import artifacts, rm as rm_stage
+from clicks2pref.stages.fusion import rm_models
+from clicks2pref.stages.grpo import build_reward
 from clicks2pref.stages.policies import artifact_meta, load_grpo_policy, load_sft_policy
 from clicks2pref.stages.sft import resolve_template
 
@@ -118,7 +120,11 @@ def rerank(cfg, ev, inputs: dict, results: dict, policies: list[str], diversity)
 
 
 def reward_component(cfg, name: str, inputs: dict):
-    """The `rewards.<name>` component, set up with this config's trained reward models."""
+    """The `rewards.<name>` component, set up with this config's trained reward models; for `composite`, a
+    panel scorer with the reward GRPO trains on (`stages.grpo.build_reward`: the fused weights and κ, the SFT
+    policy as the perplexity reference, failing panels at their context's minimum)."""
+    if name == "composite":
+        return composite_reward(cfg, inputs)
     if cfg.rewards.get(name) is None:
         raise ConfigError(f"'{name}' is null in this rewards preset ({cfg.rewards.name}); pick an enabled component",
                           "eval.best_of.reward")
@@ -126,6 +132,17 @@ def reward_component(cfg, name: str, inputs: dict):
     resources = RewardResources({kind: str(folder / kind) for kind in inputs["rm"]["models"]}, None,
                                 cfg.paths.model_cache, cfg.reward_model.backbone.trust_remote_code)
     return build_component(cfg.rewards, name, resources)
+
+
+def composite_reward(cfg, inputs: dict):
+    model, tok = load_sft_policy(artifacts.artifact_path(cfg, "sft", inputs["sft"]["key"]), cfg, merge=True)
+    fused = inputs.get("fusion")
+    records = [] if fused and fused.get("tau") is not None else load_impressions(artifacts.logs_source(cfg),
+                                                                                 cfg.data.on_invalid)
+    reward, _ = build_reward(cfg, model, tok, cfg.prompt[inputs["sft"]["template"]], None,
+                                  rm_models(cfg, inputs), fused, records)
+    log.info("evaluate: best-of by the composite reward %s", reward.describe())
+    return lambda batch: reward(batch)[0]
 
 
 def policy_source(cfg, name: str, inputs: dict):
