@@ -88,3 +88,19 @@ def test_sampling_kwargs_take_the_models_own_settings_off(tiny):
     finally:
         model.generation_config.top_k = None
     assert len(outs) > 1
+
+
+def test_top_k_draws_the_tokens_the_full_vocabulary_warpers_give():
+    """The top-k path warps and sums only the k largest scores; for the same uniform numbers it draws the token
+    that transformers' temperature → top-k → top-p warpers over the whole vocabulary give."""
+    from transformers import LogitsProcessorList
+    from transformers.generation.logits_process import TemperatureLogitsWarper, TopKLogitsWarper, TopPLogitsWarper
+
+    scores = torch.randn(512, 3000, generator=torch.Generator().manual_seed(3)) * 4
+    warped = LogitsProcessorList([TemperatureLogitsWarper(0.8), TopKLogitsWarper(50), TopPLogitsWarper(0.95)])
+    torch.manual_seed(9)
+    expected = inverse_cdf_draw(warped(None, scores.clone()).softmax(-1), torch.rand(512))
+    torch.manual_seed(9)
+    drawn = SampleToken(temperature=0.8, top_k=50, top_p=0.95)(None, scores).argmax(-1)
+    assert torch.equal(drawn, expected)
+    assert len(set(drawn.tolist())) > 100  # rows draw different tokens, not one fixed index

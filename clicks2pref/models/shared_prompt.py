@@ -15,6 +15,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from clicks2pref.models.kv_cache import preallocated_cache
 from clicks2pref.rewards.logprobs import token_logps
 
 
@@ -36,15 +37,16 @@ def generate_grouped(model, input_ids: Tensor, attention_mask: Tensor, group: in
     """`model.generate` on each left-padded prompt repeated `group` times (rows grouped per prompt), with
     the prompt prefilled once: all but its last token run at batch = prompts, the cache is repeated over the
     group, and `generate` continues from the last prompt token. Returns prompt + completion ids, as
-    `generate` on the repeated batch does."""
+    `generate` on the repeated batch does. The cache is written in place (`models.kv_cache`), sized for the
+    prompt and `max_new_tokens`."""
     rows_ids = input_ids.repeat_interleave(group, 0)
     rows_mask = attention_mask.repeat_interleave(group, 0)
+    cache = preallocated_cache(model, input_ids.shape[1] + generate_kwargs.get("max_new_tokens", 0))
     if group < 2 or input_ids.shape[1] < 2:
-        return model.generate(input_ids=rows_ids, attention_mask=rows_mask, **generate_kwargs)
+        return model.generate(input_ids=rows_ids, attention_mask=rows_mask, cache=cache, **generate_kwargs)
     head = slice(0, input_ids.shape[1] - 1)
-    out = model(input_ids=input_ids[:, head], attention_mask=attention_mask[:, head],
-                position_ids=generation_positions(attention_mask)[:, head], use_cache=True, logits_to_keep=1)
-    cache = out.cache
+    model(input_ids=input_ids[:, head], attention_mask=attention_mask[:, head],
+          position_ids=generation_positions(attention_mask)[:, head], cache=cache, use_cache=True, logits_to_keep=1)
     cache.batch_repeat_interleave(group)
     return model.generate(input_ids=rows_ids, attention_mask=rows_mask, cache=cache, **generate_kwargs)
 
