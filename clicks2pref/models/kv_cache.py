@@ -9,7 +9,6 @@ overflow its buffer doubles it (one copy), so a wrong capacity costs time, never
 """
 from __future__ import annotations
 
-import torch
 from torch import Tensor
 from transformers import DynamicCache
 from transformers.cache_utils import DynamicLayer
