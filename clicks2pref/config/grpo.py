@@ -80,6 +80,9 @@ class GRPOConfig:
         target_modules=["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]))
     max_nonfinite_steps: int = 5
     log_completions_every: int = 4  # steps between sample-completion snapshots (0 = off)
+    use_vllm: bool = False  # rollouts on a vLLM engine colocated on the training GPU (models.vllm_rollout)
+    vllm_gpu_memory_utilization: float = 0.3  # share of GPU memory vLLM takes (weights + KV cache)
+    vllm_max_model_length: Optional[int] = None  # engine context length; null = the model's
     # TRL's names, null unless set; a set one replaces our key (TRL_ALIASES)
     num_generations: Optional[int] = None  # = group_size
     lr_scheduler_type: Optional[str] = None  # = lr_scheduler
@@ -99,6 +102,7 @@ class GRPOConfig:
         for key in ("temperature", "learning_rate", "max_grad_norm"):
             positive(key, getattr(self, key))
         fraction("top_p", self.top_p, open_low=True)
+        fraction("vllm_gpu_memory_utilization", self.vllm_gpu_memory_utilization, open_low=True)
         for key in ("top_k", "beta", "epsilon", "epsilon_high", "weight_decay", "warmup_steps",
                     "log_completions_every"):
             at_least(key, getattr(self, key), 0)

@@ -2,7 +2,8 @@
 
 `training_step` on a batch of prompts:
   1. sample `group_size` completions per prompt with the current policy (no grad, `model.generate`, each
-     prompt prefilled once for its group: `clicks2pref.models.shared_prompt`);
+     prompt prefilled once for its group: `clicks2pref.models.shared_prompt`; or a colocated vLLM engine,
+     `grpo.use_vllm`: `clicks2pref.models.vllm_rollout`);
   2. reference log-probs (LoRA: the same model under `disable_adapter()`, never a second copy) and, when
      `num_iterations` > 1, the old policy's log-probs, both without grad;
   3. the composite reward of each completion (the reference log-probs give the `ppl` term for free);
@@ -115,6 +116,7 @@ class GRPOModule(pl.LightningModule):
         self.nonfinite_in_a_row = self.nonfinite_total = 0
         self.samples: list[dict] = []
         self.batches_seen = 0
+        self.rollout = None  # a models.vllm_rollout.VLLMRollout samples instead of `generate` (grpo.use_vllm)
 
     def _eos_ids(self) -> set[int]:
         ids = {self.tokenizer.eos_token_id}
@@ -141,6 +143,12 @@ class GRPOModule(pl.LightningModule):
         token, and whether each completion ended (False = cut at max_completion_length)."""
         cfg, pad = self.cfg, self.tokenizer.pad_token_id
         unique = chat_inputs(self.tokenizer, messages)
+        prompts = [p for p in unique for _ in range(n)]
+        if self.rollout is not None:
+            self.rollout.sync(self.model, self.global_step)
+            completions, ended = self.rollout.generate(unique, n, cfg.max_completion_length, self.eos_ids,
+                                                       cfg.temperature, cfg.top_p, cfg.top_k, greedy)
+            return prompts, completions, ended
         width = max(len(p) for p in unique)
         input_ids = torch.tensor([[pad] * (width - len(p)) + p for p in unique], device=self.device)
         attention = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in unique], device=self.device)
@@ -151,7 +159,6 @@ class GRPOModule(pl.LightningModule):
             out = generate_grouped(self.model, input_ids, attention, n, max_new_tokens=cfg.max_completion_length,
                                    pad_token_id=pad, eos_token_id=sorted(self.eos_ids), **kwargs)
         self.model.train(was_training)
-        prompts = [p for p in unique for _ in range(n)]
         completions, ended = [], []
         for row in out[:, width:].tolist():
             cut = next((i for i, t in enumerate(row) if t in self.eos_ids), None)

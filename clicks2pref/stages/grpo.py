@@ -45,6 +45,7 @@ from clicks2pref.lit.checkpoints import resume_checkpoint
 from clicks2pref.lit.grpo_module import GRPOModule, PromptData
 from clicks2pref.loggers import log_metrics, log_table
 from clicks2pref.models.registry import apply_training_options, load_causal_lm
+from clicks2pref.models.vllm_rollout import VLLMRollout
 from clicks2pref.report import write_job_metrics
 from clicks2pref.rewards.base import RewardResources, context_key
 from clicks2pref.rewards.composite import CompositeReward, build_components, resolve_weights
@@ -85,6 +86,8 @@ def run(cfg, loggers=()) -> dict:
     # 4. the module, one prompt per logged conversation, and the reward-hacking monitor
     module = GRPOModule(model, tok, reward, OmegaConf.to_object(g), k=len(cfg.simulator.examination),
                         reference_model=reference, total_steps=g.steps * g.num_iterations)
+    if g.use_vllm:
+        module.rollout = VLLMRollout(model, g.vllm_gpu_memory_utilization, g.vllm_max_model_length, cfg.seed)
     prompts = logged_prompts(records, template)
     sim = build_simulator(OmegaConf.to_object(cfg.simulator))
     monitor = build_monitor(cfg, sim, template)
