@@ -87,7 +87,7 @@ class VLLMRollout:
 
         params = SamplingParams(n=n, max_tokens=max_tokens, stop_token_ids=sorted(end_ids), ignore_eos=True,
                                 temperature=0.0 if greedy else temperature, top_p=1.0 if greedy else top_p,
-                                top_k=-1 if greedy or top_k == 0 else top_k)
+                                top_k=-1 if greedy or top_k == 0 else top_k, detokenize=False)
         outputs = self.llm.generate([{"prompt_token_ids": list(p)} for p in prompts], params, use_tqdm=False)
         completions, ended = [], []
         for out in outputs:
