@@ -58,6 +58,15 @@ def test_without_a_gpu_the_switch_fails_with_one_line_naming_it():
         VLLMRollout(model, 0.3, None, seed=0)
 
 
+def test_a_quantised_policy_is_refused_with_one_line_naming_the_switch(tmp_path):
+    base, tok = load_causal_lm(ModelConfig(name="tiny-llama"), "~/.cache/clicks2pref", seed=0)
+    base.save_pretrained(tmp_path)
+    tok.save_pretrained(tmp_path)
+    model, _ = load_causal_lm(ModelConfig(name=str(tmp_path), quantization="4bit"), "~/.cache/clicks2pref", seed=0)
+    with pytest.raises(ConfigError, match="grpo.use_vllm.*unquantised"):
+        VLLMRollout(model, 0.3, None, seed=0)
+
+
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="vLLM rollouts need a CUDA GPU")
 def test_the_engines_greedy_tokens_follow_the_trained_weights(tmp_path):
     pytest.importorskip("vllm")

@@ -9,6 +9,7 @@ the update stay with the trained model, as in TRL. Install with `pip install "cl
 from __future__ import annotations
 
 import os
+import socket
 from typing import Iterator, Optional, Sequence
 
 import torch
@@ -46,21 +47,24 @@ class VLLMRollout:
     """A colocated vLLM engine that samples for GRPO; `version` says which weights it holds."""
 
     def __init__(self, model, gpu_memory_utilization: float, max_model_length: Optional[int], seed: int):
+        if not all(p.is_floating_point() for p in model.parameters()):  # bitsandbytes stores 4/8-bit as ints
+            raise ConfigError("vLLM rollouts need an unquantised policy (8- or 4-bit weights cannot be pushed into "
+                              "the engine); drop policy.model.quantization", "grpo.use_vllm")
         if not torch.cuda.is_available():
             raise ConfigError("vLLM rollouts need a CUDA GPU (and trainer=gpu)", "grpo.use_vllm")
-        if any(getattr(m, "quant_state", None) is not None or "4bit" in type(m).__name__
-               for m in model.modules()):
-            raise ConfigError("vLLM rollouts need an unquantised policy (4-bit weights cannot be pushed into the "
-                              "engine); drop policy.model.quantization", "grpo.use_vllm")
         try:
             from vllm import LLM
         except ImportError as err:
             raise ConfigError(f"vllm is not installed ({err}); pip install \"clicks2pref[vllm]\"",
                               "grpo.use_vllm") from err
-        # one process, one engine: vLLM's external launcher reads the torch.distributed variables
-        for var, value in (("RANK", "0"), ("LOCAL_RANK", "0"), ("WORLD_SIZE", "1"),
-                           ("MASTER_ADDR", "127.0.0.1"), ("MASTER_PORT", "29531")):
+        # one process, one engine: vLLM's external launcher reads the torch.distributed variables; a free port,
+        # so that jobs of a sweep sharing a node never meet at the same rendezvous
+        for var, value in (("RANK", "0"), ("LOCAL_RANK", "0"), ("WORLD_SIZE", "1"), ("MASTER_ADDR", "127.0.0.1")):
             os.environ.setdefault(var, value)
+        if "MASTER_PORT" not in os.environ:
+            with socket.socket() as probe:
+                probe.bind(("127.0.0.1", 0))
+                os.environ["MASTER_PORT"] = str(probe.getsockname()[1])
         dtype = next(model.parameters()).dtype
         self.llm = LLM(model=base_folder(model), dtype=str(dtype).removeprefix("torch."), seed=seed,
                        gpu_memory_utilization=gpu_memory_utilization, max_model_len=max_model_length,
