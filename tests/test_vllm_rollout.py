@@ -11,6 +11,8 @@ from clicks2pref.errors import ConfigError
 from clicks2pref.models.adapters import merged_adapters
 from clicks2pref.models.registry import ModelConfig, load_causal_lm
 from clicks2pref.models.vllm_rollout import VLLMRollout, vllm_named_weights
+from clicks2pref.stages import grpo
+from tests.conftest import compose_config
 
 
 def _policy(hidden: int = 64, heads: int = 4, seed: int = 0):
@@ -65,6 +67,14 @@ def test_a_quantised_policy_is_refused_with_one_line_naming_the_switch(tmp_path)
     model, _ = load_causal_lm(ModelConfig(name=str(tmp_path), quantization="4bit"), "~/.cache/clicks2pref", seed=0)
     with pytest.raises(ConfigError, match="grpo.use_vllm.*unquantised"):
         VLLMRollout(model, 0.3, None, seed=0)
+
+
+def test_several_training_processes_are_refused_before_any_work(tmp_path):
+    cfg = compose_config(["experiment=smoke", "stage=grpo", "trainer=ddp_cpu", "grpo.use_vllm=true",
+                          f"paths.artifacts_dir={tmp_path / 'artifacts'}"], tmp_path)
+    with pytest.raises(ConfigError, match="grpo.use_vllm.*devices=2"):
+        grpo.run(cfg)
+    assert not (tmp_path / "artifacts").exists()
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="vLLM rollouts need a CUDA GPU")

@@ -45,7 +45,7 @@ from clicks2pref.lit.checkpoints import resume_checkpoint
 from clicks2pref.lit.grpo_module import GRPOModule, PromptData
 from clicks2pref.loggers import log_metrics, log_table
 from clicks2pref.models.registry import apply_training_options, load_causal_lm
-from clicks2pref.models.vllm_rollout import VLLMRollout
+from clicks2pref.models.vllm_rollout import VLLMRollout, require_one_process
 from clicks2pref.report import write_job_metrics
 from clicks2pref.rewards.base import RewardResources, context_key
 from clicks2pref.rewards.composite import CompositeReward, build_components, resolve_weights
@@ -63,6 +63,8 @@ EVAL_KEYS = ("oracle_ctr", "ci_low", "ci_high", "format_rate", "distinct_2", "me
 
 def run(cfg, loggers=()) -> dict:
     g = cfg.grpo
+    if g.use_vllm:
+        require_one_process(cfg.trainer)
     # 1. what GRPO reads: the SFT policy, the reward models and the fused weights (each run or reused)
     inputs = artifacts.upstream(cfg, "grpo", loggers)
     key = artifacts.key(cfg, "grpo", inputs)
