@@ -11,6 +11,7 @@ from omegaconf import OmegaConf
 from pytorch_lightning.strategies import DDPStrategy
 
 from clicks2pref.errors import ModelNotFoundError, NonFiniteLossError
+from clicks2pref.lit.distributed import GlobalBatchSampler
 from clicks2pref.eval.calibration_report import calibration_metrics, pair_predictions
 from clicks2pref.lit.reward_module import (ClickRewardModule, PairCollator, RewardData, RewardModule,
                                            impression_loader, pair_loader)
@@ -260,6 +261,38 @@ def test_ddp_cpu_matches_one_process(kind, objective):
     atol = 1e-3 if kind == "btrm" else 1e-5  # ... which also leaves ~1e-4 of round-off in the other weights
     for name in a:
         assert torch.allclose(a[name], b[name], rtol=1e-4, atol=atol), (name, a[name], b[name])
+
+
+def epoch_batches(sampler, batch):
+    order = list(sampler)
+    return [order[i:i + batch] for i in range(0, len(order), batch)]
+
+
+def test_context_batches_keep_a_conversations_panels_together_and_see_every_panel_once():
+    """`batch_by_context`: each epoch lays the conversations out in a random order with their panels adjacent,
+    so a batch of 4 holds one conversation when each has 4 panels, and unequal ones are cut only where a
+    conversation ends or a batch does. Every panel is seen once per epoch, and two ranks split the same
+    global batches."""
+    clusters = [i // 4 for i in range(24)]  # 6 conversations × 4 panels
+    sampler = GlobalBatchSampler(range(24), 4, 1, 0, seed=3, clusters=clusters)
+    for epoch in range(3):
+        sampler.set_epoch(epoch)
+        batches = epoch_batches(sampler, 4)
+        assert sorted(i for b in batches for i in b) == list(range(24))
+        assert all(len({clusters[i] for i in b}) == 1 for b in batches)
+        shares = []
+        for rank in range(2):
+            two = GlobalBatchSampler(range(24), 4, 2, rank, seed=3, clusters=clusters)
+            two.set_epoch(epoch)
+            shares.append(epoch_batches(two, 2))
+        assert [sorted(a + b) for a, b in zip(*shares)] == [sorted(b) for b in batches]
+    mixed = GlobalBatchSampler(range(24), 4, 1, 0, seed=3)  # no clusters: panels drawn at random
+    assert sum(len({clusters[i] for i in b}) for b in epoch_batches(mixed, 4)) > 6
+    sizes = [3, 5, 1, 7, 2]  # unequal conversations: each one's panels form one run of the order
+    uneven = [c for c, n in enumerate(sizes) for _ in range(n)]
+    order = [uneven[i] for i in GlobalBatchSampler(range(18), 6, 1, 0, seed=0, clusters=uneven)]
+    runs = [c for k, c in enumerate(order) if k == 0 or c != order[k - 1]]
+    assert sorted(runs) == list(range(len(sizes)))
 
 
 # --- the shared-prefix training layout --------------------------------------------------------------

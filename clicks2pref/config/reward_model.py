@@ -78,6 +78,7 @@ class RewardLossConfig:
 class RewardOptimConfig:
     epochs: int = 2  # passes over the training pairs (sets the Trainer's max_epochs for this stage)
     groups_per_batch: int = 4  # panels per batch (all their pairs; ~3 suggestions each)
+    batch_by_context: bool = True  # a conversation's panels adjacent in the shuffled order (fewer per batch)
     lr: float = 2e-4  # LoRA adapters (or the whole backbone when lora is null)
     head_lr: float = 1e-3  # the μ/σ or reward head
     weight_decay: float = 0.0

@@ -9,6 +9,7 @@ over processes: the averaged gradient is then the one-process gradient of the wh
 from __future__ import annotations
 
 import os
+from typing import Hashable, Optional, Sequence
 
 import torch
 from torch.utils.data import DistributedSampler
@@ -44,19 +45,40 @@ class GlobalBatchSampler(DistributedSampler):
 
     Every epoch draws one permutation (seed + epoch); consecutive runs of `batch_size` indices form the
     global batches, an incomplete last one is dropped, and rank r takes every N-th index of each. A set
-    smaller than one batch is repeated to fill one.
+    smaller than one batch is repeated to fill one. With `clusters` (an id per index), indices sharing an id
+    stay adjacent: the clusters are permuted, then the members within each, so a batch spans as few
+    clusters as their sizes allow (work shared within a cluster, such as a conversation's prefix, is done
+    once per batch).
     """
 
-    def __init__(self, dataset, batch_size: int, num_replicas: int, rank: int, seed: int):
+    def __init__(self, dataset, batch_size: int, num_replicas: int, rank: int, seed: int,
+                 clusters: Optional[Sequence[Hashable]] = None):
         super().__init__(dataset, num_replicas=num_replicas, rank=rank, shuffle=True, seed=seed)
         self.global_batch = batch_size
+        if clusters is not None and len(clusters) != len(dataset):
+            raise ValueError(f"{len(clusters)} cluster ids for {len(dataset)} examples")
+        self.members = None
+        if clusters is not None:
+            members: dict = {}
+            for i, c in enumerate(clusters):
+                members.setdefault(c, []).append(i)
+            self.members = list(members.values())
+
+    def _permutation(self, g: torch.Generator) -> list[int]:
+        if self.members is None:
+            return torch.randperm(len(self.dataset), generator=g).tolist()
+        perm = []
+        for c in torch.randperm(len(self.members), generator=g).tolist():
+            members = self.members[c]
+            perm += [members[j] for j in torch.randperm(len(members), generator=g).tolist()]
+        return perm
 
     def __iter__(self):
         g = torch.Generator()
         g.manual_seed(self.seed + self.epoch)
-        perm = torch.randperm(len(self.dataset), generator=g).tolist()
+        perm = self._permutation(g)
         while perm and len(perm) < self.global_batch:
-            perm += torch.randperm(len(self.dataset), generator=g).tolist()
+            perm += self._permutation(g)
         for start in range(0, len(perm) - self.global_batch + 1, self.global_batch):
             yield from perm[start:start + self.global_batch][self.rank::self.num_replicas]
 

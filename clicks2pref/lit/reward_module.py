@@ -67,24 +67,27 @@ class PairCollator:
 
 
 def panel_loader(groups: list, collate, groups_per_batch: int, shuffle: bool, seed: int = 0, world: int = 1,
-                 rank: int = 0) -> DataLoader:
+                 rank: int = 0, by_context: bool = False) -> DataLoader:
     """Global batches of `groups_per_batch` panels, rank `rank`'s share of each (`lit.distributed`): shuffled
-    (one seeded permutation per epoch, an incomplete last batch dropped) or in order (every panel once)."""
+    (one seeded permutation per epoch, an incomplete last batch dropped) or in order (every panel once).
+    `by_context` keeps a conversation's panels adjacent in the shuffled order, so a batch holds fewer distinct
+    conversations (with `shared_prefix`, each runs through the backbone once per batch)."""
     if shuffle:
         if groups_per_batch % world:
             raise ConfigError(f"{groups_per_batch} panels per batch do not divide over {world} processes",
                               "reward_model.optim.groups_per_batch")
-        sampler = GlobalBatchSampler(groups, groups_per_batch, world, rank, seed)
+        clusters = [context_key(g[0]["context"]) for g in groups] if by_context else None
+        sampler = GlobalBatchSampler(groups, groups_per_batch, world, rank, seed, clusters)
         return DataLoader(groups, batch_size=groups_per_batch // world, sampler=sampler, collate_fn=collate)
     return DataLoader(groups, batch_size=max(1, math.ceil(groups_per_batch / world)),
                       sampler=ShardSampler(groups, world, rank), collate_fn=collate)
 
 
 def pair_loader(model, pairs: list[dict], groups_per_batch: int, shuffle: bool, seed: int = 0, world: int = 1,
-                rank: int = 0, shared_prefix: bool = False) -> DataLoader:
+                rank: int = 0, shared_prefix: bool = False, by_context: bool = False) -> DataLoader:
     """Batches of `groups_per_batch` panels' pairs (see `clicks2pref.data.pairs.group_pairs`)."""
     return panel_loader(group_pairs(pairs), PairCollator(model, shared_prefix), groups_per_batch, shuffle, seed,
-                        world, rank)
+                        world, rank, by_context)
 
 
 class ImpressionCollator:
@@ -108,10 +111,11 @@ class ImpressionCollator:
 
 
 def impression_loader(model, examples: list[dict], positions: int, groups_per_batch: int, shuffle: bool,
-                      seed: int = 0, world: int = 1, rank: int = 0, shared_prefix: bool = False) -> DataLoader:
+                      seed: int = 0, world: int = 1, rank: int = 0, shared_prefix: bool = False,
+                      by_context: bool = False) -> DataLoader:
     """Batches of `groups_per_batch` panels (every order and click pattern logged for each)."""
     return panel_loader(group_examples(examples), ImpressionCollator(model, positions, shared_prefix),
-                        groups_per_batch, shuffle, seed, world, rank)
+                        groups_per_batch, shuffle, seed, world, rank, by_context)
 
 
 class RewardData(pl.LightningDataModule):

@@ -181,11 +181,13 @@ def train_one(cfg, kind: str, splits: dict, examples: dict, work: Path, loggers)
             log.info("rm: examination from the per-suggestion click model: %s", ", ".join(f"{e:.3f}" for e in fixed))
         module = ClickRewardModule(model, rm.loss, rm.optim, cm, positions, rm.max_nonfinite_steps,
                                    rm.calibration.n_bins, fixed)
-        data = RewardData(partial(impression_loader, model, positions=positions, shared_prefix=rm.shared_prefix),
+        data = RewardData(partial(impression_loader, model, positions=positions, shared_prefix=rm.shared_prefix,
+                                  by_context=rm.optim.batch_by_context),
                           examples["train"], examples["val"], rm.optim.groups_per_batch, cfg.seed)
     else:
         module = RewardModule(model, rm.loss, rm.optim, rm.max_nonfinite_steps, rm.calibration.n_bins)
-        data = RewardData(partial(pair_loader, model, shared_prefix=rm.shared_prefix), splits["train"],
+        data = RewardData(partial(pair_loader, model, shared_prefix=rm.shared_prefix,
+                                  by_context=rm.optim.batch_by_context), splits["train"],
                           splits["val"], rm.optim.groups_per_batch, cfg.seed)
     checkpoint = ModelCheckpoint(dirpath=work / "ckpt", save_last=True, save_top_k=0,
                                  every_n_train_steps=rm.checkpoint_every_n_steps)
