@@ -69,8 +69,8 @@ class GlobalBatchSampler(DistributedSampler):
             return torch.randperm(len(self.dataset), generator=g).tolist()
         perm = []
         for c in torch.randperm(len(self.members), generator=g).tolist():
-            members = self.members[c]
-            perm += [members[j] for j in torch.randperm(len(members), generator=g).tolist()]
+            cluster = self.members[c]
+            perm += [cluster[j] for j in torch.randperm(len(cluster), generator=g).tolist()]
         return perm
 
     def __iter__(self):
