@@ -65,7 +65,8 @@ def test_the_click_model_recovers_a_known_examination_from_shuffled_cascade_logs
         clicks.append(sample_cascade(np.array([true_a[i] for i in panel]), true_e, rng))
     items, clicks = torch.tensor(rows), torch.tensor(clicks)
     lengths, w = torch.full((len(rows),), 3), torch.ones(len(rows), dtype=D)
-    e = fit_item_examination(items, clicks, lengths, w, 30, anchor=1.0, steps=1500)
+    e, redundancy = fit_item_examination(items, clicks, lengths, w, 30, anchor=1.0, steps=1500)
+    assert redundancy is None
     # identified up to the scale of position 1: e_k / e_1 of the truth
     assert e[1] == pytest.approx(0.6 / 0.9, abs=0.05) and e[2] == pytest.approx(0.4 / 0.9, abs=0.05)
 

@@ -27,6 +27,9 @@ class ClickModelConfig:
     item_fit_steps: int = 2000  # Adam steps of the per-suggestion fit
     examination_init: float = 0.5  # joint: e_k, k > 1, before training
     examination_lr: float = 5.0e-2  # joint: learning rate of the examination logits
+    redundancy: Optional[str] = "minilm-l6"  # embedder of the redundancy term (registry name | lexical); null = off
+    redundancy_threshold_init: float = 1.0  # the term's similarity threshold before the fit (no discount below it)
+    redundancy_weight_init: float = 10.0  # its slope before the fit
 
     def __post_init__(self):
         one_of("model", self.model, CLICK_MODELS)
@@ -35,6 +38,7 @@ class ClickModelConfig:
         fraction("anchor", self.anchor, open_low=True)
         fraction("examination_init", self.examination_init, open_low=True, open_high=True)
         positive("examination_lr", self.examination_lr)
+        positive("redundancy_weight_init", self.redundancy_weight_init)
 
 
 def _variance_reg_init(self, kind: str = "kl_prior", **kwargs):

@@ -66,6 +66,7 @@ class RewardModel(nn.Module):
                 self.head.bias[1] = target + math.log(-math.expm1(-target))
         self.chat = getattr(tokenizer, "chat_template", None) is not None
         self.examination: Optional[list[float]] = None  # e_k learned beside it (objective=click_model)
+        self.redundancy: Optional[dict] = None  # {"embedder", "weight", "threshold"} fitted from the same logs
         self._cache: dict[tuple[str, str], list[int]] = {}
 
     # --- text -> tokens ---------------------------------------------------------------------------
@@ -205,7 +206,8 @@ def save_reward_model(model: RewardModel, path, backbone_cfg, seed: int = 0, ext
               path / ("adapter.safetensors" if lora else "backbone.safetensors"))
     save_file({k: v.detach().contiguous().cpu() for k, v in model.head.state_dict().items()}, path / "head.safetensors")
     meta = {"kind": model.kind, "backbone": backbone_dict, "head": asdict(model.cfg), "seed": seed,
-            "weights": "adapter" if lora else "backbone", "examination": model.examination, **(extra or {})}
+            "weights": "adapter" if lora else "backbone", "examination": model.examination,
+            "redundancy": model.redundancy, **(extra or {})}
     (path / "reward_model.json").write_text(json.dumps(meta, indent=2))
     return path
 
@@ -242,4 +244,5 @@ def load_reward_model(path, cache_dir: Optional[str] = None, device: str = "cpu"
         model.backbone.load_state_dict(load_file(path / "backbone.safetensors"))
     model.head.load_state_dict(load_file(path / "head.safetensors"))
     model.examination = meta.get("examination")
+    model.redundancy = meta.get("redundancy")
     return model.to(device).eval()

@@ -17,6 +17,7 @@ class BTRMRewardConfig:
     examination: Optional[List[float]] = None  # null = rewards.examination
     panel: Optional[str] = None  # click (P(any click), a = sigmoid(r)) | mean; null = rewards.panel
     missing_score: float = -1.0  # panel=mean: score of an empty position (reward units)
+    redundancy: Optional[bool] = None  # the model's learned redundancy term (panel=click); null = rewards.redundancy
     path: Optional[str] = None  # trained model folder; null = this config's stage=rm output
     batch_size: int = 32
 
@@ -25,5 +26,5 @@ class BTRMReward(GaRMReward):
     kind = "btrm"
 
     def __init__(self, examination=None, missing_score: float = -1.0, path: Optional[str] = None,
-                 batch_size: int = 32, panel: str = "click"):
-        super().__init__(0.0, examination, missing_score, path, batch_size, panel)
+                 batch_size: int = 32, panel: str = "click", redundancy: bool = True):
+        super().__init__(0.0, examination, missing_score, path, batch_size, panel, redundancy)

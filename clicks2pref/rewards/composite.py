@@ -29,6 +29,7 @@ log = logging.getLogger(__name__)
 
 COMPONENTS = ("garm", "btrm", "external", "rule", "ppl", "diversity")
 WEIGHT_SOURCES = ("fusion", "equal", "config")
+RULE_FAILING = ("below", "min")
 NEEDS_RM = {"garm": "garm", "btrm": "btrm"}  # component -> reward-model kind it reads
 
 
@@ -38,7 +39,9 @@ class RewardsConfig:
     weights: str = "fusion"  # fusion | equal | config
     examination: Optional[List[float]] = None  # null = each reward model's learned e_k
     panel: str = "click"  # click | mean: how suggestion scores make a panel score (clicks2pref.rewards.base)
-    rule_constraint: bool = True  # a panel failing a rule gets the lowest total of its group (same context)
+    rule_constraint: bool = True  # a panel failing a rule ranks at the bottom of its group (same context)
+    rule_failing: str = "below"  # below: under every passing panel, in its own order | min: at the group's minimum
+    redundancy: bool = True  # apply each reward model's learned redundancy term (panel=click) when it has one
     embedder: str = "minilm-l6"  # sentence embedder of the diversity term | lexical
     # the defaults are conf/rewards/full.yaml's: every component but btrm
     garm: Optional[GaRMRewardConfig] = field(default_factory=GaRMRewardConfig)
@@ -53,6 +56,8 @@ class RewardsConfig:
             raise ConfigError(f"unknown {self.weights!r}; accepted: {', '.join(WEIGHT_SOURCES)}", "weights")
         if self.panel not in PANELS:
             raise ConfigError(f"unknown {self.panel!r}; accepted: {', '.join(PANELS)}", "panel")
+        if self.rule_failing not in RULE_FAILING:
+            raise ConfigError(f"unknown {self.rule_failing!r}; accepted: {', '.join(RULE_FAILING)}", "rule_failing")
         if not enabled(self):
             raise ConfigError("every component is null; enable at least one (e.g. rewards=full)", "name")
 
@@ -79,11 +84,11 @@ def build_components(rewards, resources: RewardResources) -> dict:
 
 
 def build_component(rewards, name: str, resources: RewardResources):
-    """One component from its spec (minus `weight`), set up; a null `examination` or `panel` of its own
-    takes the preset's (`rewards.examination`, `rewards.panel`)."""
+    """One component from its spec (minus `weight`), set up; a null `examination`, `panel` or `redundancy` of
+    its own takes the preset's (`rewards.examination`, `rewards.panel`, `rewards.redundancy`)."""
     spec = OmegaConf.to_container(rewards[name], resolve=True)
     spec.pop("weight", None)
-    for shared in ("examination", "panel"):
+    for shared in ("examination", "panel", "redundancy"):
         if shared in spec and spec[shared] is None:
             spec[shared] = rewards[shared]
     component = instantiate(spec)
@@ -111,15 +116,18 @@ class CompositeReward:
 
     With `rule_constraint` (and the `rule` component on), a panel failing any rule is worth no more than
     the worst panel for the same conversation in the batch (a GRPO group): the rules act as a hard
-    constraint whatever weight fusion gave them, instead of a term the other scores can outbid.
+    constraint whatever weight fusion gave them, instead of a term the other scores can outbid
+    (`rule_failing`: how failing panels are placed, `group_floor`).
     """
 
-    def __init__(self, components: Mapping[str, object], weights: Mapping[str, float], rule_constraint: bool = False):
+    def __init__(self, components: Mapping[str, object], weights: Mapping[str, float], rule_constraint: bool = False,
+                 rule_failing: str = "min"):
         missing = set(components) - set(weights)
         if missing:
             raise ValueError(f"no weight for reward components {sorted(missing)}")
         self.components, self.weights = dict(components), {n: float(weights[n]) for n in components}
         self.rule_constraint = rule_constraint and "rule" in self.components
+        self.rule_failing = rule_failing
 
     def __call__(self, batch: RewardBatch) -> tuple[Tensor, Dict[str, Tensor]]:
         scores = {name: torch.as_tensor(c(batch), dtype=torch.float64).reshape(len(batch))
@@ -128,22 +136,31 @@ class CompositeReward:
         for name, s in scores.items():
             total = total + self.weights[name] * s
         if self.rule_constraint:
-            total = group_floor(total, self.components["rule"].passes(batch), batch.contexts)
+            total = group_floor(total, self.components["rule"].passes(batch), batch.contexts, self.rule_failing)
         return total, scores
 
     def describe(self) -> str:
         return " + ".join(f"{w:.3f}·{n}" for n, w in self.weights.items())
 
 
-def group_floor(total: Tensor, passes: Tensor, contexts: list[list[dict]]) -> Tensor:
-    """Each failing entry set to the minimum total among entries with the same context."""
+def group_floor(total: Tensor, passes: Tensor, contexts: list[list[dict]], failing: str = "min") -> Tensor:
+    """Failing entries moved to the bottom of their group (entries with the same context).
+
+    `min`: each at the group's minimum total (the failing panels tie). `below`: each at the minimum less its
+    distance to the best failing total, so no failing entry scores above a passing one and the failing ones
+    keep their own order (a group in which every panel fails still ranks its panels)."""
+    if failing not in RULE_FAILING:
+        raise ConfigError(f"unknown {failing!r}; accepted: {', '.join(RULE_FAILING)}", "rewards.rule_failing")
     groups: dict[str, list[int]] = {}
     for i, c in enumerate(contexts):
         groups.setdefault(context_key(c), []).append(i)
     out = total.clone()
     for idx in groups.values():
         lowest = total[idx].min()
-        for i in idx:
-            if not bool(passes[i]):
-                out[i] = lowest
+        fail = [i for i in idx if not bool(passes[i])]
+        if not fail:
+            continue
+        best_failing = total[fail].max()
+        for i in fail:
+            out[i] = lowest if failing == "min" else lowest - (best_failing - total[i])
     return out

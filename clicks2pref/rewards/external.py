@@ -18,7 +18,8 @@ from transformers import AutoModelForSequenceClassification, AutoTokenizer
 from clicks2pref.errors import ModelNotFoundError
 from clicks2pref.models.registry import resolve
 from clicks2pref.models.reward_heads import scalar_rewards
-from clicks2pref.rewards.base import RewardBatch, map_panels, panel_scores, resolve_examination
+from clicks2pref.rewards.base import (RewardBatch, map_panels, panel_scores, redundancy_discounts,
+                                      resolve_examination, resolve_redundancy)
 from clicks2pref.rewards.shared_prefix import rm_outputs
 
 
@@ -30,6 +31,7 @@ class ExternalRewardConfig:
     examination: Optional[List[float]] = None  # null = rewards.examination (an HF RM needs a list somewhere)
     panel: Optional[str] = None  # click (P(any click), a = sigmoid(score)) | mean; null = rewards.panel
     missing_score: float = -1.0  # panel=mean: score of an empty position (reward units)
+    redundancy: Optional[bool] = None  # the trained BTRM's redundancy term (panel=click); null = rewards.redundancy
     batch_size: int = 16
     max_length: int = 256  # tokens per (conversation, suggestion); the conversation is cut from the left
     trust_remote_code: bool = False
@@ -76,8 +78,10 @@ class HFSequenceRewardModel:
 
 class ExternalReward:
     def __init__(self, name_or_path: Optional[str] = None, examination=None, missing_score: float = -1.0,
-                 batch_size: int = 16, max_length: int = 256, trust_remote_code: bool = False, panel: str = "click"):
+                 batch_size: int = 16, max_length: int = 256, trust_remote_code: bool = False, panel: str = "click",
+                 redundancy: bool = True):
         self.name_or_path, self.missing_score, self.panel = name_or_path, float(missing_score), panel
+        self.use_redundancy, self.redundancy, self.similarity = bool(redundancy), None, None
         self.configured_examination = None if examination is None else list(examination)
         self.examination: Optional[list[float]] = self.configured_examination
         self.batch_size, self.max_length, self.trust_remote_code = batch_size, max_length, trust_remote_code
@@ -97,9 +101,10 @@ class ExternalReward:
                                                                                      attraction=attraction)})
             self.link = lambda out: out["score"]
         self.examination = resolve_examination(self.configured_examination, self.model, "external")
+        self.redundancy, self.similarity = resolve_redundancy(self.use_redundancy and attraction, self.model, resources)
 
     def __call__(self, batch: RewardBatch) -> Tensor:
         if self.scorer is None:
             raise RuntimeError("ExternalReward.setup(resources) was not called")
         return panel_scores(map_panels(self.scorer(batch), self.link), self.examination, self.missing_score,
-                            self.panel)
+                            self.panel, redundancy_discounts(batch.panels, self.redundancy, self.similarity))

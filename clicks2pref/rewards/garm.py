@@ -6,7 +6,9 @@ the `mean_only` ablation. `panel: click` (the default) reads each suggestion as 
 a = Φ((μ − κσ)/√(1 + σ²)) and scores the panel by P(at least one click) = 1 − Π_k (1 − e_k a_k);
 `panel: mean` is the examination-weighted mean of μ − κσ. The examination e_k is the reward model's
 own (learned from the logs by `objective=click_model`) unless `examination` sets it; the simulator's
-values are never read.
+values are never read. With `redundancy` (and panel=click), a suggestion close to one above it keeps only
+the share g of its click probability that the reward model's redundancy term, fitted on the same logs,
+gives it: the per-suggestion network cannot see the rest of the panel.
 """
 from __future__ import annotations
 
@@ -17,7 +19,8 @@ from torch import Tensor
 
 from clicks2pref.errors import ConfigError
 from clicks2pref.models.reward_heads import scalar_rewards
-from clicks2pref.rewards.base import RewardBatch, map_panels, panel_scores, resolve_examination
+from clicks2pref.rewards.base import (RewardBatch, map_panels, panel_scores, redundancy_discounts,
+                                      resolve_examination, resolve_redundancy)
 from clicks2pref.rewards.shared_prefix import rm_outputs
 
 
@@ -29,6 +32,7 @@ class GaRMRewardConfig:
     examination: Optional[List[float]] = None  # null = rewards.examination
     panel: Optional[str] = None  # click (P(any click)) | mean (examination-weighted mean); null = rewards.panel
     missing_score: float = -1.0  # panel=mean: score of an empty position (μ units)
+    redundancy: Optional[bool] = None  # the model's learned redundancy term (panel=click); null = rewards.redundancy
     path: Optional[str] = None  # trained model folder; null = this config's stage=rm output
     batch_size: int = 32
 
@@ -37,8 +41,9 @@ class GaRMReward:
     kind = "garm"
 
     def __init__(self, kappa: float = 1.0, examination=None, missing_score: float = -1.0,
-                 path: Optional[str] = None, batch_size: int = 32, panel: str = "click"):
+                 path: Optional[str] = None, batch_size: int = 32, panel: str = "click", redundancy: bool = True):
         self.kappa, self.missing_score, self.panel = float(kappa), float(missing_score), panel
+        self.use_redundancy, self.redundancy, self.similarity = bool(redundancy), None, None
         self.configured_examination = None if examination is None else list(examination)
         self.examination: Optional[list[float]] = self.configured_examination
         self.path, self.batch_size = path, batch_size
@@ -49,6 +54,8 @@ class GaRMReward:
         if getattr(self.model, "kind", self.kind) != self.kind:
             raise ConfigError(f"rewards.{self.kind}.path holds a {self.model.kind} model; point it at a {self.kind}")
         self.examination = resolve_examination(self.configured_examination, self.model, self.kind)
+        self.redundancy, self.similarity = resolve_redundancy(self.use_redundancy and self.panel == "click",
+                                                              self.model, resources)
         # one cache per model, of its head's outputs: every κ and panel link reuses the same forward passes
         self.scorer = resources.scorer((self.kind, self.path),
                                        lambda c, s: rm_outputs(self.model, c, s, batch_size=self.batch_size))
@@ -58,4 +65,5 @@ class GaRMReward:
             raise RuntimeError(f"{type(self).__name__}.setup(resources) was not called")
         scores = map_panels(self.scorer(batch),
                             lambda out: scalar_rewards(out, self.kind, self.kappa, self.panel == "click"))
-        return panel_scores(scores, self.examination, self.missing_score, self.panel)
+        return panel_scores(scores, self.examination, self.missing_score, self.panel,
+                            redundancy_discounts(batch.panels, self.redundancy, self.similarity))

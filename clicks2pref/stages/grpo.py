@@ -200,7 +200,7 @@ def build_reward(cfg, reference_model, tok, template, reference_context, rm_fold
         tau = ppl.tau
         log.info("grpo: ppl τ = %.4f (quantile %.2f of logged panels' reference log-PPL)", tau, ppl.quantile)
     weights = resolve_weights(cfg.rewards, list(components), fused["weights"] if fused else None)
-    return CompositeReward(components, weights, cfg.rewards.rule_constraint), tau
+    return CompositeReward(components, weights, cfg.rewards.rule_constraint, cfg.rewards.rule_failing), tau
 
 
 def build_monitor(cfg, sim, template) -> RewardHackingMonitor:

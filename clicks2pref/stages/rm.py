@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Optional
 
 import pytorch_lightning as pl
+import torch
 from hydra.utils import instantiate
 from omegaconf import OmegaConf
 from pytorch_lightning.callbacks import ModelCheckpoint
@@ -41,8 +42,9 @@ from clicks2pref.lit.reward_module import ClickRewardModule, RewardData, RewardM
 from clicks2pref.loggers import log_metrics, log_table
 from clicks2pref.models.registry import load_causal_lm
 from clicks2pref.models.reward_heads import build_reward_model, load_reward_model, save_reward_model
-from clicks2pref.objectives.click_model import fit_item_examination
+from clicks2pref.objectives.click_model import fit_item_examination, similarity_above
 from clicks2pref.report import write_job_metrics
+from clicks2pref.rewards.diversity import PanelSimilarity
 from clicks2pref.stages import artifacts, serve as serve_stage
 
 log = logging.getLogger(__name__)
@@ -174,11 +176,20 @@ def train_one(cfg, kind: str, splits: dict, examples: dict, work: Path, loggers)
     if rm.objective == "click_model":
         positions = max(len(e["suggestions"]) for e in examples["train"])
         cm = rm.click_model
-        fixed = None
-        if cm.examination == "item_fit":
-            fixed = fit_item_examination(*indexed(examples["train"], positions), anchor=cm.anchor, model=cm.model,
-                                         steps=cm.item_fit_steps)
-            log.info("rm: examination from the per-suggestion click model: %s", ", ".join(f"{e:.3f}" for e in fixed))
+        fixed = redundancy = None
+        if cm.examination == "item_fit" or cm.redundancy:
+            above = similarity_above_examples(examples["train"], positions, cm.redundancy) if cm.redundancy else None
+            fitted, redundancy = fit_item_examination(
+                *indexed(examples["train"], positions), anchor=cm.anchor, model=cm.model, steps=cm.item_fit_steps,
+                sim_above=above, threshold_init=cm.redundancy_threshold_init, weight_init=cm.redundancy_weight_init)
+            if cm.examination == "item_fit":
+                fixed = fitted
+                log.info("rm: examination from the per-suggestion click model: %s",
+                         ", ".join(f"{e:.3f}" for e in fixed))
+            if redundancy:
+                redundancy = {"embedder": cm.redundancy, **redundancy}
+                log.info("rm: redundancy term g = 1 − sigmoid(%.2f·(sim − %.3f)) (%s similarity)",
+                         redundancy["weight"], redundancy["threshold"], cm.redundancy)
         module = ClickRewardModule(model, rm.loss, rm.optim, cm, positions, rm.max_nonfinite_steps,
                                    rm.calibration.n_bins, fixed)
         data = RewardData(partial(impression_loader, model, positions=positions, shared_prefix=rm.shared_prefix,
@@ -199,9 +210,18 @@ def train_one(cfg, kind: str, splits: dict, examples: dict, work: Path, loggers)
              "val": {k.split("/")[-1]: float(v) for k, v in trainer.callback_metrics.items() if "/val_" in k}}
     if isinstance(module, ClickRewardModule):
         model.examination = stats["examination"] = module.learned_examination()
+        model.redundancy = stats["redundancy"] = redundancy
     save_reward_model(model, work / "model", backbone, cfg.seed, extra={"stats": stats})
     (work / "train.json").write_text(json.dumps(stats, indent=2))
     return model, stats
+
+
+def similarity_above_examples(examples: list[dict], positions: int, embedder: str) -> torch.Tensor:
+    """[N, K] each shown position's largest similarity to the positions above it in that impression."""
+    similarity = PanelSimilarity(embedder)
+    similarity.prefetch(s for e in examples for s in e["suggestions"])
+    return torch.stack([similarity_above(torch.as_tensor(similarity.matrix(e["suggestions"][:positions]),
+                                                         dtype=torch.float64), positions) for e in examples])
 
 
 def calibrate(cfg, model, splits: dict, ppl: dict) -> dict:
