@@ -14,8 +14,9 @@ from clicks2pref.data.pairs import PairConfig
 from clicks2pref.data.simulator.click_model import sample_cascade
 from clicks2pref.eval.best_of import best_of_n, pick_best, within_context_spearman
 from clicks2pref.eval.oracle_agreement import oracle_agreement
-from clicks2pref.objectives.click_model import (click_nll, examination, fit_item_examination, garm_attraction,
-                                                 logit, panel_click_probability)
+from clicks2pref.objectives.click_model import (NOTHING_ABOVE, click_nll, examination, fit_item_examination,
+                                                 garm_attraction, logit, panel_click_probability, redundancy_discount,
+                                                 similarity_above)
 from clicks2pref.rewards.base import panel_scores
 
 D = torch.float64
@@ -69,6 +70,52 @@ def test_the_click_model_recovers_a_known_examination_from_shuffled_cascade_logs
     assert redundancy is None
     # identified up to the scale of position 1: e_k / e_1 of the truth
     assert e[1] == pytest.approx(0.6 / 0.9, abs=0.05) and e[2] == pytest.approx(0.4 / 0.9, abs=0.05)
+
+
+def test_redundancy_discount_and_similarity_above_match_hand_computed_values():
+    sim = torch.tensor([[1.0, 0.2, 0.9], [0.2, 1.0, 0.5], [0.9, 0.5, 1.0]], dtype=D)
+    above = similarity_above(sim, 3)
+    assert above.tolist() == [NOTHING_ABOVE, 0.2, 0.9]
+    assert similarity_above(sim[:2, :2], 3).tolist() == [NOTHING_ABOVE, 0.2, NOTHING_ABOVE]  # past the panel
+    g = redundancy_discount(above, 10.0, 0.9)
+    assert g.tolist() == pytest.approx([1.0, 1 - 1 / (1 + math.exp(7.0)), 0.5])
+    # the discount multiplies the attraction inside the likelihood
+    a, e = torch.tensor([[0.5, 0.4, 0.8]], dtype=D), torch.tensor([1.0, 1.0, 1.0], dtype=D)
+    clicks, lengths, w = torch.tensor([[0, 0, 1]]), torch.tensor([3]), torch.ones(1, dtype=D)
+    expected = -(math.log(0.5) + math.log(1 - 0.4 * g[1].item()) + math.log(0.8 * 0.5))
+    assert click_nll(a, e, clicks, lengths, w, "cascade", g[None]).item() == pytest.approx(expected, abs=1e-12)
+
+
+def test_the_click_model_recovers_a_planted_redundancy_term_from_shuffled_logs():
+    """Items in pairs of near-repeats (similarity 0.95), others 0 to 0.5 apart: a repeat shown below its twin
+    keeps g = 1 − sigmoid(20 (0.95 − 0.7)) ≈ 0.007 of its attraction. The fit finds a threshold between
+    the two kinds of similarity and the discount of a repeat, with e beside it."""
+    rng = random.Random(0)
+    n, true_e, w_true, b_true = 30, [0.9, 0.6, 0.4], 20.0, 0.7
+    true_a = [rng.uniform(0.2, 0.9) for _ in range(n)]
+    sim = torch.tensor([[rng.uniform(0.0, 0.5) for _ in range(n)] for _ in range(n)], dtype=D)
+    sim = (sim + sim.T) / 2
+    for i in range(0, n, 2):
+        sim[i, i + 1] = sim[i + 1, i] = 0.95
+    sim.fill_diagonal_(1.0)
+    rows, clicks, aboves = [], [], []
+    for _ in range(8000):
+        first = rng.randrange(0, n, 2)
+        panel = [first, first + 1, rng.choice([i for i in range(n) if i // 2 != first // 2])]
+        rng.shuffle(panel)
+        above = similarity_above(sim[panel][:, panel], 3)
+        g = redundancy_discount(above, w_true, b_true).tolist()
+        rows.append(panel)
+        aboves.append(above)
+        clicks.append(sample_cascade(np.array([true_a[i] * g[k] for k, i in enumerate(panel)]), true_e, rng))
+    items, clicks = torch.tensor(rows), torch.tensor(clicks)
+    lengths, w = torch.full((len(rows),), 3), torch.ones(len(rows), dtype=D)
+    e, red = fit_item_examination(items, clicks, lengths, w, n, steps=1500, sim_above=torch.stack(aboves))
+    # position 3 sees a repeat's twin above it in two impressions of three, so e_3 is the noisier one
+    assert e[1] == pytest.approx(0.6 / 0.9, abs=0.05) and e[2] == pytest.approx(0.4 / 0.9, abs=0.1)
+    assert red["threshold"] == pytest.approx(b_true, abs=0.1) and red["weight"] > 5
+    g = redundancy_discount(torch.tensor([0.95, 0.25], dtype=D), red["weight"], red["threshold"]).tolist()
+    assert g[0] < 0.1 and g[1] > 0.9
 
 
 def record(i, week, panel, clicks, pid="p0", ctx="hi"):

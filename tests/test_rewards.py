@@ -203,6 +203,35 @@ def test_garm_click_panel_is_the_probability_of_any_click_under_the_models_exami
     assert components["garm"](batch).item() == pytest.approx(expected)
 
 
+def test_garm_click_panel_applies_the_models_redundancy_term_to_a_near_repeat(tmp_path):
+    import math
+
+    from clicks2pref.objectives.click_model import redundancy_discount
+    from clicks2pref.rewards.rule import overlap
+
+    cfg = compose_config(["stage=grpo", "rewards=no_external", "rewards.embedder=lexical", "rewards.ppl.tau=2.0"],
+                         tmp_path)
+    assert cfg.rewards.redundancy is True
+    rm = FakeRM()
+    rm.examination = [1.0, 1.0, 1.0]
+    rm.redundancy = {"embedder": "lexical", "weight": 20.0, "threshold": 0.5}
+    repeat = "1. Can I freeze basil leaves?\n2. Can I freeze basil leaves whole?\n3. Why does basil turn black?"
+    batch = RewardBatch([CONTEXT], [repeat])
+    p = batch.panels[0]
+    phi = lambda x: 0.5 * (1 + math.erf(x / math.sqrt(2)))  # noqa: E731
+    a = [phi((len(s.split()) / 10 - 0.5) / math.sqrt(1 + 0.25)) for s in p]  # κ = 1, σ = 0.5
+    above = [max(overlap(p[k], p[j]) for j in range(k)) for k in (1, 2)]
+    g = [1.0] + [redundancy_discount(torch.tensor(x), 20.0, 0.5).item() for x in above]
+    assert above[0] > 0.5 > above[1] and g[1] < 0.2 < 0.9 < g[2]  # the second repeats the first, the third does not
+    expected = 1 - math.prod(1 - gk * ak for gk, ak in zip(g, a))
+    on = build_components(cfg.rewards, RewardResources({"garm": rm}, reference=lambda c, t: torch.zeros(len(t))))
+    assert on["garm"](batch).item() == pytest.approx(expected)
+    off_cfg = compose_config(["stage=grpo", "rewards=no_external", "rewards.embedder=lexical", "rewards.ppl.tau=2.0",
+                              "rewards.redundancy=false"], tmp_path)
+    off = build_components(off_cfg.rewards, RewardResources({"garm": rm}, reference=lambda c, t: torch.zeros(len(t))))
+    assert off["garm"](batch).item() == pytest.approx(1 - math.prod(1 - ak for ak in a))
+
+
 def test_resolve_weights_equal_and_fusion(tmp_path):
     from clicks2pref.errors import ConfigError
 
@@ -288,10 +317,12 @@ def test_typos_in_the_reward_grpo_and_fusion_groups_fail_at_composition(tmp_path
         compose_config(["stage=grpo", override], tmp_path)
 
 
-def test_rule_constraint_floors_failing_panels_at_their_groups_minimum():
+def test_rule_constraint_puts_failing_panels_at_the_bottom_of_their_group():
     from clicks2pref.rewards.composite import group_floor
 
     a, b = [{"role": "user", "content": "a"}], [{"role": "user", "content": "b"}]
     total = torch.tensor([3.0, 1.0, 2.0, 5.0, 4.0], dtype=torch.float64)
     passes = torch.tensor([False, True, True, False, False])
     assert group_floor(total, passes, [a, a, a, b, b]).tolist() == [1.0, 1.0, 2.0, 4.0, 4.0]
+    # below: under every passing panel, the failing ones in their own order (b: 5 > 4 stays 4 > 3)
+    assert group_floor(total, passes, [a, a, a, b, b], "below").tolist() == [1.0, 1.0, 2.0, 4.0, 3.0]

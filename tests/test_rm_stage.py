@@ -71,6 +71,8 @@ def test_saved_models_load_for_the_grpo_stage(rm_run):
     iid = [json.loads(line) for line in (final / "pairs" / "iid.jsonl").read_text().splitlines()]
     garm = load_reward_model(result["models"]["garm"], cfg.paths.model_cache)
     assert garm.kind == "garm"
+    # the redundancy term fitted beside the examination (smoke similarity: word overlap), saved with the model
+    assert garm.redundancy["embedder"] == "lexical" and garm.redundancy["weight"] > 0
     pred = pair_predictions(garm, iid)
     assert pred["correct"].double().mean().item() == pytest.approx(result["metrics"]["garm"]["iid"]["accuracy"])
     rewards = garm.rewards([p["context"] for p in iid[:3]], [p["chosen"] for p in iid[:3]], kappa=1.0)

@@ -118,7 +118,7 @@ def fit_item_examination(items: Tensor, clicks: Tensor, lengths: Tensor, weights
     exam = [float(v) for v in examination(anchor, raw_e).detach()]
     if sim_above is None:
         return exam, None
-    return exam, {"weight": float(F.softplus(raw_w)), "threshold": float(b)}
+    return exam, {"weight": float(F.softplus(raw_w.detach())), "threshold": float(b.detach())}
 
 
 def panel_click_probability(attraction: Tensor, exam: Tensor) -> Tensor:
