@@ -172,3 +172,13 @@ def test_oracle_agreement_counts_within_panel_pairs_ordered_like_the_oracle():
     assert out["oracle_spearman"] == pytest.approx(spearmanr(scores, oracle).statistic)
     # panel 1: all three pairs reversed; panel 2: tie in the oracle, not counted
     assert out["oracle_within_panel"] == 0.0 and out["oracle_panel_pairs"] == 3
+
+
+def test_an_unknown_redundancy_embedder_fails_naming_the_key():
+    from clicks2pref.errors import ConfigError
+    from clicks2pref.stages.rm import similarity_above_examples
+
+    examples = [{"suggestions": ["a?", "b?"], "context": [], "clicks": [0, 0], "count": 1}]
+    with pytest.raises(ConfigError, match="reward_model.click_model.redundancy"):
+        similarity_above_examples(examples, 3, "no-such-embedder")
+    assert similarity_above_examples(examples, 3, "lexical").shape == (1, 3)

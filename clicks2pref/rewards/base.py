@@ -20,7 +20,6 @@ from clicks2pref.data.parsing import Parsed, parse_suggestions
 from clicks2pref.errors import ConfigError, ModelNotFoundError
 from clicks2pref.manifest import verify_given
 from clicks2pref.models.reward_heads import load_reward_model
-from clicks2pref.objectives.click_model import redundancy_discount, similarity_above
 
 # Part of the fusion and grpo artifact keys: raised when the scores of the same configuration change
 # (a fix in a component), so that cached fusion weights and GRPO policies are recomputed.
@@ -69,7 +68,7 @@ def panel_scores(values: Sequence[Sequence[float]], examination: Sequence[float]
     `mean`: Σ_k e_k s_k / Σ_k e_k, an empty position scoring `missing_score` (SPEC 5.5), so a panel of
     two good suggestions is worth less than three. `click`: the scores are click probabilities a_k and
     the panel's score is P(at least one click) = 1 − Π_k (1 − e_k g_k a_k), an empty position adding
-    nothing; g_k are `discounts` (the redundancy term, `redundancy_discounts`; 1 when None).
+    nothing; g_k are `discounts` (the redundancy term, `rewards.redundancy.redundancy_discounts`; 1 when None).
     """
     if panel not in PANELS:
         raise ConfigError(f"'{panel}' is not one of {', '.join(PANELS)}", "rewards.panel")
@@ -87,28 +86,6 @@ def panel_scores(values: Sequence[Sequence[float]], examination: Sequence[float]
         full[:n] = s
         out[i] = (e * full).sum() / e.sum()
     return out
-
-
-def redundancy_discounts(panels: Sequence[Sequence[str]], redundancy: Optional[dict], similarity
-                         ) -> Optional[list[list[float]]]:
-    """g_k of every suggestion under a reward model's learned redundancy term ({"weight", "threshold"},
-    `clicks2pref.objectives.click_model.redundancy_discount`), from `similarity.matrix` of each panel;
-    None when the model has no such term."""
-    if not redundancy:
-        return None
-    similarity.prefetch(s for p in panels for s in p)
-    out = []
-    for p in panels:
-        above = similarity_above(torch.as_tensor(similarity.matrix(list(p)), dtype=torch.float64), len(p))
-        out.append(redundancy_discount(above, redundancy["weight"], redundancy["threshold"]).tolist())
-    return out
-
-
-def resolve_redundancy(wanted: bool, model, resources) -> tuple[Optional[dict], object]:
-    """(the model's learned redundancy term, the similarity it was fitted with) when `wanted` and the model has
-    one (`reward_model.click_model.redundancy`), else (None, None)."""
-    term = getattr(model, "redundancy", None) if wanted else None
-    return (term, resources.similarity(term["embedder"])) if term else (None, None)
 
 
 def resolve_examination(configured: Optional[Sequence[float]], model, component: str) -> list[float]:
@@ -193,21 +170,13 @@ class RewardResources:
         self.reference, self.cache_dir, self.trust_remote_code = reference, cache_dir, trust_remote_code
         self._loaded: dict = {}
         self._scorers: dict = {}
-        self._similarities: dict = {}
+        self.similarities: dict = {}  # embedder -> PanelSimilarity, shared by the components that compare texts
 
     def scorer(self, key, score_fn: Callable) -> "SuggestionScorer":
         """One cached SuggestionScorer per key, so components scoring with the same model share its cache."""
         if key not in self._scorers:
             self._scorers[key] = SuggestionScorer(score_fn)
         return self._scorers[key]
-
-    def similarity(self, embedder: str):
-        """One pairwise-similarity cache per embedder (`rewards.diversity.PanelSimilarity`), shared by components."""
-        if embedder not in self._similarities:
-            from clicks2pref.rewards.diversity import PanelSimilarity  # diversity imports this module
-
-            self._similarities[embedder] = PanelSimilarity(embedder)
-        return self._similarities[embedder]
 
     def reward_model(self, kind: str, path: Optional[str] = None):
         key = path or kind

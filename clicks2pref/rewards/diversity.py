@@ -75,8 +75,8 @@ class DiversityReward:
     def __init__(self, embedder: str = "minilm-l6", single_score: float = 0.0):
         self.similarity, self.single_score = PanelSimilarity(embedder), float(single_score)
 
-    def setup(self, resources) -> None:
-        pass
+    def setup(self, resources) -> None:  # one embedding cache with the redundancy term (same suggestions)
+        self.similarity = resources.similarities.setdefault(self.similarity.embedder, self.similarity)
 
     def __call__(self, batch: RewardBatch) -> Tensor:
         panels = batch.panels

@@ -33,7 +33,7 @@ from clicks2pref.data.impressions import impression_splits, indexed
 from clicks2pref.data.io import load_impressions, write_jsonl
 from clicks2pref.data.pairs import pair_splits
 from clicks2pref.data.simulator import build_simulator
-from clicks2pref.errors import ClickLogError
+from clicks2pref.errors import ClickLogError, ConfigError, ModelNotFoundError
 from clicks2pref.eval.calibration_report import (calibration_metrics, markdown_report, pair_log_ppl,
                                                   pair_predictions, reference_log_ppl, unique_items, write_report)
 from clicks2pref.lit.checkpoints import resume_checkpoint
@@ -219,7 +219,11 @@ def train_one(cfg, kind: str, splits: dict, examples: dict, work: Path, loggers)
 def similarity_above_examples(examples: list[dict], positions: int, embedder: str) -> torch.Tensor:
     """[N, K] each shown position's largest similarity to the positions above it in that impression."""
     similarity = PanelSimilarity(embedder)
-    similarity.prefetch(s for e in examples for s in e["suggestions"])
+    try:
+        similarity.prefetch(s for e in examples for s in e["suggestions"])
+    except ModelNotFoundError as e:
+        raise ConfigError(f"{embedder!r}: {e}; name a registry sentence embedder or lexical",
+                          "reward_model.click_model.redundancy") from None
     return torch.stack([similarity_above(torch.as_tensor(similarity.matrix(e["suggestions"][:positions]),
                                                          dtype=torch.float64), positions) for e in examples])
 
