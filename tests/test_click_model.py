@@ -180,5 +180,5 @@ def test_an_unknown_redundancy_embedder_fails_naming_the_key():
 
     examples = [{"suggestions": ["a?", "b?"], "context": [], "clicks": [0, 0], "count": 1}]
     with pytest.raises(ConfigError, match="reward_model.click_model.redundancy"):
-        similarity_above_examples(examples, 3, "no-such-embedder")
+        similarity_above_examples(examples, 3, "./no-such-embedder")  # a path: fails without asking the hub
     assert similarity_above_examples(examples, 3, "lexical").shape == (1, 3)

@@ -260,3 +260,20 @@ def test_the_cache_key_follows_the_code_each_stage_runs(tmp_path, monkeypatch):
         assert artifacts.key(cfg, "rm") != before
     finally:
         artifacts.code_fingerprint.cache_clear()
+
+
+def test_weights_that_diverge_stop_training_with_the_fix_named(tmp_path):
+    """Finite training losses can still leave non-finite weights (an infinite step here; bf16-mixed on a GPU did it
+    to SmolLM2): the policy would sample nothing and a later stage fail far from the cause."""
+    from clicks2pref.errors import NonFiniteLossError
+    from clicks2pref.lit.fit import fit_causal_lm
+    from clicks2pref.models.registry import ModelConfig, load_causal_lm
+
+    cfg = compose_config(["experiment=smoke", "logger=[]", "sft.train.max_steps=1", "sft.train.optimizer.lr=inf",
+                          "sft.train.format_probe=0", "sft.train.val_every_n_steps=0",
+                          "sft.train.scheduler.num_warmup_steps=0"], tmp_path)
+    model, tok = load_causal_lm(ModelConfig(name="tiny-llama"), cfg.paths.model_cache, seed=0)
+    examples = [{"messages": [{"role": "user", "content": f"question {i}?"}], "target": "1. Why?"} for i in range(8)]
+    with pytest.raises(NonFiniteLossError, match=r"sft\.train\.optimizer\.lr.*trainer\.precision=32"):
+        fit_causal_lm(cfg, model, tok, examples[:6], examples[6:], cfg.sft.train, tmp_path / "work", [], "sft",
+                      format_k=3, max_new_tokens=8)

@@ -4,7 +4,7 @@ from __future__ import annotations
 import torch
 from transformers.cache_utils import DynamicLayer
 
-from clicks2pref.models.kv_cache import PreallocatedLayer, preallocated_cache
+from clicks2pref.models.kv_cache import PreallocatedLayer, cache_kwarg, preallocated_cache
 from clicks2pref.models.registry import ModelConfig, load_causal_lm
 from clicks2pref.models.sampling import sampling_kwargs
 
@@ -59,6 +59,21 @@ def test_sampling_through_the_preallocated_cache_gives_generates_tokens():
         expected = model.generate(input_ids=ids, attention_mask=mask, **kwargs)
         for capacity in (ids.shape[1] + 9, 8):  # sized for the run, and too small (grows mid-run)
             torch.manual_seed(4)
-            got = model.generate(input_ids=ids, attention_mask=mask, cache=preallocated_cache(model, capacity),
-                                 **kwargs)
+            cache = {cache_kwarg(model): preallocated_cache(model, capacity)}
+            got = model.generate(input_ids=ids, attention_mask=mask, **cache, **kwargs)
             assert torch.equal(got, expected)
+
+
+def test_the_cache_argument_follows_the_installed_transformers():
+    """`cache` since transformers renamed `past_key_values`; an older release (a GPU image's) keeps the old name."""
+    class Older(torch.nn.Module):
+        def forward(self, input_ids, attention_mask=None, past_key_values=None, use_cache=None):
+            return input_ids
+
+    assert cache_kwarg(Older()) == "past_key_values"
+    model, _ = load_causal_lm(ModelConfig(name="tiny-llama"), "~/.cache/clicks2pref", seed=0)
+    name = cache_kwarg(model)  # the installed release takes it and returns the cache under it
+    with torch.no_grad():
+        cache = getattr(model(input_ids=torch.tensor([[5, 6, 7]]), use_cache=True), name)
+        assert cache.get_seq_length() == 3
+        assert getattr(model(input_ids=torch.tensor([[8]]), use_cache=True, **{name: cache}), name).get_seq_length() == 4

@@ -13,8 +13,8 @@ BUILT = {"sft": {"collect", "sft"}, "rm": {"collect", "rm"}, "grpo": {"collect",
          "evaluate": {"collect", "sft", "rm", "fusion", "grpo"}}
 
 
-# each starts with its own smoke collect (SmolLM2): evaluate (which needs every stage) and sft run by default
-@pytest.mark.parametrize("stage", ["sft", pytest.param("rm", marks=pytest.mark.slow),
+# each starts with its own smoke collect (SmolLM2): evaluate, which builds every stage before it, runs by default
+@pytest.mark.parametrize("stage", [pytest.param("sft", marks=pytest.mark.slow), pytest.param("rm", marks=pytest.mark.slow),
                                    pytest.param("grpo", marks=pytest.mark.slow), "evaluate"])
 def test_stage_runs_from_an_empty_artifact_folder(tmp_path, stage):
     from clicks2pref.__main__ import run_stage

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import csv
 import logging
+import math
 import os
 import time
 from pathlib import Path
@@ -16,6 +17,7 @@ from hydra.utils import instantiate
 from pytorch_lightning.callbacks import ModelCheckpoint
 from pytorch_lightning.loggers import CSVLogger
 
+from clicks2pref.errors import NonFiniteLossError
 from clicks2pref.lit.checkpoints import resume_checkpoint
 from clicks2pref.lit.sft_datamodule import SFTDataModule
 from clicks2pref.lit.sft_module import SFTModule
@@ -54,6 +56,13 @@ def fit_causal_lm(cfg, model, tok, train: list[dict], val: list[dict], tcfg, wor
              "seconds": time.time() - start}
     log.info("%s: %d steps in %.0fs; val loss %s -> %s, val format rate %s", prefix, tcfg.max_steps, stats["seconds"],
              fmt(stats.get("val_loss_before")), fmt(stats["val_loss"]), fmt(stats["val_format_rate"]))
+    if stats["val_loss"] is not None and not math.isfinite(stats["val_loss"]):
+        # finite training losses can still leave NaN weights (an overflowing gradient step): the policy would
+        # sample nothing, and a later stage would fail far from the cause
+        raise NonFiniteLossError(
+            f"{prefix}: validation loss {fmt(stats.get('val_loss_before'))} -> {stats['val_loss']} after "
+            f"{tcfg.max_steps} steps: the weights diverged. Lower {prefix}.train.optimizer.lr, or train in fp32 "
+            "(trainer.precision=32; seen with SmolLM2 under trainer=gpu's bf16-mixed)")
     return stats
 
 

@@ -9,9 +9,18 @@ overflow its buffer doubles it (one copy), so a wrong capacity costs time, never
 """
 from __future__ import annotations
 
+import inspect
+
 from torch import Tensor
 from transformers import DynamicCache
 from transformers.cache_utils import DynamicLayer
+
+
+def cache_kwarg(model) -> str:
+    """The argument of `forward` and `generate` that takes a KV cache, and the output field that returns it:
+    `cache` in recent transformers, `past_key_values` before (a GPU image may carry an older release)."""
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    return "cache" if "cache" in inspect.signature(base.forward).parameters else "past_key_values"
 
 
 class PreallocatedLayer(DynamicLayer):

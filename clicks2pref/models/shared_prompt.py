@@ -15,7 +15,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from clicks2pref.models.kv_cache import preallocated_cache
+from clicks2pref.models.kv_cache import cache_kwarg, preallocated_cache
 from clicks2pref.rewards.logprobs import token_logps
 
 
@@ -42,13 +42,14 @@ def generate_grouped(model, input_ids: Tensor, attention_mask: Tensor, group: in
     rows_ids = input_ids.repeat_interleave(group, 0)
     rows_mask = attention_mask.repeat_interleave(group, 0)
     cache = preallocated_cache(model, input_ids.shape[1] + generate_kwargs.get("max_new_tokens", 0))
+    kv = {cache_kwarg(model): cache}
     if group < 2 or input_ids.shape[1] < 2:
-        return model.generate(input_ids=rows_ids, attention_mask=rows_mask, cache=cache, **generate_kwargs)
+        return model.generate(input_ids=rows_ids, attention_mask=rows_mask, **kv, **generate_kwargs)
     head = slice(0, input_ids.shape[1] - 1)
     model(input_ids=input_ids[:, head], attention_mask=attention_mask[:, head],
-          position_ids=generation_positions(attention_mask)[:, head], cache=cache, use_cache=True, logits_to_keep=1)
+          position_ids=generation_positions(attention_mask)[:, head], **kv, use_cache=True, logits_to_keep=1)
     cache.batch_repeat_interleave(group)
-    return model.generate(input_ids=rows_ids, attention_mask=rows_mask, cache=cache, **generate_kwargs)
+    return model.generate(input_ids=rows_ids, attention_mask=rows_mask, **kv, **generate_kwargs)
 
 
 def grouped_completion_logps(model, input_ids: Tensor, attention_mask: Tensor, n_completion: int, group: int,
@@ -63,10 +64,11 @@ def grouped_completion_logps(model, input_ids: Tensor, attention_mask: Tensor, n
     prompt = slice(None, None, group)
     out = model(input_ids=input_ids[prompt, :width], attention_mask=attention_mask[prompt, :width],
                 use_cache=True, logits_to_keep=1)
-    cache = out.cache
+    name = cache_kwarg(model)
+    cache = getattr(out, name)
     cache.batch_repeat_interleave(group)
     first = out.logits.repeat_interleave(group, 0)
-    rest = model(input_ids=input_ids[:, width:], attention_mask=attention_mask, cache=cache, use_cache=True,
+    rest = model(input_ids=input_ids[:, width:], attention_mask=attention_mask, **{name: cache}, use_cache=True,
                  logits_to_keep=n_completion).logits
     logits = torch.cat([first, rest[:, :-1]], dim=1)  # position t predicts token t + 1
     return token_logps(logits, input_ids[:, width:], temperature, entropy)

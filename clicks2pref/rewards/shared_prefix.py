@@ -12,12 +12,12 @@ pass (`RewardModel.collate` and `forward`).
 """
 from __future__ import annotations
 
-import inspect
 from typing import Optional, Sequence
 
 import torch
 from torch import Tensor
 
+from clicks2pref.models.kv_cache import cache_kwarg
 from clicks2pref.models.placement import on_device
 from clicks2pref.models.reward_heads import OUTPUTS, RewardModel, scalar_rewards
 from clicks2pref.rewards.base import context_key
@@ -25,12 +25,6 @@ from clicks2pref.rewards.base import context_key
 
 def supports_shared_prefix(model) -> bool:
     return isinstance(model, RewardModel) and model.chat and model.cfg.pooling == "last"
-
-
-def _cache_kwarg(backbone) -> str:
-    """The forward argument that takes a KV cache: `cache` in recent transformers, `past_key_values` before."""
-    base = backbone.get_base_model() if hasattr(backbone, "get_base_model") else backbone
-    return "cache" if "cache" in inspect.signature(base.forward).parameters else "past_key_values"
 
 
 def shared_segments(model, context: list[dict], suggestion: str) -> Optional[tuple[list[int], list[int]]]:
@@ -69,12 +63,12 @@ def forward_shared(model, batch: dict[str, Tensor]) -> dict[str, Tensor]:
     """
     prefix_mask, index, suffix_mask = batch["prefix_mask"], batch["prefix_index"], batch["suffix_mask"]
     first = model.backbone(input_ids=batch["prefix_ids"], attention_mask=prefix_mask, use_cache=True)
-    cache = first.cache if getattr(first, "cache", None) is not None else first.past_key_values
+    cache = getattr(first, cache_kwarg(model.backbone))
     cache.batch_select_indices(index)
     mask = torch.cat([prefix_mask[index], suffix_mask], dim=1)
     positions = prefix_mask.sum(1)[index, None] + torch.arange(suffix_mask.shape[1], device=mask.device)[None]
     hidden = model.backbone(input_ids=batch["suffix_ids"], attention_mask=mask, position_ids=positions,
-                            use_cache=True, **{_cache_kwarg(model.backbone): cache}).last_hidden_state
+                            use_cache=True, **{cache_kwarg(model.backbone): cache}).last_hidden_state
     last = suffix_mask.sum(1) - 1
     return model.head_outputs(hidden[torch.arange(hidden.shape[0], device=hidden.device), last])
 
