@@ -182,3 +182,14 @@ def test_an_unknown_redundancy_embedder_fails_naming_the_key():
     with pytest.raises(ConfigError, match="reward_model.click_model.redundancy"):
         similarity_above_examples(examples, 3, "./no-such-embedder")  # a path: fails without asking the hub
     assert similarity_above_examples(examples, 3, "lexical").shape == (1, 3)
+
+
+def test_redundancy_in_training_without_the_term_fails_naming_the_key(tmp_path):
+    from clicks2pref.config import validate
+    from clicks2pref.errors import ConfigError
+    from tests.conftest import compose_config
+
+    cfg = compose_config(["reward_model.click_model.redundancy=null",
+                          "reward_model.click_model.redundancy_in_training=true"], tmp_path)
+    with pytest.raises(ConfigError, match=r"^reward_model\.click_model\.redundancy_in_training: "):
+        validate(cfg)

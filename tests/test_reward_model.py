@@ -338,3 +338,29 @@ def test_shared_prefix_batch_takes_the_full_layout_when_it_cannot_share():
     assert "prefix_ids" not in collate_items(model, [(long_ctx, "Why?"), (long_ctx, "Is this kept whole?")])
     assert "prefix_ids" not in collate_items(model, [(CTX, "Why?"), (CTX, "How?")], shared_prefix=False)
     assert collate_items(model, [(CTX, "Why?"), (CTX, "How?")])["prefix_ids"].shape[0] == 1
+
+
+def test_impression_batches_carry_redundancy_discounts_into_the_click_likelihood():
+    """`discount` on the examples (the stage's `redundancy_in_training`) reaches the likelihood: all ones changes
+    nothing, and g = 0.5 at position 2 gives the likelihood of the halved attraction."""
+    from clicks2pref.lit.reward_module import ImpressionCollator
+    from clicks2pref.objectives.click_model import click_nll, garm_attraction
+    from clicks2pref.rewards.shared_prefix import forward_items
+
+    cfg = rm_config()
+    model = build("garm", cfg).eval()
+    module = ClickRewardModule(model, cfg.loss, cfg.optim, cfg.click_model, 3, fixed_examination=[1.0, 0.6, 0.4])
+    data = impressions(4, 0)
+    collate = ImpressionCollator(model, 3)
+    plain = collate([data])
+    ones = collate([[{**e, "discount": [1.0, 1.0, 1.0]} for e in data]])
+    half = collate([[{**e, "discount": [1.0, 0.5]} for e in data]])  # shorter than the panel: 1 past its end
+    assert "discount" not in plain and half["discount"].tolist() == [[1.0, 0.5, 1.0]] * len(data)
+    with torch.no_grad():
+        nll = lambda batch: float(module.click_loss(batch)[1]["nll"])  # noqa: E731
+        out = forward_items(model, plain)
+        attraction = garm_attraction(out["mu"], out["sigma"])[plain["items"]]
+        by_hand = click_nll(attraction * torch.tensor([1.0, 0.5, 1.0]), torch.tensor([1.0, 0.6, 0.4]),
+                            plain["clicks"], plain["lengths"], plain["weights"], "cascade")
+        assert nll(ones) == pytest.approx(nll(plain), rel=1e-6)
+        assert nll(half) == pytest.approx(float(by_hand), rel=1e-5) and nll(half) != pytest.approx(nll(plain))

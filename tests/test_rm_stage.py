@@ -177,3 +177,20 @@ def test_lambda_sweep_multirun(smoke_collect, tmp_path):
         garm = json.loads(report.read_text())["kinds"]["garm"]
         assert garm["splits"]["iid"]["n_pairs"] > 0 and garm["max_grad_norm"] > 0
     assert sorted(lambdas) == [0, 1e-3, 1e-2, 1e-1, 1]
+
+
+def test_training_with_the_redundancy_discount_keeps_the_term_and_changes_what_the_network_learns(rm_run, tmp_path):
+    from clicks2pref.__main__ import run_stage
+    from clicks2pref.models.reward_heads import load_reward_model
+
+    cfg, result, _ = rm_run
+    other = run_stage(compose_config(TINY_RM + [f"data.logs={cfg.data.logs}", f"data.ood_logs={cfg.data.ood_logs}",
+                                                "reward_model.calibration.reference_ppl=true",
+                                                "reward_model.click_model.redundancy_in_training=true"], tmp_path))
+    assert other["key"] != result["key"]
+    plain, discounted = (load_reward_model(r["models"]["garm"], cfg.paths.model_cache) for r in (result, other))
+    assert discounted.redundancy == plain.redundancy  # the same fit on the same impressions
+    iid = [json.loads(line) for line in
+           (Path(cfg.paths.artifacts_dir) / "rm" / result["key"] / "pairs" / "iid.jsonl").read_text().splitlines()]
+    contexts, texts = [p["context"] for p in iid], [p["chosen"] for p in iid]
+    assert not torch.allclose(plain.score(contexts, texts)["mu"], discounted.score(contexts, texts)["mu"], atol=1e-6)

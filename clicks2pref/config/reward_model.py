@@ -30,6 +30,7 @@ class ClickModelConfig:
     redundancy: Optional[str] = "minilm-l6"  # embedder of the redundancy term (registry name | lexical); null = off
     redundancy_threshold_init: float = 1.0  # the term's similarity threshold before the fit (no discount below it)
     redundancy_weight_init: float = 10.0  # its slope before the fit
+    redundancy_in_training: bool = False  # also discount each shown suggestion by the fitted g while the network learns
 
     def __post_init__(self):
         one_of("model", self.model, CLICK_MODELS)
@@ -39,6 +40,9 @@ class ClickModelConfig:
         fraction("examination_init", self.examination_init, open_low=True, open_high=True)
         positive("examination_lr", self.examination_lr)
         positive("redundancy_weight_init", self.redundancy_weight_init)
+        if self.redundancy_in_training and not self.redundancy:
+            raise ConfigError("true needs the redundancy term (redundancy: an embedder, not null)",
+                              "redundancy_in_training")
 
 
 def _variance_reg_init(self, kind: str = "kl_prior", **kwargs):

@@ -92,7 +92,8 @@ def pair_loader(model, pairs: list[dict], groups_per_batch: int, shuffle: bool, 
 
 class ImpressionCollator:
     """Groups of impression examples → padded inputs for their distinct suggestions, the [N, K] index of
-    each shown position into them, clicks [N, K], panel lengths [N] and user counts [N]."""
+    each shown position into them, clicks [N, K], panel lengths [N] and user counts [N]; and the redundancy
+    discounts [N, K] when the examples carry them (`discount`, 1 past the panel's end)."""
 
     def __init__(self, model, positions: int, shared_prefix: bool = False):
         self.model, self.positions, self.shared_prefix = model, positions, shared_prefix
@@ -107,6 +108,8 @@ class ImpressionCollator:
         batch["clicks"] = torch.tensor([(list(e["clicks"][:k]) + [0] * k)[:k] for e in examples])
         batch["lengths"] = torch.tensor([len(row) for row in index])
         batch["weights"] = torch.tensor([float(e["count"]) for e in examples])
+        if "discount" in examples[0]:
+            batch["discount"] = torch.tensor([(list(e["discount"][:k]) + [1.0] * k)[:k] for e in examples])
         return batch
 
 
@@ -301,8 +304,10 @@ class ClickRewardModule(RewardModule):
             attraction = garm_attraction(out["mu"], out["sigma"])
         else:
             attraction = btrm_attraction(out["reward"])
+        discount = batch.get("discount")
         nll = click_nll(attraction[batch["items"]], self.examination(), batch["clicks"], batch["lengths"],
-                        batch["weights"], self.click_cfg.model)
+                        batch["weights"], self.click_cfg.model,
+                        discount=discount.to(attraction.dtype) if discount is not None else None)
         parts = {"nll": nll.detach()}
         if global_batch:
             nll = nll * global_mean_scale(self._trainer, batch["weights"].sum().double()).to(nll.dtype)

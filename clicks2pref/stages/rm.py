@@ -42,7 +42,7 @@ from clicks2pref.lit.reward_module import ClickRewardModule, RewardData, RewardM
 from clicks2pref.loggers import log_metrics, log_table
 from clicks2pref.models.registry import load_causal_lm
 from clicks2pref.models.reward_heads import build_reward_model, load_reward_model, save_reward_model
-from clicks2pref.objectives.click_model import fit_item_examination, similarity_above
+from clicks2pref.objectives.click_model import fit_item_examination, redundancy_discount, similarity_above
 from clicks2pref.report import write_job_metrics
 from clicks2pref.rewards.diversity import PanelSimilarity
 from clicks2pref.stages import artifacts, serve as serve_stage
@@ -190,6 +190,11 @@ def train_one(cfg, kind: str, splits: dict, examples: dict, work: Path, loggers)
                 redundancy = {"embedder": cm.redundancy, **redundancy}
                 log.info("rm: redundancy term g = 1 − sigmoid(%.2f·(sim − %.3f)) (%s similarity)",
                          redundancy["weight"], redundancy["threshold"], cm.redundancy)
+                if cm.redundancy_in_training:
+                    examples = {**examples, "train": with_discounts(examples["train"], above, redundancy),
+                                "val": with_discounts(examples["val"], similarity_above_examples(
+                                    examples["val"], positions, cm.redundancy) if examples["val"] else None,
+                                    redundancy)}
         module = ClickRewardModule(model, rm.loss, rm.optim, cm, positions, rm.max_nonfinite_steps,
                                    rm.calibration.n_bins, fixed)
         data = RewardData(partial(impression_loader, model, positions=positions, shared_prefix=rm.shared_prefix,
@@ -214,6 +219,14 @@ def train_one(cfg, kind: str, splits: dict, examples: dict, work: Path, loggers)
     save_reward_model(model, work / "model", backbone, cfg.seed, extra={"stats": stats})
     (work / "train.json").write_text(json.dumps(stats, indent=2))
     return model, stats
+
+
+def with_discounts(examples: list[dict], sim_above: Optional[torch.Tensor], redundancy: dict) -> list[dict]:
+    """Copies of impression examples carrying each shown position's fitted discount g (`discount`)."""
+    if not examples:
+        return examples
+    g = redundancy_discount(sim_above, redundancy["weight"], redundancy["threshold"])
+    return [{**e, "discount": row.tolist()} for e, row in zip(examples, g)]
 
 
 def similarity_above_examples(examples: list[dict], positions: int, embedder: str) -> torch.Tensor:
