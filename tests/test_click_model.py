@@ -176,12 +176,13 @@ def test_oracle_agreement_counts_within_panel_pairs_ordered_like_the_oracle():
 
 def test_an_unknown_redundancy_embedder_fails_naming_the_key():
     from clicks2pref.errors import ConfigError
+    from clicks2pref.rewards.diversity import PanelSimilarity
     from clicks2pref.stages.rm import similarity_above_examples
 
     examples = [{"suggestions": ["a?", "b?"], "context": [], "clicks": [0, 0], "count": 1}]
     with pytest.raises(ConfigError, match="reward_model.click_model.redundancy"):
-        similarity_above_examples(examples, 3, "./no-such-embedder")  # a path: fails without asking the hub
-    assert similarity_above_examples(examples, 3, "lexical").shape == (1, 3)
+        similarity_above_examples(examples, 3, PanelSimilarity("./no-such-embedder"))  # a path: fails without asking the hub
+    assert similarity_above_examples(examples, 3, PanelSimilarity("lexical")).shape == (1, 3)
 
 
 def test_redundancy_in_training_without_the_term_fails_naming_the_key(tmp_path):

@@ -20,9 +20,7 @@ def resolve_redundancy(wanted: bool, model, resources) -> tuple[Optional[dict], 
     term = getattr(model, "redundancy", None) if wanted else None
     if not term:
         return None, None
-    if term["embedder"] not in resources.similarities:
-        resources.similarities[term["embedder"]] = PanelSimilarity(term["embedder"])
-    return term, resources.similarities[term["embedder"]]
+    return term, resources.similarities.setdefault(term["embedder"], PanelSimilarity(term["embedder"]))
 
 
 def redundancy_discounts(panels: Sequence[Sequence[str]], redundancy: Optional[dict], similarity

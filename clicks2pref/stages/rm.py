@@ -178,7 +178,8 @@ def train_one(cfg, kind: str, splits: dict, examples: dict, work: Path, loggers)
         cm = rm.click_model
         fixed = redundancy = None
         if cm.examination == "item_fit" or cm.redundancy:
-            above = similarity_above_examples(examples["train"], positions, cm.redundancy) if cm.redundancy else None
+            similarity = PanelSimilarity(cm.redundancy) if cm.redundancy else None  # one embedding cache, train and val
+            above = similarity_above_examples(examples["train"], positions, similarity) if similarity else None
             fitted, redundancy = fit_item_examination(
                 *indexed(examples["train"], positions), anchor=cm.anchor, model=cm.model, steps=cm.item_fit_steps,
                 sim_above=above, threshold_init=cm.redundancy_threshold_init, weight_init=cm.redundancy_weight_init)
@@ -193,7 +194,7 @@ def train_one(cfg, kind: str, splits: dict, examples: dict, work: Path, loggers)
                 if cm.redundancy_in_training:
                     examples = {**examples, "train": with_discounts(examples["train"], above, redundancy),
                                 "val": with_discounts(examples["val"], similarity_above_examples(
-                                    examples["val"], positions, cm.redundancy) if examples["val"] else None,
+                                    examples["val"], positions, similarity) if examples["val"] else None,
                                     redundancy)}
         module = ClickRewardModule(model, rm.loss, rm.optim, cm, positions, rm.max_nonfinite_steps,
                                    rm.calibration.n_bins, fixed)
@@ -229,13 +230,12 @@ def with_discounts(examples: list[dict], sim_above: Optional[torch.Tensor], redu
     return [{**e, "discount": row.tolist()} for e, row in zip(examples, g)]
 
 
-def similarity_above_examples(examples: list[dict], positions: int, embedder: str) -> torch.Tensor:
+def similarity_above_examples(examples: list[dict], positions: int, similarity: PanelSimilarity) -> torch.Tensor:
     """[N, K] each shown position's largest similarity to the positions above it in that impression."""
-    similarity = PanelSimilarity(embedder)
     try:
         similarity.prefetch(s for e in examples for s in e["suggestions"])
     except ModelNotFoundError as e:
-        raise ConfigError(f"{embedder!r}: {e}; name a registry sentence embedder or lexical",
+        raise ConfigError(f"{similarity.embedder!r}: {e}; name a registry sentence embedder or lexical",
                           "reward_model.click_model.redundancy") from None
     return torch.stack([similarity_above(torch.as_tensor(similarity.matrix(e["suggestions"][:positions]),
                                                          dtype=torch.float64), positions) for e in examples])
