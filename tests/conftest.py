@@ -67,3 +67,16 @@ def smoke_collect(tmp_path_factory):
     cfg = compose_config(["experiment=smoke", "stage=collect", "logger=csv"], out)
     return cfg, run_stage(cfg)
 
+
+def nan_gradient_on_call(param, call: int) -> list:
+    """Make `param`'s gradient NaN on its `call`-th backward (1-based); returns the list of calls seen."""
+    import torch
+
+    seen = []
+
+    def hook(grad):
+        seen.append(len(seen) + 1)
+        return torch.full_like(grad, float("nan")) if len(seen) == call else grad
+
+    param.register_hook(hook)
+    return seen

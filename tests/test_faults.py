@@ -277,3 +277,30 @@ def test_weights_that_diverge_stop_training_with_the_fix_named(tmp_path):
     with pytest.raises(NonFiniteLossError, match=r"sft\.train\.optimizer\.lr.*trainer\.precision=32"):
         fit_causal_lm(cfg, model, tok, examples[:6], examples[6:], cfg.sft.train, tmp_path / "work", [], "sft",
                       format_k=3, max_new_tokens=8)
+
+
+def test_a_step_whose_gradients_are_not_finite_is_skipped_not_taken(tmp_path):
+    """A finite loss with one NaN gradient: clipping would spread it to every gradient and the step would turn
+    every weight NaN; the step is dropped and counted instead, and the other steps train."""
+    import pytorch_lightning as pl
+    import torch
+
+    from clicks2pref.lit.sft_datamodule import SFTDataModule
+    from clicks2pref.lit.sft_module import SFTModule
+    from clicks2pref.models.registry import ModelConfig, load_causal_lm
+
+    model, tok = load_causal_lm(ModelConfig(name="tiny-llama"), "~/.cache/clicks2pref", seed=0)
+    from tests.conftest import nan_gradient_on_call
+
+    calls = nan_gradient_on_call(model.model.norm.weight, 2)
+    examples = [{"messages": [{"role": "user", "content": f"question {i}?"}], "target": "1. Why?"} for i in range(8)]
+    dm = SFTDataModule(tok, examples, [], batch_size=2, max_length=64)
+    module = SFTModule(model, torch.optim.AdamW, max_nonfinite_steps=2)
+    trainer = pl.Trainer(accelerator="cpu", max_steps=4, logger=False, enable_checkpointing=False,
+                         enable_progress_bar=False, enable_model_summary=False, limit_val_batches=0,
+                         gradient_clip_val=1.0, default_root_dir=tmp_path)
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    trainer.fit(module, datamodule=dm)
+    assert len(calls) == 4 and module.nonfinite_total == 1
+    assert all(torch.isfinite(p).all() for p in model.parameters())
+    assert not torch.equal(model.model.norm.weight, before["model.norm.weight"])  # three steps were taken

@@ -76,6 +76,23 @@ def test_grpo_raises_a_simple_rule_reward_in_20_steps(world):
     assert len(cb.history) == 20 and last > first + 0.2, cb.history
 
 
+def test_a_step_whose_gradients_are_not_finite_is_skipped_and_counted(world):
+    """A finite GRPO loss whose backward yields one NaN gradient: the step is dropped, not taken."""
+    from tests.conftest import nan_gradient_on_call
+
+    pl.seed_everything(0)
+    model, tok = tiny()
+    cfg = GRPOConfig(group_size=4, prompts_per_step=2, max_completion_length=6, top_k=10, learning_rate=1e-2,
+                     beta=0.0, lora=None, micro_batch_size=8, log_completions_every=0)
+    module = GRPOModule(model, tok, CompositeReward({"upper": UppercaseRule()}, {"upper": 1.0}), cfg)
+    calls = nan_gradient_on_call(model.model.norm.weight, 2)
+    before = model.model.norm.weight.detach().clone()
+    fit(module, prompts(world), 3)
+    assert len(calls) == 4 and module.nonfinite_total == 1  # a skipped step is not a step: a fourth batch runs
+    assert all(torch.isfinite(p).all() for p in model.parameters())
+    assert not torch.equal(model.model.norm.weight, before)
+
+
 def _batch(module, world, n=8, seed=0):
     torch.manual_seed(seed)
     items = prompts(world)[: n // module.cfg.group_size]

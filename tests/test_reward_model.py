@@ -196,6 +196,18 @@ def test_non_finite_losses_are_skipped_then_stop_the_run():
     assert torch.equal(model.head.weight, before)  # skipped steps never touched the weights
 
 
+def test_a_step_whose_gradients_are_not_finite_is_skipped_and_counted():
+    """A finite loss whose backward yields one NaN gradient (clipping would spread it to every weight)."""
+    from tests.conftest import nan_gradient_on_call
+
+    cfg = rm_config()
+    model = build("garm", cfg)
+    calls = nan_gradient_on_call(model.head.weight, 2)
+    module, _ = fit(model, cfg, synthetic_pairs(64, 0))
+    assert len(calls) > 2 and module.nonfinite_steps == 1
+    assert all(torch.isfinite(p).all() for p in model.parameters())
+
+
 # --- several processes ------------------------------------------------------------------------------
 
 def ddp_cpu() -> dict:

@@ -51,6 +51,7 @@ def fit_causal_lm(cfg, model, tok, train: list[dict], val: list[dict], tcfg, wor
     found = trainer.callback_metrics
     metric = lambda name: float(found[name]) if name in found else None  # noqa: E731
     stats = {"data": dm.stats(), "resumed_from": resume, "steps": tcfg.max_steps,
+             "nonfinite_steps": module.nonfinite_total,
              **{k: metric(f"{prefix}/{k}") for k in ("train_loss", "val_loss_before", "val_loss",
                                                      "val_format_rate_before", "val_format_rate")},
              "seconds": time.time() - start}

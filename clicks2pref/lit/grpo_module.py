@@ -46,6 +46,7 @@ from torch.utils.data import DataLoader
 from clicks2pref.data.parsing import parse_suggestions
 from clicks2pref.errors import ConfigError, NonFiniteLossError
 from clicks2pref.lit.distributed import ShardSampler, all_sum, share_cpu_threads, world_and_rank
+from clicks2pref.lit.nonfinite import gradients_finite
 from clicks2pref.models.adapters import merged_adapters
 from clicks2pref.models.generate import chat_inputs
 from clicks2pref.models.sampling import greedy_kwargs, sampling_kwargs
@@ -246,12 +247,12 @@ class GRPOModule(pl.LightningModule):
             opt.zero_grad()
             loss_sum, logps, ent = self.backward_loss(ids, attention, loss_mask, old, ref, advantages,
                                                       entropy=iteration == 0)
-            if logps is None:  # non-finite: skip this optimiser step
+            params = [p for p in self.model.parameters() if p.requires_grad]
+            if logps is None or not gradients_finite(params, self._trainer):  # skip this optimiser step
                 opt.zero_grad()
-                self._nonfinite()
+                self._nonfinite("loss" if logps is None else "gradients")
                 continue
             self.nonfinite_in_a_row = 0
-            params = [p for p in self.model.parameters() if p.requires_grad]
             grad_norm = float(torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm))
             opt.step()
             if scheduler is not None:
@@ -344,13 +345,14 @@ class GRPOModule(pl.LightningModule):
         if self.trainer.world_size > 1:  # spawned processes start from one random state: sample independently
             torch.manual_seed(torch.initial_seed() + self.trainer.global_rank)
 
-    def _nonfinite(self) -> None:
+    def _nonfinite(self, what: str) -> None:
         self.nonfinite_in_a_row += 1
         self.nonfinite_total += 1
-        log.warning("grpo: non-finite loss, step skipped (%d in a row)", self.nonfinite_in_a_row)
+        log.warning("grpo: non-finite %s, step skipped (%d in a row)", what, self.nonfinite_in_a_row)
         if self.nonfinite_in_a_row > self.cfg.max_nonfinite_steps:
-            raise NonFiniteLossError(f"{self.nonfinite_in_a_row} non-finite GRPO losses in a row; lower "
-                                     "grpo.learning_rate or check the reward components (grpo.max_nonfinite_steps)")
+            raise NonFiniteLossError(f"{self.nonfinite_in_a_row} GRPO steps in a row with a non-finite loss or "
+                                     "gradients; lower grpo.learning_rate or check the reward components "
+                                     "(grpo.max_nonfinite_steps)")
 
     def configure_optimizers(self):
         cfg = self.cfg

@@ -26,6 +26,7 @@ from clicks2pref.data.pairs import context_key, group_pairs
 from clicks2pref.errors import ConfigError, NonFiniteLossError
 from clicks2pref.eval.calibration import btrm_confidence, garm_confidence
 from clicks2pref.lit.distributed import GlobalBatchSampler, ShardSampler, all_sum, global_mean_scale, world_and_rank
+from clicks2pref.lit.nonfinite import drop_gradients, grad_scaler_active, gradients_finite
 from clicks2pref.objectives.bradley_terry import bt_loss
 from clicks2pref.objectives.click_model import (btrm_attraction, click_nll, examination, garm_attraction,
                                                  logit)
@@ -201,19 +202,25 @@ class RewardModule(pl.LightningModule):
                       batch_size=n)
         return loss * global_mean_scale(self._trainer, torch.tensor(float(n)))  # a mean over the global batch
 
-    def _skip_nonfinite(self):
+    def _skip_nonfinite(self, what: str = "loss"):
         self.nonfinite_steps += 1
         self.log(f"{self.prefix}/nonfinite_steps", float(self.nonfinite_steps), on_step=True, on_epoch=False)
-        log.warning("%s: non-finite loss at step %d, skipped (%d of at most %d)", self.prefix, self.global_step,
+        log.warning("%s: non-finite %s at step %d, skipped (%d of at most %d)", self.prefix, what, self.global_step,
                     self.nonfinite_steps, self.max_nonfinite_steps)
         if self.nonfinite_steps >= self.max_nonfinite_steps:
             raise NonFiniteLossError(
-                f"reward model {self.kind}: {self.nonfinite_steps} non-finite losses (the limit is "
-                f"reward_model.max_nonfinite_steps={self.max_nonfinite_steps}); lower reward_model.optim.lr, "
+                f"reward model {self.kind}: {self.nonfinite_steps} steps with a non-finite loss or gradients (the "
+                f"limit is reward_model.max_nonfinite_steps={self.max_nonfinite_steps}); lower reward_model.optim.lr, "
                 f"raise reward_model.loss.variance_reg.lambda or check the pairs")
         return None
 
     def on_before_optimizer_step(self, optimizer):
+        """After backward, before clipping: a step with non-finite gradients is dropped (see `lit.nonfinite`)."""
+        params = [p for p in self.parameters() if p.requires_grad]
+        if not grad_scaler_active(self._trainer) and not gradients_finite(params, self._trainer):
+            drop_gradients(params)
+            self._skip_nonfinite("gradients")
+            return
         grads = [p.grad for p in self.parameters() if p.grad is not None]
         norm = torch.nn.utils.get_total_norm(grads, 2.0) if grads else torch.zeros(())
         self.max_grad_norm = max(self.max_grad_norm, float(norm))

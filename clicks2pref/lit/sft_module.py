@@ -2,8 +2,9 @@
 
 `training_step` reads top to bottom: forward -> loss summed over target tokens -> divided by the
 target-token count of the whole global batch (summed over processes), so N processes take the same
-step as one. A non-finite loss skips the step on every process and is counted; more than
-`max_nonfinite_steps` in a row stop training with NonFiniteLossError. Validation sums loss and
+step as one. A non-finite loss skips the step on every process and is counted, and so does a finite loss
+whose gradients are not (`clicks2pref.lit.nonfinite`); more than `max_nonfinite_steps` in a row stop
+training with NonFiniteLossError. Validation sums loss and
 token counts over the epoch and reduces them across processes before dividing; then a few held-out
 prompts are generated and parsed for the format pass rate. Validation before the first step and
 after the last one runs inside `fit` (`validate_outside_loop`), so a spawned DDP run launches once.
@@ -23,6 +24,7 @@ from clicks2pref.errors import NonFiniteLossError
 from clicks2pref.models.generate import GenerationConfig, generate
 from clicks2pref.objectives.sft import IGNORE_INDEX, masked_lm_loss
 from clicks2pref.lit.distributed import all_sum, share_cpu_threads, world_and_rank
+from clicks2pref.lit.nonfinite import drop_gradients, grad_scaler_active, gradients_finite
 
 
 class SFTModule(pl.LightningModule):
@@ -75,20 +77,31 @@ class SFTModule(pl.LightningModule):
         loss = total * self.trainer.world_size / n_global  # DDP averages gradients over processes
         finite = self._sum(torch.isfinite(loss).float()) == self.trainer.world_size
         if not finite:
-            self.nonfinite_in_a_row += 1
-            self.nonfinite_total += 1
-            self.log(f"{self.prefix}/nonfinite_steps", float(self.nonfinite_total))
-            if self.nonfinite_in_a_row > self.max_nonfinite_steps:
-                raise NonFiniteLossError(f"{self.nonfinite_in_a_row} non-finite SFT losses in a row; lower the "
-                                         "learning rate or check the data (max_nonfinite_steps)")
+            self.count_nonfinite("losses")
             return None  # every process skips backward and the optimizer step
-        self.nonfinite_in_a_row = 0
         self.log(f"{self.prefix}/train_loss", self._sum(total.float()) / n_global, on_step=True, on_epoch=False,
                  batch_size=batch["input_ids"].size(0))
         schedulers = self.lr_schedulers()
         if schedulers is not None:
             self.log(f"{self.prefix}/lr", schedulers.get_last_lr()[0], on_step=True, on_epoch=False)
         return loss
+
+    def on_before_optimizer_step(self, optimizer):
+        """Runs after backward, before clipping: a step with non-finite gradients is dropped (see `lit.nonfinite`)."""
+        params = [p for p in self.model.parameters() if p.requires_grad]
+        if grad_scaler_active(self.trainer) or gradients_finite(params, self.trainer):
+            self.nonfinite_in_a_row = 0  # a step is taken
+            return
+        drop_gradients(params)
+        self.count_nonfinite("gradients")
+
+    def count_nonfinite(self, what: str) -> None:
+        self.nonfinite_in_a_row += 1
+        self.nonfinite_total += 1
+        self.log(f"{self.prefix}/nonfinite_steps", float(self.nonfinite_total))
+        if self.nonfinite_in_a_row > self.max_nonfinite_steps:
+            raise NonFiniteLossError(f"{self.nonfinite_in_a_row} steps in a row with non-finite {what}; lower the "
+                                     "learning rate, train in fp32 or check the data (max_nonfinite_steps)")
 
     def configure_optimizers(self):
         optimizer = self.optimizer_factory([p for p in self.model.parameters() if p.requires_grad])
