@@ -68,15 +68,15 @@ def smoke_collect(tmp_path_factory):
     return cfg, run_stage(cfg)
 
 
-def nan_gradient_on_call(param, call: int) -> list:
-    """Make `param`'s gradient NaN on its `call`-th backward (1-based); returns the list of calls seen."""
+def nan_gradient_on_call(param, *calls: int) -> list:
+    """Make `param`'s gradient NaN on the listed backward calls (1-based); returns the list of calls seen."""
     import torch
 
     seen = []
 
     def hook(grad):
         seen.append(len(seen) + 1)
-        return torch.full_like(grad, float("nan")) if len(seen) == call else grad
+        return torch.full_like(grad, float("nan")) if len(seen) in calls else grad
 
     param.register_hook(hook)
     return seen

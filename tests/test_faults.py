@@ -304,3 +304,26 @@ def test_a_step_whose_gradients_are_not_finite_is_skipped_not_taken(tmp_path):
     assert len(calls) == 4 and module.nonfinite_total == 1
     assert all(torch.isfinite(p).all() for p in model.parameters())
     assert not torch.equal(model.model.norm.weight, before["model.norm.weight"])  # three steps were taken
+
+
+def test_steps_whose_gradients_stay_non_finite_stop_training_naming_the_cause(tmp_path):
+    import pytorch_lightning as pl
+    import torch
+
+    from clicks2pref.errors import NonFiniteLossError
+    from clicks2pref.lit.sft_datamodule import SFTDataModule
+    from clicks2pref.lit.sft_module import SFTModule
+    from clicks2pref.models.registry import ModelConfig, load_causal_lm
+    from tests.conftest import nan_gradient_on_call
+
+    model, tok = load_causal_lm(ModelConfig(name="tiny-llama"), "~/.cache/clicks2pref", seed=0)
+    nan_gradient_on_call(model.model.norm.weight, *range(1, 11))
+    examples = [{"messages": [{"role": "user", "content": f"question {i}?"}], "target": "1. Why?"} for i in range(8)]
+    module = SFTModule(model, torch.optim.AdamW, max_nonfinite_steps=2)
+    trainer = pl.Trainer(accelerator="cpu", max_steps=10, logger=False, enable_checkpointing=False,
+                         enable_progress_bar=False, enable_model_summary=False, limit_val_batches=0,
+                         gradient_clip_val=1.0, default_root_dir=tmp_path)
+    with pytest.raises(NonFiniteLossError, match="3 steps in a row with non-finite gradients"):
+        trainer.fit(module, datamodule=SFTDataModule(tok, examples, [], batch_size=2, max_length=64))
+    assert all(torch.isfinite(p).all() for p in model.parameters())
+

@@ -89,6 +89,8 @@ class SFTModule(pl.LightningModule):
     def on_before_optimizer_step(self, optimizer):
         """Runs after backward, before clipping: a step with non-finite gradients is dropped (see `lit.nonfinite`)."""
         params = [p for p in self.model.parameters() if p.requires_grad]
+        if all(p.grad is None for p in params):
+            return  # the loss was not finite: no backward ran, and the step is already counted
         if grad_scaler_active(self.trainer) or gradients_finite(params, self.trainer):
             self.nonfinite_in_a_row = 0  # a step is taken
             return
