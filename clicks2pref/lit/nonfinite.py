@@ -18,8 +18,9 @@ from clicks2pref.lit.distributed import all_sum
 def gradients_finite(params: Sequence[torch.nn.Parameter], trainer=None) -> bool:
     """Whether every gradient of `params` is finite on every process: a step is skipped everywhere or nowhere."""
     grads = [p.grad for p in params if p.grad is not None]
-    bad = torch.stack([~g.isfinite().all() for g in grads]).any().float() if grads else torch.zeros(())
-    return float(all_sum(trainer, bad.to(grads[0].device) if grads else bad)) == 0.0
+    device = params[0].device if len(params) else torch.device("cpu")  # where the collective expects it
+    bad = torch.stack([~g.isfinite().all() for g in grads]).any().float() if grads else torch.zeros((), device=device)
+    return float(all_sum(trainer, bad)) == 0.0
 
 
 def drop_gradients(params: Sequence[torch.nn.Parameter]) -> None:
