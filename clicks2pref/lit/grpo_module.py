@@ -46,7 +46,7 @@ from torch.utils.data import DataLoader
 from clicks2pref.data.parsing import parse_suggestions
 from clicks2pref.errors import ConfigError, NonFiniteLossError
 from clicks2pref.lit.distributed import ShardSampler, all_sum, share_cpu_threads, world_and_rank
-from clicks2pref.lit.nonfinite import gradients_finite
+from clicks2pref.lit.nonfinite import grad_scaler_active, gradients_finite
 from clicks2pref.models.adapters import merged_adapters
 from clicks2pref.models.generate import chat_inputs
 from clicks2pref.models.sampling import greedy_kwargs, sampling_kwargs
@@ -248,7 +248,8 @@ class GRPOModule(pl.LightningModule):
             loss_sum, logps, ent = self.backward_loss(ids, attention, loss_mask, old, ref, advantages,
                                                       entropy=iteration == 0)
             params = [p for p in self.model.parameters() if p.requires_grad]
-            if logps is None or not gradients_finite(params, self._trainer):  # skip this optimiser step
+            if logps is None or (not grad_scaler_active(self._trainer)  # 16-bit AMP's scaler skips on its own
+                                 and not gradients_finite(params, self._trainer)):  # skip this optimiser step
                 opt.zero_grad()
                 self._nonfinite("loss" if logps is None else "gradients")
                 continue
