@@ -6,8 +6,8 @@ import torch
 
 from clicks2pref.errors import ModelNotFoundError
 from clicks2pref.models.generate import GenerationConfig, generate
-from clicks2pref.models.registry import (LoraConfig, ModelConfig, load_causal_lm, load_sentence_embedder, resolve,
-                                         smollm2_gguf)
+from clicks2pref.models.registry import (LoraConfig, ModelConfig, load_backbone, load_causal_lm,
+                                         load_sentence_embedder, resolve, smollm2_gguf)
 
 MESSAGES = [[{"role": "user", "content": "How do I keep basil fresh?"},
              {"role": "assistant", "content": "Stand the stems in a glass of water on the counter."},
@@ -45,6 +45,18 @@ def test_tiny_llama_shares_the_smollm2_tokenizer_and_trains():
     loss = model(input_ids=ids, labels=ids).loss
     loss.backward()
     assert torch.isfinite(loss)
+
+
+@pytest.mark.parametrize("load", [load_causal_lm, load_backbone])
+def test_tiny_llama_takes_the_configured_dtype_under_lora(load):
+    """A bf16 tiny model is bf16 as a policy and as a reward backbone; LoRA's adapters keep fp32 (PEFT's
+    autocast_adapter_dtype), as on the real models."""
+    model, _ = load(ModelConfig(name="tiny-llama", dtype="bfloat16", lora=LoraConfig(r=4)), "~/.cache/clicks2pref")
+    frozen = {p.dtype for n, p in model.named_parameters() if "lora_" not in n}
+    adapters = {p.dtype for n, p in model.named_parameters() if "lora_" in n}
+    assert frozen == {torch.bfloat16} and adapters == {torch.float32}
+    default, _ = load(ModelConfig(name="tiny-llama"), "~/.cache/clicks2pref")
+    assert {p.dtype for p in default.parameters()} == {torch.float32}
 
 
 @pytest.mark.parametrize("kind", ["8bit", "4bit"])

@@ -162,14 +162,14 @@ def _from_pretrained(cls, source: str, **kwargs):
 
 
 def tiny_llama(cfg: ModelConfig, vocab_size: int, pad_token_id: int, seed: int = 0):
-    """A random 2-layer Llama sharing SmolLM2's tokenizer: real code paths at test speed."""
+    """A random 2-layer Llama sharing SmolLM2's tokenizer, in `cfg.dtype`: real code paths at test speed."""
     config = LlamaConfig(vocab_size=vocab_size, hidden_size=cfg.tiny_hidden_size,
                          intermediate_size=cfg.tiny_intermediate_size, num_hidden_layers=cfg.tiny_num_layers,
                          num_attention_heads=cfg.tiny_num_heads, num_key_value_heads=cfg.tiny_num_heads,
                          max_position_embeddings=2048, pad_token_id=pad_token_id, tie_word_embeddings=True)
     with torch.random.fork_rng():
         torch.manual_seed(seed)
-        return LlamaForCausalLM(config)
+        return LlamaForCausalLM(config).to(_torch_dtype(cfg.dtype))
 
 
 def load_causal_lm(cfg: ModelConfig, cache_dir: str | os.PathLike, seed: int = 0):
@@ -194,8 +194,12 @@ def load_causal_lm(cfg: ModelConfig, cache_dir: str | os.PathLike, seed: int = 0
         return apply_training_options(model, cfg), tok
 
 
-def apply_training_options(model, cfg: ModelConfig):
-    """Gradient checkpointing, k-bit preparation and LoRA adapters, in that order."""
+def apply_training_options(model, cfg: ModelConfig, task_type: str = "CAUSAL_LM"):
+    """Gradient checkpointing, k-bit preparation and LoRA adapters, in that order.
+
+    `task_type` is PEFT's: CAUSAL_LM for policies, FEATURE_EXTRACTION for reward-model backbones (whose
+    forward returns hidden states).
+    """
     if cfg.quantization is not None and cfg.lora is not None:
         from peft import prepare_model_for_kbit_training  # lazy: importing peft loads bitsandbytes (extra)
 
@@ -206,7 +210,7 @@ def apply_training_options(model, cfg: ModelConfig):
         from peft import LoraConfig as PeftLoraConfig, get_peft_model  # lazy: importing peft loads bitsandbytes (extra)
 
         lora = PeftLoraConfig(r=cfg.lora.r, lora_alpha=cfg.lora.lora_alpha, lora_dropout=cfg.lora.lora_dropout,
-                              target_modules=list(cfg.lora.target_modules), bias=cfg.lora.bias, task_type="CAUSAL_LM")
+                              target_modules=list(cfg.lora.target_modules), bias=cfg.lora.bias, task_type=task_type)
         model = get_peft_model(model, lora)
     return model
 
@@ -239,17 +243,4 @@ def load_backbone(cfg: ModelConfig, cache_dir: str | os.PathLike, seed: int = 0)
         if qc is not None:
             kwargs["quantization_config"] = qc
         model = _from_pretrained(AutoModel, resolve(cfg.name, cache_dir), **kwargs)
-    if cfg.quantization is not None and cfg.lora is not None:
-        from peft import prepare_model_for_kbit_training  # lazy: importing peft loads bitsandbytes (extra)
-
-        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=cfg.gradient_checkpointing)
-    elif cfg.gradient_checkpointing:
-        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-    if cfg.lora is not None:
-        from peft import LoraConfig as PeftLoraConfig, get_peft_model  # lazy: importing peft loads bitsandbytes (extra)
-
-        lora = PeftLoraConfig(r=cfg.lora.r, lora_alpha=cfg.lora.lora_alpha, lora_dropout=cfg.lora.lora_dropout,
-                              target_modules=list(cfg.lora.target_modules), bias=cfg.lora.bias,
-                              task_type="FEATURE_EXTRACTION")
-        model = get_peft_model(model, lora)
-    return model, tok
+    return apply_training_options(model, cfg, task_type="FEATURE_EXTRACTION"), tok
