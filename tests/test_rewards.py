@@ -308,6 +308,27 @@ def test_shared_prefix_scoring_equals_the_reward_models_own(tmp_path):
                                    rm.rewards(contexts, suggestions, kappa=1.0).float(), rtol=1e-4, atol=1e-5)
 
 
+def test_cached_outputs_score_each_distinct_suggestion_once_in_input_order(monkeypatch):
+    from clicks2pref.models.registry import ModelConfig
+    from clicks2pref.models.reward_heads import HeadConfig, build_reward_model
+    from clicks2pref.rewards import shared_prefix
+
+    rm = build_reward_model("garm", ModelConfig(name="tiny-llama"), HeadConfig(init_std=0.5, max_length=128),
+                            str(Path.home() / ".cache/clicks2pref"), seed=0)
+    suggestions = ["Can I freeze basil leaves for later?", "Why?", "How long does basil stay fresh in water?"]
+    expected = rm.score([CONTEXT] * 3, suggestions)
+    scored = []
+    real = shared_prefix.rm_outputs
+    monkeypatch.setattr(shared_prefix, "rm_outputs", lambda m, c, s, b: scored.extend(s) or real(m, c, s, b))
+    score = shared_prefix.cached_outputs(rm, batch_size=2)
+    first = score([CONTEXT] * 2, suggestions[:2])
+    again = score([CONTEXT] * 4, [suggestions[1], suggestions[2], suggestions[0], suggestions[1]])
+    assert scored == suggestions  # the third once, the first two not again
+    for name in ("mu", "sigma"):
+        torch.testing.assert_close(first[name], expected[name][:2], rtol=1e-4, atol=1e-5)
+        torch.testing.assert_close(again[name], expected[name][[1, 2, 0, 1]], rtol=1e-4, atol=1e-5)
+
+
 @pytest.mark.parametrize("override", ["rewards.garm.kapa=1", "grpo.group_sise=4", "fusion.C=big",
                                       "rewards=no_such_preset", "grpo.monitor.patience=two", "rewards.rule.min_words=2.5"])
 def test_typos_in_the_reward_grpo_and_fusion_groups_fail_at_composition(tmp_path, override):

@@ -12,7 +12,8 @@ import json
 import math
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional, Sequence
+from functools import partial
+from typing import Callable, Optional, Sequence
 
 import torch
 from torch import Tensor
@@ -26,6 +27,7 @@ from clicks2pref.eval.calibration import (
     reliability_bins,
 )
 from clicks2pref.models.placement import on_device
+from clicks2pref.rewards.shared_prefix import rm_outputs
 
 
 @dataclass
@@ -50,12 +52,15 @@ def unique_items(pairs: Sequence[dict]) -> dict[tuple[str, str], tuple[list[dict
     return items
 
 
-def pair_predictions(model, pairs: Sequence[dict], batch_size: int = 32) -> dict[str, Tensor]:
+def pair_predictions(model, pairs: Sequence[dict], batch_size: int = 32, score: Optional[Callable] = None
+                     ) -> dict[str, Tensor]:
     """Per pair: `confidence` (for the side the model picks), `correct`, `p_chosen`, and for GaRM
-    `sigma` (mean of the two sides). Each distinct suggestion is scored once."""
+    `sigma` (mean of the two sides). Each distinct suggestion is scored once, each conversation once per batch;
+    `score` (contexts, suggestions) -> head outputs replaces that scoring (e.g. `cached_outputs`)."""
     items = unique_items(pairs)
     keys = list(items)
-    out = model.score([items[k][0] for k in keys], [items[k][1] for k in keys], batch_size)
+    score = score or partial(rm_outputs, model, batch_size=batch_size)
+    out = score([items[k][0] for k in keys], [items[k][1] for k in keys])
     index = {k: i for i, k in enumerate(keys)}
     c = torch.tensor([index[item_key(p["context"], p["chosen"])] for p in pairs], dtype=torch.long)
     r = torch.tensor([index[item_key(p["context"], p["rejected"])] for p in pairs], dtype=torch.long)

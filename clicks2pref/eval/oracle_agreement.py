@@ -10,12 +10,14 @@ from __future__ import annotations
 
 import itertools
 from collections import defaultdict
-from typing import Sequence
+from functools import partial
+from typing import Callable, Optional, Sequence
 
 import numpy as np
 from scipy.stats import spearmanr
 
 from clicks2pref.data.pairs import context_key
+from clicks2pref.rewards.shared_prefix import rm_outputs
 
 
 def suggestion_items(impressions: Sequence[dict]) -> dict:
@@ -46,13 +48,16 @@ def oracle_agreement(scores: np.ndarray, oracle: np.ndarray, panels: Sequence[Se
             "oracle_items": int(len(scores)), "oracle_panel_pairs": total}
 
 
-def reward_oracle_agreement(model, impressions: Sequence[dict], sim, batch_size: int = 32) -> dict:
-    """`oracle_agreement` of a reward model (GaRM μ, or BTRM r) on the suggestions of logged impressions."""
+def reward_oracle_agreement(model, impressions: Sequence[dict], sim, batch_size: int = 32,
+                            score: Optional[Callable] = None) -> dict:
+    """`oracle_agreement` of a reward model (GaRM μ, or BTRM r) on the suggestions of logged impressions;
+    `score` (contexts, suggestions) -> head outputs replaces the model's own scoring (e.g. `cached_outputs`)."""
     items = suggestion_items(impressions)
     if len(items) < 3:
         return {}
     keys = list(items)
-    out = model.score([items[k][2] for k in keys], [items[k][3] for k in keys], batch_size)
+    score = score or partial(rm_outputs, model, batch_size=batch_size)
+    out = score([items[k][2] for k in keys], [items[k][3] for k in keys])
     scores = (out["mu"] if "mu" in out else out["reward"]).numpy()
     oracle = sim.oracle_ctr_many([(items[k][0], items[k][1], [items[k][3]]) for k in keys])
     by_panel = defaultdict(list)

@@ -12,7 +12,7 @@ pass (`RewardModel.collate` and `forward`).
 """
 from __future__ import annotations
 
-from typing import Optional, Sequence
+from typing import Callable, Optional, Sequence
 
 import torch
 from torch import Tensor
@@ -147,3 +147,21 @@ def rm_outputs(model, contexts: Sequence[list[dict]], suggestions: Sequence[str]
                                    batch_size).items():
             out[name][rows] = v.float().cpu()
     return out
+
+
+def cached_outputs(model, batch_size: int = 32) -> Callable[[Sequence[list[dict]], Sequence[str]], dict[str, Tensor]]:
+    """`rm_outputs` of `model` with a cache keyed by (context, suggestion): evaluations that score the same
+    suggestions more than once (the rm stage's calibration pairs, then its oracle check) run each once."""
+    cache: dict[tuple[str, str], dict[str, Tensor]] = {}
+
+    def score(contexts: Sequence[list[dict]], suggestions: Sequence[str]) -> dict[str, Tensor]:
+        keys = [(context_key(c), s) for c, s in zip(contexts, suggestions)]
+        todo = {k: (c, s) for k, c, s in zip(keys, contexts, suggestions) if k not in cache}
+        if todo:
+            out = rm_outputs(model, [c for c, _ in todo.values()], [s for _, s in todo.values()], batch_size)
+            for i, k in enumerate(todo):
+                cache[k] = {name: v[i] for name, v in out.items()}
+        return {name: torch.stack([cache[k][name] for k in keys]) if keys else torch.zeros(0)
+                for name in OUTPUTS[model.kind]}
+
+    return score

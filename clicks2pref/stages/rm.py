@@ -21,7 +21,7 @@ import shutil
 import time
 from functools import partial
 from pathlib import Path
-from typing import Optional
+from typing import Callable, Optional
 
 import pytorch_lightning as pl
 import torch
@@ -45,6 +45,7 @@ from clicks2pref.models.reward_heads import build_reward_model, load_reward_mode
 from clicks2pref.objectives.click_model import fit_item_examination, redundancy_discount, similarity_above
 from clicks2pref.report import write_job_metrics
 from clicks2pref.rewards.diversity import PanelSimilarity
+from clicks2pref.rewards.shared_prefix import cached_outputs
 from clicks2pref.stages import artifacts, serve as serve_stage
 
 log = logging.getLogger(__name__)
@@ -79,10 +80,11 @@ def run(cfg, loggers=()) -> dict:
         for kind in rm.kinds:
             model, stats = train_one(cfg, kind, splits, examples, work / kind, loggers)
             eval_start = time.time()
-            res = {**stats, "splits": calibrate(cfg, model, splits, ppl)}
+            score = cached_outputs(model, rm.calibration.batch_size)  # pairs and impressions share suggestions
+            res = {**stats, "splits": calibrate(cfg, model, splits, ppl, score)}
             for split, v in examples.items():
                 if split in res["splits"] and v:
-                    res["splits"][split].update(reward_oracle_agreement(model, v, sim, rm.calibration.batch_size))
+                    res["splits"][split].update(reward_oracle_agreement(model, v, sim, score=score))
             res["eval_seconds"] = time.time() - eval_start
             report["kinds"][kind] = res
             shutil.copytree(work / kind / "model", tmp / kind)
@@ -241,7 +243,7 @@ def similarity_above_examples(examples: list[dict], positions: int, similarity: 
                                                          dtype=torch.float64), positions) for e in examples])
 
 
-def calibrate(cfg, model, splits: dict, ppl: dict) -> dict:
+def calibrate(cfg, model, splits: dict, ppl: dict, score: Optional[Callable] = None) -> dict:
     """split -> accuracy, ECE, reliability bins and decile tables of one reward model (SPEC 5.6)."""
     cal = cfg.reward_model.calibration
     out = {}
@@ -251,7 +253,7 @@ def calibrate(cfg, model, splits: dict, ppl: dict) -> dict:
         if not splits[split]:  # e.g. OOD logs in which nobody clicked below the top position
             out[split] = {"n_pairs": 0}
             continue
-        pred = pair_predictions(model, splits[split], cal.batch_size)
+        pred = pair_predictions(model, splits[split], cal.batch_size, score)
         log_ppl = pair_log_ppl(splits[split], ppl) if ppl and split != "val" else None
         out[split] = calibration_metrics(pred, cal.n_bins, cal.n_deciles, log_ppl)
     return out
