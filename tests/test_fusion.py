@@ -97,3 +97,17 @@ def test_bad_fusion_settings_name_their_key():
         FusionConfig(logs="baseline")
     with pytest.raises(ConfigError, match="kappa_grid"):
         FusionConfig(kappa_grid=[0.5, -1.0])
+
+
+def test_mean_only_keeps_kappa_zero_through_fusion(tmp_path):
+    """Fusion fits κ for presets that leave it free; mean_only's κ = 0 is the ablation itself and stays."""
+    from tests.conftest import compose_config
+    from clicks2pref.stages.fusion import fit_kappa
+
+    garm = object()  # fit_kappa must neither score nor replace it
+    cfg = compose_config(["stage=grpo", "rewards=mean_only"], tmp_path)
+    components = {"garm": garm}
+    assert fit_kappa(cfg, components, None, None, [], np.zeros(0), np.zeros(0)) == (None, {})
+    assert components["garm"] is garm and cfg.rewards.garm.kappa == 0.0
+    full = compose_config(["stage=grpo", "rewards=full"], tmp_path)
+    assert full.rewards.fit_kappa and full.fusion.kappa_grid

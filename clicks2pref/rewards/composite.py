@@ -42,6 +42,7 @@ class RewardsConfig:
     rule_constraint: bool = True  # a panel failing a rule ranks at the bottom of its group (same context)
     rule_failing: str = "below"  # below: under every passing panel, in its own order | min: at the group's minimum
     redundancy: bool = True  # apply each reward model's learned redundancy term (panel=click) when it has one
+    fit_kappa: bool = True  # stage fusion picks garm.kappa from fusion.kappa_grid | false keeps it (mean_only)
     embedder: str = "minilm-l6"  # sentence embedder of the diversity term | lexical
     # the defaults are conf/rewards/full.yaml's: every component but btrm
     garm: Optional[GaRMRewardConfig] = field(default_factory=GaRMRewardConfig)

@@ -125,8 +125,9 @@ def fit_kappa(cfg, components: dict, resources, logged, groups: list, rows: np.n
               ) -> tuple[Optional[float], dict]:
     """GaRM's κ from `fusion.kappa_grid`: the value whose GaRM panel score (alone, centred within contexts
     when `within_context`) best ranks the clicked impressions (AUC); the first on ties. Replaces the GaRM
-    component in `components` by the chosen one. (None, {}) when GaRM is off or the grid is empty."""
-    if "garm" not in components or not cfg.fusion.kappa_grid:
+    component in `components` by the chosen one. (None, {}) when GaRM is off, the grid is empty, or the
+    preset keeps its own κ (`rewards.fit_kappa: false`, e.g. mean_only's κ = 0)."""
+    if "garm" not in components or not cfg.fusion.kappa_grid or not cfg.rewards.fit_kappa:
         return None, {}
     aucs, built = {}, {}
     for kappa in cfg.fusion.kappa_grid:
