@@ -79,7 +79,8 @@ def test_optuna_search_composes_and_names_existing_keys(tmp_path):
     sweeper = cfg.hydra.sweeper
     assert "optuna" in sweeper._target_ and str(sweeper.direction).endswith("maximize")
     assert cfg.hydra.mode.name == "MULTIRUN" and cfg.stage.name == "grpo"
-    assert cfg.optimized_metric == "eval.grpo.oracle_ctr"
+    assert cfg.optimized_metric == "selected.sampled_ctr"  # sampled clicks on validation contexts, not the oracle
+    assert cfg.rewards.fit_kappa is False  # the searched κ is the one trained with
     for key in sweeper.params:
         assert OmegaConf.select(cfg, key) is not None, key
 
