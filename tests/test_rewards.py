@@ -319,7 +319,8 @@ def test_cached_outputs_score_each_distinct_suggestion_once_in_input_order(monke
     expected = rm.score([CONTEXT] * 3, suggestions)
     scored = []
     real = shared_prefix.rm_outputs
-    monkeypatch.setattr(shared_prefix, "rm_outputs", lambda m, c, s, b: scored.extend(s) or real(m, c, s, b))
+    monkeypatch.setattr(shared_prefix, "rm_outputs",
+                        lambda m, c, s, batch_size: scored.extend(s) or real(m, c, s, batch_size))
     score = shared_prefix.cached_outputs(rm, batch_size=2)
     first = score([CONTEXT] * 2, suggestions[:2])
     again = score([CONTEXT] * 4, [suggestions[1], suggestions[2], suggestions[0], suggestions[1]])

@@ -112,17 +112,22 @@ class SuggestionScorer:
     cache: dict = field(default_factory=dict)
 
     def __call__(self, batch: RewardBatch) -> list[list[float]]:
-        keys, todo = [], {}
-        for context, panel in zip(batch.contexts, batch.panels):
-            ck = context_key(context)
-            row = []
-            for s in panel:
-                key = (ck, s)
-                row.append(key)
-                if key not in self.cache:
-                    todo.setdefault(key, (context, s))
-            keys.append(row)
-        known = {k: self.cache[k] for row in keys for k in row if k in self.cache}
+        contexts = [c for c, panel in zip(batch.contexts, batch.panels) for _ in panel]
+        values = iter(self.lookup(contexts, [s for panel in batch.panels for s in panel]))
+        return [[next(values) for _ in panel] for panel in batch.panels]
+
+    def lookup(self, contexts: Sequence[list[dict]], suggestions: Sequence[str]) -> list:
+        """One score (or {output name: value}) per (context, suggestion), scoring only pairs not seen before."""
+        context_keys: dict[int, str] = {}  # a context repeated per suggestion is keyed once
+        for c in contexts:
+            if id(c) not in context_keys:
+                context_keys[id(c)] = context_key(c)
+        keys = [(context_keys[id(c)], s) for c, s in zip(contexts, suggestions)]
+        todo = {}
+        for key, context, s in zip(keys, contexts, suggestions):
+            if key not in self.cache:
+                todo.setdefault(key, (context, s))
+        known = {k: self.cache[k] for k in keys if k in self.cache}
         if todo:
             items = list(todo.values())
             scores = self.score_fn([c for c, _ in items], [s for _, s in items])
@@ -131,7 +136,7 @@ class SuggestionScorer:
             if len(self.cache) + len(new) > self.max_cache:
                 self.cache.clear()
             self.cache.update(new)
-        return [[known[k] for k in row] for row in keys]
+        return [known[k] for k in keys]
 
 
 def per_item(scores: Union[Tensor, dict[str, Tensor]]) -> list:

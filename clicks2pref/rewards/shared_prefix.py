@@ -12,6 +12,7 @@ pass (`RewardModel.collate` and `forward`).
 """
 from __future__ import annotations
 
+from functools import partial
 from typing import Callable, Optional, Sequence
 
 import torch
@@ -20,7 +21,7 @@ from torch import Tensor
 from clicks2pref.models.kv_cache import cache_kwarg
 from clicks2pref.models.placement import on_device
 from clicks2pref.models.reward_heads import OUTPUTS, RewardModel, scalar_rewards
-from clicks2pref.rewards.base import context_key
+from clicks2pref.rewards.base import SuggestionScorer, context_key
 
 
 def supports_shared_prefix(model) -> bool:
@@ -150,18 +151,12 @@ def rm_outputs(model, contexts: Sequence[list[dict]], suggestions: Sequence[str]
 
 
 def cached_outputs(model, batch_size: int = 32) -> Callable[[Sequence[list[dict]], Sequence[str]], dict[str, Tensor]]:
-    """`rm_outputs` of `model` with a cache keyed by (context, suggestion): evaluations that score the same
-    suggestions more than once (the rm stage's calibration pairs, then its oracle check) run each once."""
-    cache: dict[tuple[str, str], dict[str, Tensor]] = {}
+    """`rm_outputs` of `model` behind a `SuggestionScorer` cache: evaluations that score the same suggestions
+    more than once (the rm stage's calibration pairs, then its oracle check) run each once."""
+    scorer = SuggestionScorer(partial(rm_outputs, model, batch_size=batch_size))
 
     def score(contexts: Sequence[list[dict]], suggestions: Sequence[str]) -> dict[str, Tensor]:
-        keys = [(context_key(c), s) for c, s in zip(contexts, suggestions)]
-        todo = {k: (c, s) for k, c, s in zip(keys, contexts, suggestions) if k not in cache}
-        if todo:
-            out = rm_outputs(model, [c for c, _ in todo.values()], [s for _, s in todo.values()], batch_size)
-            for i, k in enumerate(todo):
-                cache[k] = {name: v[i] for name, v in out.items()}
-        return {name: torch.stack([cache[k][name] for k in keys]) if keys else torch.zeros(0)
-                for name in OUTPUTS[model.kind]}
+        rows = scorer.lookup(contexts, suggestions)
+        return {name: torch.tensor([r[name] for r in rows], dtype=torch.float32) for name in OUTPUTS[model.kind]}
 
     return score
