@@ -210,7 +210,11 @@ def plot_ctr(rows: list[dict], path: Path, ci: str) -> None:
     ctr = [r["oracle_ctr"] for r in rows]
     err = [[r["oracle_ctr"] - r["ci_low"] for r in rows], [r["ci_high"] - r["oracle_ctr"] for r in rows]]
     ax.bar(x, ctr, yerr=err, capsize=4, color="#4c72b0")
-    ax.set_xticks(list(x), [r["policy"] for r in rows])
+    # a policy given as a folder is named by its last two parts (e.g. grpo/<key>), so labels do not overlap
+    labels = ["/".join(Path(r["policy"]).parts[-2:]) if "/" in r["policy"] else r["policy"] for r in rows]
+    folders = any("/" in name for name in labels)
+    ax.set_xticks(list(x), labels, rotation=20 if folders else 0, ha="right" if folders else "center",
+                  fontsize="small")
     ax.set_ylabel(f"oracle CTR ({ci} CI)")
     ax.set_title("held-out contexts")
     fig.tight_layout()
