@@ -29,7 +29,8 @@ SWEEP = {"jobs": 0, "failed": 0}  # this process's sweep jobs (the basic launche
 # stage -> its headline metric in the result dict its `run` returns: the number the job returns, which a Hydra
 # sweeper (`hparams_search=grpo_optuna`) optimises; `optimized_metric=<dotted path>` picks another
 HEADLINE = {
-    "collect": lambda r: max(t["oracle_ctr"] for t in r["templates"]),  # the best template's oracle CTR
+    # the chosen template's sampled CTR: the number collect chooses on (an optimising sweep never sees the oracle)
+    "collect": lambda r: next(t["sampled_ctr"] for t in r["templates"] if t["template"] == r["best_template"]),
     "sft": lambda r: r["eval"]["sft"]["oracle_ctr"],  # the SFT policy's oracle CTR on held-out contexts
     "serve": lambda r: r["weeks"][str(r["fusion_week"])]["ctr"],  # sampled CTR of the SFT policy's fusion week
     "rm": lambda r: r["metrics"]["garm"]["iid"]["accuracy"],  # GaRM's pair accuracy on the IID week

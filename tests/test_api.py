@@ -54,7 +54,7 @@ def test_run_returns_the_stage_result_and_the_job_its_headline(smoke_collect, tm
     assert result["key"] == collected["key"] and result["best_template"] in cfg.prompt
     assert sorted(Path(result["logs"]).parent.glob("week*.jsonl"))
     assert Path(cfg.paths.output_dir).is_dir() and not (tmp_path / "other").exists()
-    best = next(t["oracle_ctr"] for t in result["templates"] if t["template"] == result["best_template"])
+    best = next(t["sampled_ctr"] for t in result["templates"] if t["template"] == result["best_template"])
     assert headline(cfg, result) == best
 
 

@@ -79,6 +79,7 @@ def test_quantized_loading_runs_a_forward_pass_on_cpu(kind, tmp_path):
 
 def test_minilm_from_its_package_embeds():
     model = load_sentence_embedder()
+    assert load_sentence_embedder() is model  # one copy per process, whichever component asks
     v = model.encode(["How long do tomatoes take to ripen?", "When will my tomatoes be ripe?", "How do I change a tire?"],
                      normalize_embeddings=True)
     assert v.shape == (3, 384)
@@ -94,3 +95,10 @@ def test_missing_path_and_package_are_one_clear_error():
         _package_file("not-a-real-package", ".gguf")
     with pytest.raises(ModelNotFoundError, match="quantization"):
         load_causal_lm(ModelConfig(name="tiny-llama", quantization="3bit"), "~/.cache/clicks2pref")
+
+
+@pytest.mark.parametrize("load", [load_causal_lm, load_backbone])
+def test_an_in_memory_tiny_llama_refuses_quantisation(load):
+    """As a policy or as a reward backbone: one clear error, not full-precision weights under a 4-bit config."""
+    with pytest.raises(ModelNotFoundError, match="cannot be quantised"):
+        load(ModelConfig(name="tiny-llama", quantization="4bit"), "~/.cache/clicks2pref")

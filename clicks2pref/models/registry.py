@@ -5,6 +5,7 @@ functions: importing either loads bitsandbytes, an extra.
 """
 from __future__ import annotations
 
+import functools
 import importlib.metadata
 import logging
 import os
@@ -215,8 +216,10 @@ def apply_training_options(model, cfg: ModelConfig, task_type: str = "CAUSAL_LM"
     return model
 
 
+@functools.lru_cache(maxsize=4)
 def load_sentence_embedder(name: str = MINILM, device: str = "cpu"):
-    """A sentence-transformers model (MiniLM from its package by default)."""
+    """A sentence-transformers model (MiniLM from its package by default), loaded once per process: the
+    simulator, assembly, the diversity reward and evaluation only encode with it, so they share one."""
     from sentence_transformers import SentenceTransformer  # lazy: it imports peft, which loads bitsandbytes (extra)
 
     source = resolve(name, cache_dir=".")
@@ -233,13 +236,15 @@ def load_backbone(cfg: ModelConfig, cache_dir: str | os.PathLike, seed: int = 0)
     tiny-llama as the body of the same random model `load_causal_lm` builds. LoRA adapters use PEFT's
     feature-extraction task, so the wrapped model's forward returns hidden states.
     """
+    qc = quantization_config(cfg.quantization, cfg.dtype)
     tok = load_tokenizer(cfg, cache_dir)
     if cfg.name == TINY_LLAMA:
+        if qc is not None:
+            raise ModelNotFoundError("tiny-llama is built in memory and cannot be quantised; save it and load the path")
         model = tiny_llama(cfg, len(tok), tok.pad_token_id, seed).model
     else:
         kwargs: dict[str, Any] = dict(dtype=_torch_dtype(cfg.dtype), trust_remote_code=cfg.trust_remote_code,
                                       revision=cfg.revision)
-        qc = quantization_config(cfg.quantization, cfg.dtype)
         if qc is not None:
             kwargs["quantization_config"] = qc
         model = _from_pretrained(AutoModel, resolve(cfg.name, cache_dir), **kwargs)
