@@ -143,6 +143,16 @@ def test_agreeing_alias_and_key_are_fine(tmp_path):
     assert cfg.grpo.group_size == 8
 
 
+def test_a_given_kappa_that_fusion_would_replace_is_refused_by_name(tmp_path):
+    cfg = clicks2pref.compose(["rewards.garm.kappa=2"], output_dir=tmp_path)
+    with pytest.raises(ConfigError) as err:
+        validate(cfg)
+    assert str(err.value).startswith("rewards.garm.kappa: ") and "rewards.fit_kappa=false" in str(err.value)
+    for kept in (["rewards.garm.kappa=2", "rewards.fit_kappa=false"], ["rewards.garm.kappa=2", "rewards.weights=config"],
+                 ["rewards.garm.kappa=2", "fusion.kappa_grid=[]"], ["rewards=mean_only"]):
+        _validated(tmp_path, kept)
+
+
 def test_schema_built_directly_takes_aliases():
     from clicks2pref.config.grpo import GRPOConfig, GRPOStageConfig
 

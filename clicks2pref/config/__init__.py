@@ -103,6 +103,7 @@ def validate(cfg: DictConfig) -> Config:
     TRL's GRPO names are moved onto ours first, in `cfg` itself: stages read the DictConfig.
     """
     resolve_aliases(cfg)
+    check_fitted_kappa(cfg)
     if "hydra" in cfg:  # a config composed with `return_hydra_config` (tests, the Python API)
         cfg = cfg.copy()
         with open_dict(cfg):
@@ -119,13 +120,29 @@ def resolve_aliases(cfg: DictConfig) -> None:
     """
     if OmegaConf.select(cfg, "grpo") is None:
         return
+    with open_dict(cfg):
+        move_trl_aliases(cfg.grpo, [k[len("grpo."):] for k in given_keys(cfg) if k.startswith("grpo.")], "grpo.")
+
+
+def check_fitted_kappa(cfg: DictConfig) -> None:
+    """A κ given as an override while stage fusion fits κ would be replaced by the fitted one without a word."""
+    fitted = (OmegaConf.select(cfg, "rewards.fit_kappa", default=False)
+              and OmegaConf.select(cfg, "rewards.weights", default=None) == "fusion"
+              and OmegaConf.select(cfg, "rewards.garm", default=None) is not None
+              and OmegaConf.select(cfg, "fusion.kappa_grid", default=None))
+    if fitted and "rewards.garm.kappa" in given_keys(cfg):
+        raise ConfigError(f"stage fusion replaces it with the κ of fusion.kappa_grid {list(cfg.fusion.kappa_grid)} "
+                          "that ranks clicks best; add rewards.fit_kappa=false to keep the given κ",
+                          "rewards.garm.kappa")
+
+
+def given_keys(cfg: DictConfig) -> list[str]:
+    """The keys set by the command line's (or `compose`'s) overrides, `+`/`~` stripped."""
     if "hydra" in cfg:
         overrides = OmegaConf.select(cfg, "hydra.overrides.task", default=None) or []
     else:
         overrides = HydraConfig.get().overrides.task if HydraConfig.initialized() else []
-    given = (o.lstrip("+~").split("=", 1)[0] for o in overrides)
-    with open_dict(cfg):
-        move_trl_aliases(cfg.grpo, [k[len("grpo."):] for k in given if k.startswith("grpo.")], "grpo.")
+    return [o.lstrip("+~").split("=", 1)[0] for o in overrides]
 
 
 def _check_groups(node: DictConfig, prefix: str) -> None:
