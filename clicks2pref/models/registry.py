@@ -164,6 +164,8 @@ def _from_pretrained(cls, source: str, **kwargs):
 
 def tiny_llama(cfg: ModelConfig, vocab_size: int, pad_token_id: int, seed: int = 0):
     """A random 2-layer Llama sharing SmolLM2's tokenizer, in `cfg.dtype`: real code paths at test speed."""
+    if cfg.quantization is not None:
+        raise ModelNotFoundError("tiny-llama is built in memory and cannot be quantised; save it and load the path")
     config = LlamaConfig(vocab_size=vocab_size, hidden_size=cfg.tiny_hidden_size,
                          intermediate_size=cfg.tiny_intermediate_size, num_hidden_layers=cfg.tiny_num_layers,
                          num_attention_heads=cfg.tiny_num_heads, num_key_value_heads=cfg.tiny_num_heads,
@@ -178,8 +180,6 @@ def load_causal_lm(cfg: ModelConfig, cache_dir: str | os.PathLike, seed: int = 0
     qc = quantization_config(cfg.quantization, cfg.dtype)
     tok = load_tokenizer(cfg, cache_dir)
     if cfg.name == TINY_LLAMA:
-        if qc is not None:
-            raise ModelNotFoundError("tiny-llama is built in memory and cannot be quantised; save it and load the path")
         model = tiny_llama(cfg, len(tok), tok.pad_token_id, seed)
     else:
         kwargs: dict[str, Any] = dict(dtype=_torch_dtype(cfg.dtype), trust_remote_code=cfg.trust_remote_code,
@@ -239,8 +239,6 @@ def load_backbone(cfg: ModelConfig, cache_dir: str | os.PathLike, seed: int = 0)
     qc = quantization_config(cfg.quantization, cfg.dtype)
     tok = load_tokenizer(cfg, cache_dir)
     if cfg.name == TINY_LLAMA:
-        if qc is not None:
-            raise ModelNotFoundError("tiny-llama is built in memory and cannot be quantised; save it and load the path")
         model = tiny_llama(cfg, len(tok), tok.pad_token_id, seed).model
     else:
         kwargs: dict[str, Any] = dict(dtype=_torch_dtype(cfg.dtype), trust_remote_code=cfg.trust_remote_code,
