@@ -7,7 +7,8 @@ A README marks each table as a block::
     <!-- /table:NAME -->
 
 NAME is ``FOLDER/TABLE`` (the table ``TABLE`` of ``experiments/FOLDER/results.json``), a bare ``TABLE``
-(the results.json beside the README), or ``claims`` (``experiments/claims.json``). Numbers are typed
+(the results.json beside the README), ``runs`` (that file's runs: date, commit, machine, command) or
+``claims`` (``experiments/claims.json``). Numbers are typed
 once, into results.json; a typed number in a README drifts, a generated one cannot.
 
     python experiments/tables.py           # rewrite every block in place
@@ -120,6 +121,17 @@ def source_line(run: str, runs: dict) -> str:
     return "<sub>" + " · ".join(p for p in parts if p) + f" (`results.json`: `{run}`)</sub>"
 
 
+def render_runs(runs: dict) -> str:
+    """The provenance of a folder's results: one row per run (a block named ``runs``)."""
+    lines = ["| run | date | commit | machine | command |", "|---|---|---|---|---|"]
+    for name, info in runs.items():
+        command = f"`{info['command']}`" if info.get("command") else ""
+        note = f" ({info['note']})" if info.get("note") else ""
+        lines.append(f"| `{name}` | {info.get('date') or ''} | {info.get('commit') or ''} | "
+                     f"{info.get('machine') or ''} | {command}{note} |")
+    return "\n".join(lines) + "\n"
+
+
 def render_claims(root: Path) -> str:
     """claim | one column per simulator; a missing result reads 'not yet measured', never typed."""
     spec = json.loads((root / "experiments" / "claims.json").read_text())
@@ -149,6 +161,8 @@ def render_block(name: str, readme: Path, root: Path) -> str:
     where = root / "experiments" / folder if folder else readme.parent
     results = load(where)
     table = results.get("tables", {}).get(table_name)
+    if table is None and table_name == "runs" and results.get("runs"):
+        return render_runs(results["runs"])
     if table is None:
         raise TableError(f"{readme.relative_to(root)}: block {name!r}: no table {table_name!r} in "
                          f"{(where / 'results.json').relative_to(root)}")
