@@ -1,35 +1,39 @@
-"""The position-based cascade click model and its closed-form oracle CTR (SPEC section 4).
+"""The click model and its exact oracle CTR (SPEC section 4).
 
-Position k is examined with probability e_k; an examined suggestion s is clicked with probability
-a(s | f*) = sigmoid(alpha * (match(s, f*) - beta) + quality(s)); scanning stops at the first click.
-The oracle is P(at least one click) marginalised over segments and intents, with no sampling.
+A user of a segment has a hidden next intent f* (or none: `users.py`). Position k is examined with
+probability e_k; an examined suggestion s is clicked with probability
+
+    a(s | f*) = sigmoid(alpha * (match(s, f*) - beta) + quality(s) + answered(s) + eps),
+
+eps ~ N(0, noise_std²) a per-user propensity shared by the panel. After a click the user is satisfied
+and stops with probability `satisfaction`, else scans on (DBN, Chapelle & Zhang 2009; `satisfaction: 1`
+is the cascade's stop at the first click, DCM's λ is 1 − satisfaction). The oracle is P(at least one
+click) marginalised over segments, intents and eps: 1 − Π_k (1 − e_k a_k) for each (segment, intent),
+integrated over eps by Gauss-Hermite quadrature (exact for noise 0). Satisfaction changes how many
+clicks a user gives, not whether they click, so it leaves the oracle unchanged.
+
+Two switches make a suggestion attractive for pointing at *this* user's need (both off in v1):
+- `discrimination` d: match(s, f) − d · mean over the context's intents g of match(s, g). A question
+  equally near every intent of the topic (a topic heading) loses what it gains from vagueness; a
+  question that names one intent keeps it. Users recognise their own question, not the topic.
+- `answered`: a suggestion close to the assistant's answer just given asks what was already said;
+  its logit drops by up to `answered_penalty` as its cosine to the answer rises past the threshold.
 """
 from __future__ import annotations
 
 import random
-from dataclasses import dataclass, field
-from typing import Dict, List, Optional, Sequence
+from dataclasses import dataclass
+from typing import Optional, Sequence
 
 import numpy as np
 from omegaconf import OmegaConf
 
-from clicks2pref.data.simulator.quality import QualityConfig, quality_logits
+from clicks2pref.data.simulator.config import SimulatorConfig
+from clicks2pref.data.simulator.quality import quality_logits
 from clicks2pref.data.simulator.similarity import EmbeddingSimilarity, LexicalSimilarity
-from clicks2pref.data.simulator.users import SegmentConfig, intent_distribution
+from clicks2pref.data.simulator.users import Intents, intent_distribution, intent_id
 from clicks2pref.data.simulator.world import Topic, context_messages, load_world
 from clicks2pref.models.registry import load_sentence_embedder
-
-
-@dataclass
-class SimulatorConfig:
-    world: Optional[str] = None
-    examination: List[float] = field(default_factory=lambda: [0.9, 0.6, 0.4])
-    alpha: float = 12.0
-    beta: float = 0.62
-    similarity: str = "minilm"  # minilm | lexical
-    embedder: str = "minilm-l6"
-    quality: QualityConfig = field(default_factory=QualityConfig)
-    segments: Dict[str, SegmentConfig] = field(default_factory=dict)  # empty = one segment, no tastes
 
 
 def sigmoid(x: np.ndarray) -> np.ndarray:
@@ -39,27 +43,44 @@ def sigmoid(x: np.ndarray) -> np.ndarray:
 def ctr_given_attraction(attraction: np.ndarray, examination: Sequence[float]) -> np.ndarray:
     """P(at least one click) for each row of attraction [..., K]: 1 - prod_k (1 - e_k a_k).
 
-    The cascade stop does not change this probability: it only decides which click is the first.
+    Neither the cascade stop nor satisfaction changes this probability: they only decide later clicks.
     """
     e = np.asarray(examination[: attraction.shape[-1]], dtype=float)
     return 1.0 - np.prod(1.0 - e * attraction, axis=-1)
 
 
-def sample_cascade(attraction: np.ndarray, examination: Sequence[float], rng: random.Random) -> list[int]:
-    """One user's clicks on a panel: scan in order, stop at the first click."""
+def ctr_given_logits(logits: np.ndarray, examination: Sequence[float], noise_std: float, nodes: int) -> np.ndarray:
+    """E_eps[P(at least one click)] for each row of logits [..., K], eps ~ N(0, noise_std²) shared by the row."""
+    if noise_std == 0:
+        return ctr_given_attraction(sigmoid(logits), examination)
+    t, w = np.polynomial.hermite.hermgauss(nodes)  # ∫ exp(-t²) g(t) dt ≈ Σ w g(t); eps = √2 σ t
+    eps = np.sqrt(2.0) * noise_std * t
+    per_node = ctr_given_attraction(sigmoid(logits[..., None, :] + eps[:, None]), examination)
+    return per_node @ w / np.sqrt(np.pi)
+
+
+def sample_clicks(attraction: Sequence[float], examination: Sequence[float], satisfaction: float,
+                  rng: random.Random) -> list[int]:
+    """One user's clicks on a panel: scan in order; after a click, stop if satisfied."""
     clicks = [0] * len(attraction)
     for k, a in enumerate(attraction):
         if rng.random() < examination[k] and rng.random() < a:
             clicks[k] = 1
-            break
+            if satisfaction >= 1 or rng.random() < satisfaction:
+                break
     return clicks
+
+
+def sample_cascade(attraction: np.ndarray, examination: Sequence[float], rng: random.Random) -> list[int]:
+    """One user's clicks on a panel: scan in order, stop at the first click."""
+    return sample_clicks(attraction, examination, 1.0, rng)
 
 
 @dataclass
 class Click:
     clicks: list[int]
     segment: str
-    intent: str
+    intent: str  # "" for a user with no next intent
 
 
 class ClickSimulator:
@@ -67,49 +88,92 @@ class ClickSimulator:
 
     def __init__(self, cfg: SimulatorConfig, similarity, world: Optional[dict[str, Topic]] = None):
         self.cfg, self.sim = cfg, similarity
-        self.world = world if world is not None else load_world(cfg.world)
-        self.sim.prefetch(q for t in self.world.values() for f in t.facets for q in f.questions)
+        self.world = world if world is not None else load_world(cfg.world, cfg.domains)
+        self.sim.prefetch(q for t in self.world.values() for f in t.facets
+                          for q in (*f.questions, *(q for u in f.follow_ups for q in u.questions)))
+        self._related = self._derive_related(cfg.intents.derived_related)
+        self._intents: dict[tuple[str, str], Intents] = {}
+
+    def _derive_related(self, k: int) -> dict[tuple[str, str], tuple[str, ...]]:
+        """For facets whose world lists no `related`: the k facets whose question is nearest the answer."""
+        out = {}
+        for t in self.world.values():
+            for f in t.facets:
+                if f.related or not k:
+                    continue
+                others = [g for g in t.facets if g.id != f.id]
+                sims = self.sim.matrix([f.answer], [g.question for g in others])[0]
+                out[(t.id, f.id)] = tuple(others[i].id for i in np.argsort(-sims, kind="stable")[:k])
+        return out
+
+    def intents(self, topic_id: str, facet_id: str) -> Intents:
+        key = (topic_id, facet_id)
+        if key not in self._intents:
+            self._intents[key] = intent_distribution(self.world[topic_id], facet_id, self.cfg.segments,
+                                                     self.cfg.intents, self._related.get(key))
+        return self._intents[key]
 
     def context(self, topic_id: str, facet_id: str, rng: Optional[random.Random] = None) -> list[dict]:
         topic = self.world[topic_id]
         return context_messages(topic, topic.facet(facet_id), rng)
 
-    def attraction(self, topic_id: str, facet_id: str, suggestions: Sequence[str]) -> np.ndarray:
-        """a(s_k | f*) for every candidate intent f* (rows, in intent order) and position k (columns)."""
+    def logits(self, topic_id: str, facet_id: str, suggestions: Sequence[str]) -> np.ndarray:
+        """The attraction logit of every position k (columns) for every candidate intent f* (rows)."""
         if len(suggestions) > len(self.cfg.examination):
             raise ValueError(f"panel has {len(suggestions)} suggestions but simulator.examination covers "
                              f"{len(self.cfg.examination)} positions")
-        topic = self.world[topic_id]
-        _, _, intents, _ = intent_distribution(topic, facet_id, self.cfg.segments)
+        topic, cfg = self.world[topic_id], self.cfg
+        intents = self.intents(topic_id, facet_id).intents
         s = list(suggestions)
         if not s:
             return np.zeros((len(intents), 0))
-        asked = topic.facet(facet_id).questions
-        quality = quality_logits(s, self.sim.matrix(s, list(asked)).max(axis=1), self.sim.matrix(s, s),
-                                 self.cfg.quality)
+        current = topic.facet(facet_id)
+        quality = quality_logits(s, self.sim.matrix(s, list(current.questions)).max(axis=1), self.sim.matrix(s, s),
+                                 cfg.quality)
         match = np.stack([self.sim.matrix(s, list(f.questions)).max(axis=1) for f in intents])  # [F, K]
-        return sigmoid(self.cfg.alpha * (match - self.cfg.beta) + quality[None, :])
+        if cfg.discrimination:
+            match = match - cfg.discrimination * match.mean(axis=0, keepdims=True)
+        if cfg.answered.penalty:
+            cos = self.sim.matrix(s, [current.answer])[:, 0]
+            quality = quality - cfg.answered.penalty * np.clip(
+                (cos - cfg.answered.threshold) / (1 - cfg.answered.threshold), 0.0, 1.0)
+        return cfg.alpha * (match - cfg.beta) + quality[None, :]
+
+    def attraction(self, topic_id: str, facet_id: str, suggestions: Sequence[str]) -> np.ndarray:
+        """a(s_k | f*) of a user with no propensity offset, for every intent (rows) and position (columns)."""
+        return sigmoid(self.logits(topic_id, facet_id, suggestions))
 
     def oracle_ctr(self, topic_id: str, facet_id: str, suggestions: Sequence[str]) -> float:
-        """Exact expected CTR: sum over segments and intents of P(seg) P(f*|seg) P(any click | f*)."""
+        """Exact expected CTR: Σ over segments and intents of P(seg) P(f*|seg) E_eps[P(any click | f*, eps)]."""
         if not suggestions:
             return 0.0
-        _, seg_p, _, intent_p = intent_distribution(self.world[topic_id], facet_id, self.cfg.segments)
-        per_intent = ctr_given_attraction(self.attraction(topic_id, facet_id, suggestions), self.cfg.examination)
-        return float(seg_p @ intent_p @ per_intent)
+        it = self.intents(topic_id, facet_id)
+        per_intent = ctr_given_logits(self.logits(topic_id, facet_id, suggestions), self.cfg.examination,
+                                      self.cfg.noise_std, self.cfg.quadrature_nodes)
+        return float(it.segment_p @ it.intent_p @ per_intent)
 
     def oracle_ctr_many(self, items: Sequence[tuple[str, str, Sequence[str]]]) -> np.ndarray:
         """oracle_ctr for many (topic, facet, suggestions), embedding every suggestion in one batch."""
         self.sim.prefetch(s for _, _, panel in items for s in panel)
+        if self.cfg.answered.penalty:
+            self.sim.prefetch(self.world[t].facet(f).answer for t, f, _ in items)
         return np.array([self.oracle_ctr(t, f, p) for t, f, p in items])
 
     def sample(self, topic_id: str, facet_id: str, suggestions: Sequence[str], rng: random.Random) -> Click:
-        """Draw a user (segment, hidden intent) and their clicks on the panel."""
-        names, seg_p, intents, intent_p = intent_distribution(self.world[topic_id], facet_id, self.cfg.segments)
-        seg = rng.choices(range(len(names)), weights=seg_p)[0]
-        f = rng.choices(range(len(intents)), weights=intent_p[seg])[0]
-        a = self.attraction(topic_id, facet_id, suggestions)[f]
-        return Click(sample_cascade(a, self.cfg.examination, rng), names[seg], intents[f].id)
+        """Draw a user (segment, hidden intent or none, propensity) and their clicks on the panel.
+
+        Draws only what the configuration uses, so a v1 configuration replays v1's random stream.
+        """
+        it = self.intents(topic_id, facet_id)
+        seg = rng.choices(range(len(it.segments)), weights=it.segment_p)[0]
+        if it.abandonment[seg] > 0 and rng.random() < it.abandonment[seg]:
+            return Click([0] * len(suggestions), it.segments[seg], "")
+        f = rng.choices(range(len(it.intents)), weights=it.intent_p[seg])[0]
+        logits = self.logits(topic_id, facet_id, suggestions)[f]
+        if self.cfg.noise_std:
+            logits = logits + rng.gauss(0.0, self.cfg.noise_std)
+        clicks = sample_clicks(sigmoid(logits), self.cfg.examination, self.cfg.satisfaction, rng)
+        return Click(clicks, it.segments[seg], intent_id(self.world[topic_id].facet(facet_id), it.intents[f]))
 
 
 def build_simulator(cfg: SimulatorConfig, world: Optional[dict[str, Topic]] = None) -> ClickSimulator:
