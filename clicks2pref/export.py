@@ -38,7 +38,7 @@ from clicks2pref.errors import Clicks2PrefError
 from clicks2pref.manifest import MANIFEST, verify_given, write_manifest
 from clicks2pref.models.reward_heads import load_reward_model
 from clicks2pref.stages.artifacts import artifact_path
-from clicks2pref.stages.policies import load_grpo_policy, load_sft_policy
+from clicks2pref.models.policies import load_grpo_policy, load_sft_policy
 
 log = logging.getLogger(__name__)
 

@@ -30,7 +30,7 @@ from clicks2pref.manifest import verify, write_manifest
 from clicks2pref.models.generate import chat_inputs
 from clicks2pref.models.registry import LoraConfig, ModelConfig, apply_training_options
 from clicks2pref.models.reward_heads import HeadConfig, build_reward_model, load_reward_model, save_reward_model
-from clicks2pref.stages.policies import load_grpo_policy, load_sft_policy
+from clicks2pref.models.policies import load_grpo_policy, load_sft_policy
 from clicks2pref.suggest import read_conversation
 from tests.conftest import compose_config
 

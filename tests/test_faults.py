@@ -137,7 +137,7 @@ def test_two_processes_on_one_key_build_it_once(smoke_collect, tmp_path):
 
 def test_a_folder_that_asks_to_run_its_own_code_is_refused(built, tmp_path):
     from clicks2pref.errors import ModelNotFoundError
-    from clicks2pref.stages.policies import load_sft_policy
+    from clicks2pref.models.policies import load_sft_policy
 
     logs, root, final, _ = built
     hostile = tmp_path / "hostile"

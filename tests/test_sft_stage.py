@@ -37,7 +37,7 @@ def run_sft(overrides, tmp_path):
 def test_tiny_sft_lowers_val_loss_and_saves_a_loadable_policy(smoke_collect, tmp_path):
     from clicks2pref.data.io import read_jsonl
     from clicks2pref.data.parsing import parse_suggestions
-    from clicks2pref.stages.policies import load_sft_policy
+    from clicks2pref.models.policies import load_sft_policy
 
     _, collect = smoke_collect
     result = run_sft(TINY + [f"data.logs={collect['logs']}", "sft.eval.enabled=true", "sft.eval.max_contexts=4",
@@ -73,7 +73,7 @@ def test_lora_policy_round_trips_through_load_sft_policy(smoke_collect, tmp_path
     import torch
 
     from clicks2pref.models.generate import chat_inputs
-    from clicks2pref.stages.policies import load_sft_policy
+    from clicks2pref.models.policies import load_sft_policy
 
     _, collect = smoke_collect
     overrides = [o for o in TINY if o != "sft=full"] + [f"data.logs={collect['logs']}", "sft.train.max_steps=3",

@@ -15,6 +15,9 @@ from collections import Counter
 from dataclasses import dataclass
 from typing import Optional
 
+from clicks2pref.data.io import load_impressions
+from clicks2pref.errors import ClickLogError
+
 _SPACE = re.compile(r"\s+")
 _TRAILING = re.compile(r"[\s?.!]+$")
 
@@ -80,6 +83,16 @@ def click_groups(records: list[dict], cfg: SFTDataConfig) -> list[dict]:
         out.append({"group": g["group"], "topic": g["topic"], "facet": g["facet"], "context": json.loads(context),
                     "impressions": g["impressions"], "candidates": cands})
     return out
+
+
+def clicked_groups(cfg, source: str) -> list[dict]:
+    """`click_groups` of the logs at `source` under `sft.data`; an error naming the fix when nothing qualifies."""
+    groups = click_groups(load_impressions(source, cfg.data.on_invalid), cfg.sft.data)
+    if not any(g["candidates"] for g in groups):
+        d = cfg.sft.data
+        raise ClickLogError(f"no suggestion clicked at least {d.min_clicks} time(s) in weeks "
+                            f"{d.first_week}..{d.last_week or 'last'}; widen sft.data", str(source))
+    return groups
 
 
 def split_groups(groups: list[dict], val_fraction: float) -> tuple[list[dict], list[dict]]:

@@ -9,7 +9,9 @@ token included) given its context under the reference policy (`policy.model`).
 from __future__ import annotations
 
 import json
+import logging
 import math
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from functools import partial
@@ -27,7 +29,10 @@ from clicks2pref.eval.calibration import (
     reliability_bins,
 )
 from clicks2pref.models.placement import on_device
+from clicks2pref.models.registry import load_causal_lm
 from clicks2pref.rewards.shared_prefix import rm_outputs
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -233,3 +238,39 @@ def write_report(report: dict, folder) -> list[Path]:
             if m.get("n_pairs"):
                 written.append(reliability_diagram(m, folder / f"reliability_{kind}_{split}.png", f"{kind} – {split}"))
     return written
+
+
+# --- from a run's config -------------------------------------------------------------------------
+
+
+def reference_ppl(cfg, splits: dict[str, list[dict]]) -> dict:
+    """Reference log-perplexity of every suggestion in the test splits, keyed by item."""
+    items = {}
+    for split in ("iid", "ood"):
+        items.update(unique_items(splits.get(split, [])))
+    if not items:
+        return {}
+    start = time.time()
+    model, tok = load_causal_lm(cfg.policy.model, cfg.paths.model_cache, seed=cfg.seed)
+    keys = list(items)
+    cal = cfg.reward_model.calibration
+    values = reference_log_ppl(model, tok, [items[k] for k in keys], cal.batch_size, cal.max_length)
+    log.info("rm: reference log-perplexity of %d suggestions under %s (%.0fs)", len(keys), cfg.policy.model.name,
+             time.time() - start)
+    return {k: float(v) for k, v in zip(keys, values)}
+
+
+def calibrate(cfg, model, splits: dict, ppl: dict, score: Optional[Callable] = None) -> dict:
+    """split -> accuracy, ECE, reliability bins and decile tables of one reward model (SPEC 5.6)."""
+    cal = cfg.reward_model.calibration
+    out = {}
+    for split in ("val", "iid", "ood"):
+        if split not in splits:
+            continue
+        if not splits[split]:  # e.g. OOD logs in which nobody clicked below the top position
+            out[split] = {"n_pairs": 0}
+            continue
+        pred = pair_predictions(model, splits[split], cal.batch_size, score)
+        log_ppl = pair_log_ppl(splits[split], ppl) if ppl and split != "val" else None
+        out[split] = calibration_metrics(pred, cal.n_bins, cal.n_deciles, log_ppl)
+    return out

@@ -76,3 +76,10 @@ def generate(model, tokenizer, messages: Sequence[list[dict]], cfg: GenerationCo
                 out[batch[j // num_return_sequences]].append(text.strip())
     model.train(was_training)
     return [t for group in out for t in group]
+
+
+def group_sampling(cfg) -> GenerationConfig:
+    """Generation settings of a GRPO group (`grpo.*` sampling knobs), so logged panels are the ones RL compares."""
+    g = cfg.grpo
+    return GenerationConfig(max_new_tokens=g.max_completion_length, temperature=g.temperature, top_p=g.top_p,
+                            top_k=g.top_k, do_sample=True, batch_size=cfg.policy.generation.batch_size)

@@ -11,6 +11,7 @@ no extra forward pass there; elsewhere the component asks the reference scorer.
 from __future__ import annotations
 
 import contextlib
+import random
 from dataclasses import dataclass
 from typing import Callable, Optional, Sequence
 
@@ -18,10 +19,11 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from clicks2pref.data.parsing import format_suggestions
 from clicks2pref.data.prompts import PromptTemplate, build_messages
 from clicks2pref.models.generate import chat_inputs
 from clicks2pref.models.placement import on_device
-from clicks2pref.rewards.base import RewardBatch
+from clicks2pref.rewards.base import RewardBatch, context_key
 from clicks2pref.rewards.logprobs import completion_logps, mean_nll, pad_prompt_completion
 
 
@@ -108,3 +110,14 @@ class PerplexityReward:
         if self.tau is None:
             raise RuntimeError("rewards.ppl: τ is not calibrated; call calibrate() or set rewards.ppl.tau")
         return -(self.log_ppl(batch) - self.tau).clamp(min=0.0)
+
+
+def logged_panels(records: list[dict], n: int, seed: int) -> tuple[list[list[dict]], list[str]]:
+    """Up to n distinct logged panels (context, formatted text), a seeded sample: τ's calibration set."""
+    panels: dict = {}
+    for r in records:
+        panels.setdefault((context_key(r["context"]), tuple(r["suggestions"])), r)
+    keys = sorted(panels)
+    random.Random(seed).shuffle(keys)
+    chosen = [panels[k] for k in keys[:n]]
+    return [r["context"] for r in chosen], [format_suggestions(r["suggestions"]) for r in chosen]

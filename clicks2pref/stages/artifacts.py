@@ -33,7 +33,7 @@ from hydra.utils import get_method
 from omegaconf import OmegaConf
 
 from clicks2pref.data.io import expand_sources
-from clicks2pref.errors import ClickLogError
+from clicks2pref.errors import ClickLogError, ConfigError
 from clicks2pref.manifest import verify, write_manifest
 from clicks2pref.rewards.base import SCORING_VERSION
 from clicks2pref.rewards.composite import needed_reward_models
@@ -61,6 +61,11 @@ def _evaluated(cfg) -> tuple[str, ...]:
     return tuple(dict.fromkeys([*_logs(cfg), *named, *(["rm"] if rm else []), *composite]))
 
 
+def _sft_reads(cfg) -> tuple[str, ...]:
+    """The click logs, and the teacher's candidates when there is a teacher."""
+    return (*_logs(cfg), *(["teacher"] if cfg.teacher.model is not None else []))
+
+
 def _rm_reads(cfg) -> tuple[str, ...]:
     """The click logs, and the SFT policy's served weeks when the reward models train on some."""
     return (*_logs(cfg), *(["serve"] if cfg.serve.rm_weeks else []))
@@ -84,7 +89,7 @@ SPECS = {
     "teacher": StageSpec(("seed", "teacher", "sft.data", "policy.generation.batch_size", "data.on_invalid",
                           *TRAIN_KEYS), "teacher.json"),
     "sft": StageSpec(("seed", "simulator", "prompt", "policy", "sft", "teacher", "data.on_invalid", "data.split",
-                      *TRAIN_KEYS), "sft.json"),
+                      *TRAIN_KEYS), "sft.json", reads=_sft_reads),
     # rm: the reference policy of the perplexity deciles too, and the OOD logs' bytes
     # serve: the SFT policy's logged weeks, sampled as GRPO samples a group
     "serve": StageSpec(("seed", "serve", "simulator", "grpo.temperature", "grpo.top_p", "grpo.top_k",
@@ -262,6 +267,32 @@ def work_dir(cfg, stage: str, key: str) -> Path:
         aside = move_aside(work, "old")
         log.info("%s: cache=off: moved the old work folder aside to %s", stage, aside.name)
     return work
+
+
+def rm_models(cfg, inputs: dict) -> dict:
+    """kind -> trained reward-model folder of this config's stage=rm artifact (none when rm was not read)."""
+    if "rm" not in inputs:
+        return {}
+    folder = artifact_path(cfg, "rm", inputs["rm"]["key"])
+    return {kind: str(folder / kind) for kind in inputs["rm"]["models"]}
+
+
+def resolve_template(cfg) -> str:
+    """`sft.template`, else `best_template` of the templates.json next to the logs, else the only prompt."""
+    name, where = cfg.sft.template, "sft.template"
+    if not name:
+        found = Path(expand_sources(logs_source(cfg))[0]).parent / "templates.json"
+        if found.exists():
+            name, where = json.loads(found.read_text())["best_template"], str(found)
+        elif len(cfg.prompt) == 1:
+            name, where = next(iter(cfg.prompt)), "the only selected prompt"
+        else:
+            raise ConfigError("sft.template: no templates.json beside the click logs says which prompt collect "
+                              f"chose; set sft.template to one of {', '.join(cfg.prompt)}")
+    if name not in cfg.prompt:
+        raise ConfigError(f"sft.template: '{name}' (from {where}) is not among the selected prompts "
+                          f"{list(cfg.prompt)}; add it with prompt=[{name},...]")
+    return name
 
 
 def logs_source(cfg) -> str:

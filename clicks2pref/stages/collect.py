@@ -17,31 +17,18 @@ from pathlib import Path
 
 from clicks2pref.data.io import write_impressions
 from clicks2pref.data.parsing import parse_suggestions
-from clicks2pref.data.prompts import build_messages
 from clicks2pref.data.simulator import build_simulator, split_contexts
+from clicks2pref.data.traffic import log_week, sample_contexts, shown_order
 from clicks2pref.eval.ctr import bootstrap_mean
 from clicks2pref.eval.heldout import markdown_table
 from clicks2pref.eval.policy import evaluate_policy
 from clicks2pref.loggers import log_metrics, log_table
-from clicks2pref.models.generate import generate
 from clicks2pref.models.registry import load_causal_lm
 from clicks2pref.report import write_job_metrics
 from clicks2pref.stages import artifacts
 
 log = logging.getLogger(__name__)
 COLUMNS = ["template", "sampled_ctr", "sampled_low", "sampled_high", "oracle_ctr", "format_rate", "n_contexts"]
-
-
-def sample_contexts(pairs: list, n: int, rng: random.Random) -> list:
-    """n contexts without replacement while they last, then with."""
-    if n <= len(pairs):
-        return rng.sample(pairs, n)
-    return rng.sample(pairs, len(pairs)) + rng.choices(pairs, k=n - len(pairs))
-
-
-def shown_order(panel: list[str], shuffle: bool, rng: random.Random) -> list[str]:
-    """The order one user sees: a fresh permutation when positions are randomised, else as generated."""
-    return rng.sample(panel, len(panel)) if shuffle and len(panel) > 1 else list(panel)
 
 
 def sampled_ctr(sim, contexts: list, panels: list[list[str]], cfg, rng: random.Random) -> list[float]:
@@ -68,37 +55,6 @@ def template_table(model, tok, sim, templates: dict, contexts: list, cfg, rng: r
         log.info("template %-10s sampled CTR %.4f [%.4f, %.4f] (oracle %.4f) format %.2f (%.0fs)", name,
                  est.mean, est.low, est.high, m["oracle_ctr"], m["format_rate"], time.time() - start)
     return rows
-
-
-def log_week(model, tok, sim, template, policy: str, week: int, contexts: list, cfg, rng: random.Random,
-             ) -> tuple[list[dict], int]:
-    """One week of impressions; returns the records and the number of panels with nothing to show."""
-    k = len(cfg.simulator.examination)
-    conversations = [sim.context(t, f, rng) for t, f in contexts]
-    outs = generate(model, tok, [build_messages(template, c) for c in conversations], cfg.policy.generation,
-                    seed=cfg.seed * 1000 + week, desc=f"{policy} week {week}")
-    panels = [parse_suggestions(o, k).suggestions for o in outs]
-    return serve(sim, contexts, conversations, panels, policy, week, cfg.collect.users_per_panel,
-                 cfg.collect.shuffle_positions, rng)
-
-
-def serve(sim, contexts: list, conversations: list, panels: list[list[str]], policy: str, week: int, users: int,
-          shuffle: bool, rng: random.Random) -> tuple[list[dict], int]:
-    """Each panel shown to `users` simulated users (their sampled clicks) as impression records; returns the
-    records and the number of panels with nothing to show."""
-    sim.sim.prefetch(s for p in panels for s in p)
-    records, empty = [], 0
-    for panel_id, ((topic, facet), context, panel) in enumerate(zip(contexts, conversations, panels)):
-        if not panel:
-            empty += 1
-            continue
-        for _ in range(users):
-            shown = shown_order(panel, shuffle, rng)
-            click = sim.sample(topic, facet, shown, rng)
-            records.append({"impression_id": f"w{week}-{len(records):06d}", "week": week, "policy": policy,
-                            "context": context, "suggestions": shown, "clicks": click.clicks, "topic": topic,
-                            "facet": facet, "segment": click.segment, "panel_id": f"w{week}-p{panel_id:05d}"})
-    return records, empty
 
 
 def flat_metrics(result: dict) -> dict:

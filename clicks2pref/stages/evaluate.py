@@ -25,7 +25,7 @@ from clicks2pref.data.pairs import build_pairs
 from clicks2pref.data.simulator import build_simulator
 from clicks2pref.errors import Clicks2PrefError, ConfigError, ModelNotFoundError
 from clicks2pref.eval.best_of import best_of_n
-from clicks2pref.eval.calibration_report import markdown_report, write_report
+from clicks2pref.eval.calibration_report import calibrate, markdown_report, reference_ppl, write_report
 from clicks2pref.eval.heldout import heldout_contexts, markdown_table, paired, score_policy
 from clicks2pref.eval.policy import baseline_id
 from clicks2pref.loggers import log_metrics, log_table
@@ -35,11 +35,9 @@ from clicks2pref.models.reward_heads import load_reward_model
 from clicks2pref.rewards.base import RewardBatch, RewardResources
 from clicks2pref.rewards.composite import build_component
 from clicks2pref.rewards.diversity import DiversityReward, distinct_n
-from clicks2pref.stages import artifacts, rm as rm_stage
-from clicks2pref.stages.fusion import rm_models
-from clicks2pref.stages.grpo import build_reward
-from clicks2pref.stages.policies import artifact_meta, load_grpo_policy, load_sft_policy
-from clicks2pref.stages.sft import resolve_template
+from clicks2pref.models.policies import artifact_meta, load_grpo_policy, load_sft_policy
+from clicks2pref.rewards.build import build_reward
+from clicks2pref.stages import artifacts
 
 log = logging.getLogger(__name__)
 COLUMNS = ["policy", "oracle_ctr", "ci_low", "ci_high", "lift", "gsb", "format_rate", "distinct_2", "mean_cosine"]
@@ -121,15 +119,14 @@ def rerank(cfg, ev, inputs: dict, results: dict, policies: list[str], diversity)
 
 def reward_component(cfg, name: str, inputs: dict):
     """The `rewards.<name>` component, set up with this config's trained reward models; for `composite`, a
-    panel scorer with the reward GRPO trains on (`stages.grpo.build_reward`: the fused weights and κ, the SFT
+    panel scorer with the reward GRPO trains on (`rewards.build.build_reward`: the fused weights and κ, the SFT
     policy as the perplexity reference, failing panels at their context's minimum)."""
     if name == "composite":
         return composite_reward(cfg, inputs)
     if cfg.rewards.get(name) is None:
         raise ConfigError(f"'{name}' is null in this rewards preset ({cfg.rewards.name}); pick an enabled component",
                           "eval.best_of.reward")
-    folder = artifacts.artifact_path(cfg, "rm", inputs["rm"]["key"])
-    resources = RewardResources({kind: str(folder / kind) for kind in inputs["rm"]["models"]}, None,
+    resources = RewardResources(artifacts.rm_models(cfg, inputs), None,
                                 cfg.paths.model_cache, cfg.reward_model.backbone.trust_remote_code)
     return build_component(cfg.rewards, name, resources)
 
@@ -140,7 +137,7 @@ def composite_reward(cfg, inputs: dict):
     records = [] if fused and fused.get("tau") is not None else load_impressions(artifacts.logs_source(cfg),
                                                                                  cfg.data.on_invalid)
     reward, _ = build_reward(cfg, model, tok, cfg.prompt[inputs["sft"]["template"]], None,
-                                  rm_models(cfg, inputs), fused, records)
+                                  artifacts.rm_models(cfg, inputs), fused, records)
     log.info("evaluate: best-of by the composite reward %s", reward.describe())
     return lambda batch: reward(batch)[0]
 
@@ -150,7 +147,7 @@ def policy_source(cfg, name: str, inputs: dict):
     for `baseline`, `sft`, `grpo` (their stages' results in `inputs`) or a saved folder."""
     base = OmegaConf.to_object(cfg.policy.model)
     if name == "baseline":
-        template = inputs["collect"]["best_template"] if "collect" in inputs else resolve_template(cfg)
+        template = inputs["collect"]["best_template"] if "collect" in inputs else artifacts.resolve_template(cfg)
         return baseline_id(cfg), lambda: load_causal_lm(base, cfg.paths.model_cache, seed=cfg.seed), template, {}
     if name in ("sft", "grpo"):
         folder = artifacts.artifact_path(cfg, name, inputs[name]["key"])
@@ -171,7 +168,7 @@ def policy_source(cfg, name: str, inputs: dict):
         return f"grpo:{meta['key']}", loads(folder, lambda: load_grpo_policy(folder, cfg)), meta["template"], meta
     stamp = max((p.stat().st_mtime_ns for p in folder.rglob("*") if p.is_file()), default=0)
     load = lambda: load_causal_lm(replace(base, name=str(folder), lora=None), cfg.paths.model_cache)  # noqa: E731
-    return f"path:{folder.resolve()}@{stamp}", loads(folder, load), resolve_template(cfg), {}
+    return f"path:{folder.resolve()}@{stamp}", loads(folder, load), artifacts.resolve_template(cfg), {}
 
 
 def loads(folder: Path, load):
@@ -275,13 +272,13 @@ def calibration_section(cfg, trained: dict, out_dir: Path, ood_logs: Optional[st
         notes.append(f"OOD: {source} (policies {sorted({p.get('policy', '?') for p in splits['ood']}) or '-'})")
     else:
         notes.append("no OOD split: no data.ood_logs and no RL logs from the GRPO stage")
-    ppl = rm_stage.reference_ppl(cfg, splits) if cfg.reward_model.calibration.reference_ppl else {}
+    ppl = reference_ppl(cfg, splits) if cfg.reward_model.calibration.reference_ppl else {}
     report = {"key": trained["key"], "pairs": {k: len(v) for k, v in splits.items()}, "notes": notes, "kinds": {}}
     for kind in cfg.reward_model.kinds:
         model = load_reward_model(folder / kind, cfg.paths.model_cache,
                                   trust_remote_code=cfg.reward_model.backbone.trust_remote_code)
         report["kinds"][kind] = {"train_seconds": trained["train_seconds"][kind],
-                                 "splits": rm_stage.calibrate(cfg, model, splits, ppl)}
+                                 "splits": calibrate(cfg, model, splits, ppl)}
     atomic_write_text(json.dumps(report), cached)
     write_report(report, out_dir)
     print("\n" + markdown_report(report))

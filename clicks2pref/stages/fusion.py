@@ -29,16 +29,16 @@ from clicks2pref.data.parsing import format_suggestions
 from clicks2pref.data.prompts import build_messages
 from clicks2pref.errors import ClickLogError
 from clicks2pref.loggers import log_metrics
-from clicks2pref.models.generate import generate
+from clicks2pref.data.traffic import served
+from clicks2pref.models.generate import generate, group_sampling
 from clicks2pref.report import write_job_metrics
 from clicks2pref.rewards.base import RewardBatch, RewardResources, context_key
 from clicks2pref.rewards.composite import build_component, build_components
 from clicks2pref.rewards.fusion import centre_within, click_auc, fuse
-from clicks2pref.rewards.ppl import ReferenceScorer, calibrate_tau
+from clicks2pref.rewards.ppl import ReferenceScorer, calibrate_tau, logged_panels
 from clicks2pref.rewards.rule import RuleReward
 from clicks2pref.stages import artifacts
-from clicks2pref.stages.serve import group_sampling, served
-from clicks2pref.stages.policies import load_sft_policy
+from clicks2pref.models.policies import load_sft_policy
 
 log = logging.getLogger(__name__)
 
@@ -57,7 +57,7 @@ def run(cfg, loggers=()) -> dict:
     model, tok = load_sft_policy(artifacts.artifact_path(cfg, "sft", inputs["sft"]["key"]), cfg, merge=True)
     template = cfg.prompt[inputs["sft"]["template"]]
     scorer = ReferenceScorer(model, tok, template, cfg.grpo.temperature, cfg.grpo.micro_batch_size)
-    resources = RewardResources(rm_models(cfg, inputs), scorer, cfg.paths.model_cache,
+    resources = RewardResources(artifacts.rm_models(cfg, inputs), scorer, cfg.paths.model_cache,
                                 cfg.reward_model.backbone.trust_remote_code)
     components = build_components(cfg.rewards, resources)
     tau, quantile = calibrate(cfg, components, scorer, rest)
@@ -68,7 +68,9 @@ def run(cfg, loggers=()) -> dict:
     with artifacts.atomic_dir(artifacts.artifact_path(cfg, "fusion", key)) as tmp:
         source, records = fc.logs, []
         if source == "policy":
-            records, cand_contexts, cand_texts = served(cfg, inputs["serve"], inputs["serve"]["fusion_week"])
+            records, cand_contexts, cand_texts = served(artifacts.artifact_path(cfg, "serve", inputs["serve"]["key"]),
+                                                        inputs["serve"]["fusion_week"], cfg.data.format,
+                                                        cfg.data.on_invalid)
             if not records:
                 source = "clicks"
                 log.warning("fusion: every panel of the SFT policy's week was empty (nothing to show users); the "
@@ -182,25 +184,6 @@ def candidate_scores(components: dict, scorer, batch: RewardBatch, S: int, tau: 
     passes = (components.get("rule") or RuleReward()).passes(batch).numpy().reshape(-1, S)
     log_ppl = batch.ref_log_ppl if batch.ref_log_ppl is not None else scorer(batch.contexts, batch.completions)
     return len(batch), scores, passes, (np.asarray(log_ppl) <= tau).reshape(-1, S)
-
-
-def rm_models(cfg, inputs: dict) -> dict:
-    """kind -> trained reward-model folder of this config's stage=rm artifact (none when rm was not read)."""
-    if "rm" not in inputs:
-        return {}
-    folder = artifacts.artifact_path(cfg, "rm", inputs["rm"]["key"])
-    return {kind: str(folder / kind) for kind in inputs["rm"]["models"]}
-
-
-def logged_panels(records: list[dict], n: int, seed: int) -> tuple[list[list[dict]], list[str]]:
-    """Up to n distinct logged panels (context, formatted text), a seeded sample: τ's calibration set."""
-    panels: dict = {}
-    for r in records:
-        panels.setdefault((context_key(r["context"]), tuple(r["suggestions"])), r)
-    keys = sorted(panels)
-    random.Random(seed).shuffle(keys)
-    chosen = [panels[k] for k in keys[:n]]
-    return [r["context"] for r in chosen], [format_suggestions(r["suggestions"]) for r in chosen]
 
 
 def panel_table(records: list[dict]) -> tuple[list[dict], np.ndarray, np.ndarray]:

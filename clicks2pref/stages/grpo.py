@@ -36,6 +36,7 @@ from clicks2pref.data.io import load_impressions, write_impressions, write_jsonl
 from clicks2pref.data.parsing import parse_suggestions
 from clicks2pref.data.prompts import build_messages
 from clicks2pref.data.simulator import build_simulator, split_contexts
+from clicks2pref.data.traffic import log_week, sample_contexts
 from clicks2pref.errors import ConfigError
 from clicks2pref.eval.heldout import heldout_contexts, paired, score_policy
 from clicks2pref.eval.monitor import RewardHackingMonitor
@@ -44,18 +45,14 @@ from clicks2pref.eval.policy import baseline_id
 from clicks2pref.lit.checkpoints import resume_checkpoint
 from clicks2pref.lit.grpo_module import GRPOModule, PromptData
 from clicks2pref.loggers import log_metrics, log_table
+from clicks2pref.models.policies import load_sft_policy
 from clicks2pref.models.registry import apply_training_options, load_causal_lm
 from clicks2pref.models.vllm_rollout import VLLMRollout, require_one_process
 from clicks2pref.report import write_job_metrics
-from clicks2pref.rewards.base import RewardResources, context_key
-from clicks2pref.rewards.composite import CompositeReward, build_components, resolve_weights
+from clicks2pref.rewards.base import context_key
+from clicks2pref.rewards.build import build_reward
 from clicks2pref.rewards.diversity import DiversityReward
-from clicks2pref.rewards.ppl import ReferenceScorer
 from clicks2pref.stages import artifacts
-from clicks2pref.stages.collect import log_week, sample_contexts
-from clicks2pref.stages.fusion import logged_panels, rm_models
-from clicks2pref.stages.policies import load_sft_policy
-from clicks2pref.stages.sft import resolve_template
 
 log = logging.getLogger(__name__)
 EVAL_KEYS = ("oracle_ctr", "ci_low", "ci_high", "format_rate", "distinct_2", "mean_pairwise_cosine")
@@ -81,7 +78,7 @@ def run(cfg, loggers=()) -> dict:
     # 3. the composite reward, τ calibrated (or taken from fusion) and weights resolved
     ref_model = reference if reference is not None else model
     ref_context = model.disable_adapter if reference is None and hasattr(model, "disable_adapter") else None
-    reward, tau = build_reward(cfg, ref_model, tok, template, ref_context, rm_models(cfg, inputs),
+    reward, tau = build_reward(cfg, ref_model, tok, template, ref_context, artifacts.rm_models(cfg, inputs),
                                inputs.get("fusion"), records)
     log.info("grpo: reward = %s", reward.describe())
 
@@ -120,7 +117,7 @@ def run(cfg, loggers=()) -> dict:
 def name_trained_base(policy: Path, result: dict) -> None:
     """PEFT names the plain base model in adapter_config.json, but the adapters were trained on the merged SFT
     weights: name those instead, so plain peft fails loudly rather than silently dropping SFT. Load with
-    `clicks2pref.stages.policies.load_grpo_policy`, or export a standalone model with `python -m clicks2pref.export`."""
+    `clicks2pref.models.policies.load_grpo_policy`, or export a standalone model with `python -m clicks2pref.export`."""
     config = policy / "adapter_config.json"
     if config.exists() and result["init"] == "sft":
         meta = json.loads(config.read_text())
@@ -156,7 +153,7 @@ def load_policy(cfg, inputs: dict):
     else:
         base = OmegaConf.to_object(cfg.policy.model)
         model, tok = load_causal_lm(replace(base, lora=None), cfg.paths.model_cache, seed=cfg.seed)
-        template = inputs["sft"]["template"] if "sft" in inputs else resolve_template(cfg)
+        template = inputs["sft"]["template"] if "sft" in inputs else artifacts.resolve_template(cfg)
     for p in model.parameters():
         p.requires_grad_(g.lora is None)
     reference = None
@@ -176,31 +173,6 @@ def logged_prompts(records: list[dict], template) -> list[dict]:
         seen.setdefault(context_key(r["context"]), {"messages": build_messages(template, r["context"]),
                                                     "context": r["context"]})
     return list(seen.values())
-
-
-def build_reward(cfg, reference_model, tok, template, reference_context, rm_folders: dict,
-                 fused: Optional[dict], records: list[dict]):
-    """The composite reward with τ calibrated (or taken from fusion) and weights resolved."""
-    scorer = ReferenceScorer(reference_model, tok, template, cfg.grpo.temperature, cfg.grpo.micro_batch_size,
-                             reference_context)
-    rewards = cfg.rewards
-    if fused is not None and fused.get("kappa") is not None and rewards.weights == "fusion":
-        rewards = OmegaConf.merge(rewards, {"garm": {"kappa": fused["kappa"]}})  # κ fitted with the weights
-        log.info("grpo: GaRM κ = %g (fitted by stage=fusion)", fused["kappa"])
-    components = build_components(rewards, RewardResources(rm_folders, scorer, cfg.paths.model_cache,
-                                                                  cfg.reward_model.backbone.trust_remote_code))
-    tau = None
-    if "ppl" in components:
-        ppl = components["ppl"]
-        if ppl.tau is None and fused is not None and fused.get("tau") is not None:
-            ppl.tau = fused["tau"]
-        elif ppl.tau is None:
-            contexts, panels = logged_panels(records, ppl.calibration_panels, cfg.seed)
-            ppl.calibrate(contexts, panels)
-        tau = ppl.tau
-        log.info("grpo: ppl τ = %.4f (quantile %.2f of logged panels' reference log-PPL)", tau, ppl.quantile)
-    weights = resolve_weights(cfg.rewards, list(components), fused["weights"] if fused else None)
-    return CompositeReward(components, weights, cfg.rewards.rule_constraint, cfg.rewards.rule_failing), tau
 
 
 def build_monitor(cfg, sim, template) -> RewardHackingMonitor:

@@ -21,7 +21,7 @@ import shutil
 import time
 from functools import partial
 from pathlib import Path
-from typing import Callable, Optional
+from typing import Optional
 
 import pytorch_lightning as pl
 import torch
@@ -33,20 +33,19 @@ from clicks2pref.data.impressions import impression_splits, indexed
 from clicks2pref.data.io import load_impressions, write_jsonl
 from clicks2pref.data.pairs import pair_splits
 from clicks2pref.data.simulator import build_simulator
+from clicks2pref.data.traffic import served as served_week
 from clicks2pref.errors import ClickLogError, ConfigError, ModelNotFoundError
-from clicks2pref.eval.calibration_report import (calibration_metrics, markdown_report, pair_log_ppl,
-                                                  pair_predictions, reference_log_ppl, unique_items, write_report)
+from clicks2pref.eval.calibration_report import calibrate, markdown_report, reference_ppl, write_report
 from clicks2pref.lit.checkpoints import resume_checkpoint
 from clicks2pref.eval.oracle_agreement import reward_oracle_agreement
 from clicks2pref.lit.reward_module import ClickRewardModule, RewardData, RewardModule, impression_loader, pair_loader
 from clicks2pref.loggers import log_metrics, log_table
-from clicks2pref.models.registry import load_causal_lm
 from clicks2pref.models.reward_heads import build_reward_model, load_reward_model, save_reward_model
 from clicks2pref.objectives.click_model import fit_item_examination, redundancy_discount, similarity_above
 from clicks2pref.report import write_job_metrics
 from clicks2pref.rewards.diversity import PanelSimilarity
 from clicks2pref.rewards.shared_prefix import cached_outputs
-from clicks2pref.stages import artifacts, serve as serve_stage
+from clicks2pref.stages import artifacts
 
 log = logging.getLogger(__name__)
 REPORTS = ("calibration.json", "calibration.md")
@@ -118,7 +117,8 @@ def load_splits(cfg, served: Optional[dict] = None) -> tuple[dict[str, list[dict
     records = load_impressions(source, cfg.data.on_invalid)
     extra = []
     for week in (served or {}).get("rm_weeks", []):
-        records += serve_stage.served(cfg, served, week)[0]
+        records += served_week(artifacts.artifact_path(cfg, "serve", served["key"]), week, cfg.data.format,
+                               cfg.data.on_invalid)[0]
         extra.append(week)
     if extra:
         pcfg = OmegaConf.merge(pcfg, {"train_weeks": [*pcfg.train_weeks, *extra]})
@@ -145,23 +145,6 @@ def load_splits(cfg, served: Optional[dict] = None) -> tuple[dict[str, list[dict
     notes.append(f"trained on {cfg.reward_model.objective}; oracle ρ: Spearman of the model's score with each logged "
                  f"suggestion's true click probability (evaluation only)")
     return splits, examples, notes
-
-
-def reference_ppl(cfg, splits: dict[str, list[dict]]) -> dict:
-    """Reference log-perplexity of every suggestion in the test splits, keyed by item."""
-    items = {}
-    for split in ("iid", "ood"):
-        items.update(unique_items(splits.get(split, [])))
-    if not items:
-        return {}
-    start = time.time()
-    model, tok = load_causal_lm(cfg.policy.model, cfg.paths.model_cache, seed=cfg.seed)
-    keys = list(items)
-    cal = cfg.reward_model.calibration
-    values = reference_log_ppl(model, tok, [items[k] for k in keys], cal.batch_size, cal.max_length)
-    log.info("rm: reference log-perplexity of %d suggestions under %s (%.0fs)", len(keys), cfg.policy.model.name,
-             time.time() - start)
-    return {k: float(v) for k, v in zip(keys, values)}
 
 
 def train_one(cfg, kind: str, splits: dict, examples: dict, work: Path, loggers) -> tuple[object, dict]:
@@ -241,22 +224,6 @@ def similarity_above_examples(examples: list[dict], positions: int, similarity: 
                           "reward_model.click_model.redundancy") from None
     return torch.stack([similarity_above(torch.as_tensor(similarity.matrix(e["suggestions"][:positions]),
                                                          dtype=torch.float64), positions) for e in examples])
-
-
-def calibrate(cfg, model, splits: dict, ppl: dict, score: Optional[Callable] = None) -> dict:
-    """split -> accuracy, ECE, reliability bins and decile tables of one reward model (SPEC 5.6)."""
-    cal = cfg.reward_model.calibration
-    out = {}
-    for split in ("val", "iid", "ood"):
-        if split not in splits:
-            continue
-        if not splits[split]:  # e.g. OOD logs in which nobody clicked below the top position
-            out[split] = {"n_pairs": 0}
-            continue
-        pred = pair_predictions(model, splits[split], cal.batch_size, score)
-        log_ppl = pair_log_ppl(splits[split], ppl) if ppl and split != "val" else None
-        out[split] = calibration_metrics(pred, cal.n_bins, cal.n_deciles, log_ppl)
-    return out
 
 
 def flat_metrics(result: dict) -> dict:

@@ -17,16 +17,16 @@ import logging
 import random
 import time
 
-from clicks2pref.data.io import load_impressions, read_jsonl, write_impressions, write_jsonl
+from clicks2pref.data.io import load_impressions, write_impressions, write_jsonl
 from clicks2pref.data.parsing import parse_suggestions
 from clicks2pref.data.prompts import build_messages
 from clicks2pref.data.simulator import build_simulator, split_contexts
+from clicks2pref.data.traffic import sample_contexts, serve
 from clicks2pref.loggers import log_metrics
-from clicks2pref.models.generate import GenerationConfig, generate
+from clicks2pref.models.generate import generate, group_sampling
+from clicks2pref.models.policies import load_sft_policy
 from clicks2pref.report import write_job_metrics
 from clicks2pref.stages import artifacts
-from clicks2pref.stages.collect import sample_contexts, serve
-from clicks2pref.stages.policies import load_sft_policy
 
 log = logging.getLogger(__name__)
 
@@ -104,19 +104,3 @@ def policy_week(cfg, model, tok, template, k: int, week: int) -> tuple[list[dict
     log.info("serve: week %d: %d contexts × %d panels (%d empty), %d impressions", week, len(pairs),
              sv.panels_per_context, empty, len(records))
     return records, repeat(conversations), texts
-
-
-def group_sampling(cfg) -> GenerationConfig:
-    """Generation settings of a GRPO group, so the logs hold the panels RL will compare."""
-    g = cfg.grpo
-    return GenerationConfig(max_new_tokens=g.max_completion_length, temperature=g.temperature, top_p=g.top_p,
-                            top_k=g.top_k, do_sample=True, batch_size=cfg.policy.generation.batch_size)
-
-
-def served(cfg, result: dict, week: int) -> tuple[list[dict], list[list[dict]], list[str]]:
-    """A served week's impressions (none when every panel was empty) and its sampled (context, text)s."""
-    folder = artifacts.artifact_path(cfg, "serve", result["key"])
-    path = folder / f"week{week}.{cfg.data.format}"
-    records = load_impressions(str(path), cfg.data.on_invalid) if path.exists() else []
-    panels = read_jsonl(folder / f"panels{week}.jsonl")
-    return records, [p["context"] for p in panels], [p["text"] for p in panels]

@@ -8,7 +8,7 @@ samples candidates per context, else the clicks are the candidates; (c) diversit
 against the prompted baseline on held-out test contexts by the oracle.
 
 Writes `artifacts/sft/<key>/`: `policy/` (adapter or full model, and the tokenizer; load it with
-`clicks2pref.stages.policies.load_sft_policy`), `merged/` (with `sft.save_merged`), `sft_data.jsonl`, `single.jsonl`,
+`clicks2pref.models.policies.load_sft_policy`), `merged/` (with `sft.save_merged`), `sft_data.jsonl`, `single.jsonl`,
 `candidates.jsonl`, `sft.json` and `sft.md`; the reports are copied to the run folder. A killed run
 resumes from the last Lightning checkpoint in `artifacts/sft/.work-<key>/`.
 """
@@ -23,11 +23,12 @@ from pathlib import Path
 
 from clicks2pref.config.sft import training_model_config
 from clicks2pref.data.assembly import assemble, build_embedder
-from clicks2pref.data.io import expand_sources, load_impressions, write_jsonl
+from clicks2pref.data.io import read_jsonl, write_jsonl
 from clicks2pref.data.prompts import build_messages
-from clicks2pref.data.sft_data import click_groups, click_summary, single_suggestion_examples, split_groups
+from clicks2pref.data.sft_data import clicked_groups, click_summary, single_suggestion_examples, split_groups
+from clicks2pref.data.teacher import with_candidates
 from clicks2pref.data.simulator import build_simulator
-from clicks2pref.errors import ClickLogError, ConfigError
+from clicks2pref.errors import ClickLogError
 from clicks2pref.eval.heldout import heldout_contexts, paired, score_policy, summary
 from clicks2pref.eval.policy import baseline_id
 from clicks2pref.lit.fit import fit_causal_lm, fmt
@@ -35,8 +36,7 @@ from clicks2pref.loggers import log_metrics
 from clicks2pref.models.registry import load_causal_lm
 from clicks2pref.report import write_job_metrics
 from clicks2pref.stages import artifacts
-from clicks2pref.stages.policies import save_policy
-from clicks2pref.stages.teacher import teacher_candidates
+from clicks2pref.models.policies import save_policy
 
 log = logging.getLogger(__name__)
 
@@ -45,7 +45,7 @@ def run(cfg, loggers=()) -> dict:
     sft = cfg.sft
     # 1. what SFT reads: the click logs (collect runs first when they are its output) and the template
     inputs = artifacts.upstream(cfg, "sft", loggers)
-    template_name = resolve_template(cfg)
+    template_name = artifacts.resolve_template(cfg)
     key = artifacts.key(cfg, "sft", inputs, extra=template_name)
     if (result := artifacts.reuse(cfg, "sft", key)) is not None:
         return publish(cfg, result, loggers, fresh=False)
@@ -53,13 +53,15 @@ def run(cfg, loggers=()) -> dict:
     # 2. (a) clicked suggestions grouped by context
     start = time.time()
     source = artifacts.logs_source(cfg)
-    groups = clicked(cfg, source)
+    groups = clicked_groups(cfg, source)
     data = click_summary(groups)
     log.info("sft: %d context groups, %d clicked suggestions from %s; template %s", data["groups"],
              data["clicked_suggestions"], source, template_name)
 
     # 3. (b) candidates: the clicks, or the teacher's samples
-    cand_groups, teacher_result = teacher_candidates(cfg, groups, inputs, loggers)
+    teacher_result = inputs.get("teacher") or {"name": cfg.teacher.name}
+    cand_groups = with_candidates(groups, teacher_samples(cfg, inputs["teacher"]), cfg.teacher.keep_clicked) \
+        if "teacher" in inputs else groups
 
     # 4. (c) diversity-aware assembly into k-suggestion targets, split by context group
     examples, assembly = assemble_targets(cfg, cand_groups, source)
@@ -89,13 +91,10 @@ def run(cfg, loggers=()) -> dict:
     return publish(cfg, result, loggers, fresh=True)
 
 
-def clicked(cfg, source: str) -> list[dict]:
-    groups = click_groups(load_impressions(source, cfg.data.on_invalid), cfg.sft.data)
-    if not any(g["candidates"] for g in groups):
-        d = cfg.sft.data
-        raise ClickLogError(f"no suggestion clicked at least {d.min_clicks} time(s) in weeks "
-                            f"{d.first_week}..{d.last_week or 'last'}; widen sft.data", str(source))
-    return groups
+def teacher_samples(cfg, teacher: dict) -> dict:
+    """group -> the teacher's ranked candidates, from its artifact."""
+    folder = artifacts.artifact_path(cfg, "teacher", teacher["key"])
+    return {r["group"]: r["candidates"] for r in read_jsonl(folder / "candidates.jsonl")}
 
 
 def assemble_targets(cfg, cand_groups: list[dict], source: str) -> tuple[list[dict], dict]:
@@ -126,24 +125,6 @@ def write_artifact(cfg, result: dict, model, tok, examples: list[dict], groups: 
         result["path"] = str(final)
         (tmp / "sft.md").write_text(markdown_report(result))
         (tmp / "sft.json").write_text(json.dumps(result, indent=2))
-
-
-def resolve_template(cfg) -> str:
-    """`sft.template`, else `best_template` of the templates.json next to the logs, else the only prompt."""
-    name, where = cfg.sft.template, "sft.template"
-    if not name:
-        found = Path(expand_sources(artifacts.logs_source(cfg))[0]).parent / "templates.json"
-        if found.exists():
-            name, where = json.loads(found.read_text())["best_template"], str(found)
-        elif len(cfg.prompt) == 1:
-            name, where = next(iter(cfg.prompt)), "the only selected prompt"
-        else:
-            raise ConfigError("sft.template: no templates.json beside the click logs says which prompt collect "
-                              f"chose; set sft.template to one of {', '.join(cfg.prompt)}")
-    if name not in cfg.prompt:
-        raise ConfigError(f"sft.template: '{name}' (from {where}) is not among the selected prompts "
-                          f"{list(cfg.prompt)}; add it with prompt=[{name},...]")
-    return name
 
 
 def split_examples(examples: list[dict], groups: list[dict], val_fraction: float) -> tuple[list, list]:

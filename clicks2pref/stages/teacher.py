@@ -13,74 +13,32 @@ import json
 import logging
 import shutil
 import time
-from collections import Counter
 
 from clicks2pref.config.sft import training_model_config
-from clicks2pref.data.io import read_jsonl, write_jsonl
-from clicks2pref.data.parsing import format_suggestions, parse_suggestions
-from clicks2pref.data.prompts import PromptTemplate, build_messages
-from clicks2pref.data.sft_data import normalize, single_suggestion_examples, split_groups
+from clicks2pref.data.io import write_jsonl
+from clicks2pref.data.parsing import format_suggestions
+from clicks2pref.data.prompts import build_messages
+from clicks2pref.data.sft_data import clicked_groups, single_suggestion_examples, split_groups
+from clicks2pref.data.teacher import sample_candidates, teacher_template
 from clicks2pref.lit.fit import fit_causal_lm
-from clicks2pref.models.generate import generate
 from clicks2pref.models.registry import load_causal_lm
 from clicks2pref.stages import artifacts
 
 log = logging.getLogger(__name__)
 
 
-def parse_candidate(text: str) -> str:
-    """The question in one teacher reply: its numbered/bulleted item, else its first line."""
-    items = parse_suggestions(text, 1).suggestions
-    if items:
-        return items[0].strip().strip('"').strip()
-    return next((line.strip().strip('"').strip() for line in text.splitlines() if line.strip()), "")
-
-
-def rank_samples(samples: list[str]) -> list[dict]:
-    """Distinct samples (dedup by normalised text), most frequent first, then first produced."""
-    counts, first, text = Counter(), {}, {}
-    for i, s in enumerate(samples):
-        key = normalize(s)
-        if not key:
-            continue
-        counts[key] += 1
-        first.setdefault(key, i)
-        text.setdefault(key, s)
-    return [{"text": text[k], "count": counts[k], "source": "teacher"}
-            for k in sorted(counts, key=lambda k: (-counts[k], first[k]))]
-
-
-def teacher_template(tcfg):
-    return PromptTemplate(instruction=tcfg.instruction, system=tcfg.system)
-
-
-def sample_candidates(model, tok, groups: list[dict], tcfg, seed: int) -> list[list[dict]]:
-    """`num_candidates` teacher samples per group, parsed and ranked."""
-    template = teacher_template(tcfg)
-    n = tcfg.num_candidates
-    outs = generate(model, tok, [build_messages(template, g["context"]) for g in groups], tcfg.generation,
-                    num_return_sequences=n, seed=seed, desc="teacher sampling")
-    return [rank_samples([parse_candidate(o) for o in outs[i * n:(i + 1) * n]]) for i in range(len(groups))]
-
-
-def teacher_candidates(cfg, groups: list[dict], inputs: dict, loggers=()) -> tuple[list[dict], dict]:
-    """Groups with their assembly candidates, and the teacher's report (`{"name": "none"}` without one).
-
-    `inputs` are the results of the stages sft read (the teacher's key folds in the same click logs)."""
+def run(cfg, loggers=()) -> dict:
+    """The teacher's report (`{"name": "none"}` without a teacher); its candidates are the artifact's
+    `candidates.jsonl` (one line per context group), which stage sft reads."""
     tcfg = cfg.teacher
     if tcfg.model is None:
-        return groups, {"name": tcfg.name}
+        return {"name": tcfg.name}
+    inputs = artifacts.upstream(cfg, "teacher", loggers)
     key = artifacts.key(cfg, "teacher", inputs)
     if (report := artifacts.reuse(cfg, "teacher", key)) is not None:
-        final = artifacts.artifact_path(cfg, "teacher", key)
-        sampled = {r["group"]: r["candidates"] for r in read_jsonl(final / "candidates.jsonl")}
-    else:
-        sampled, report = train_and_sample(cfg, groups, key, loggers)
-    out = []
-    for g in groups:
-        cands = (list(g["candidates"]) if tcfg.keep_clicked else []) + sampled.get(g["group"], [])
-        out.append({**g, "candidates": cands})
-    return out, report
+        return report
+    groups = clicked_groups(cfg, artifacts.logs_source(cfg))
+    return train_and_sample(cfg, groups, key, loggers)[1]
 
 
 def train_and_sample(cfg, groups: list[dict], key: str, loggers) -> tuple[dict, dict]:

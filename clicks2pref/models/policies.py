@@ -17,7 +17,6 @@ from transformers import AutoModelForCausalLM
 from clicks2pref.errors import ModelNotFoundError
 from clicks2pref.models.registry import (ModelConfig, _from_pretrained, _torch_dtype, load_causal_lm, load_tokenizer,
                                          user_code_policy)
-from clicks2pref.stages.artifacts import artifact_path
 
 
 def save_policy(model, tok, folder: Path, merged: Optional[Path] = None) -> None:
@@ -84,7 +83,7 @@ def load_grpo_policy(path, cfg):
         tok = load_tokenizer(replace(base, name=str(policy), lora=None), cfg.paths.model_cache)
         return _from_pretrained(AutoModelForCausalLM, str(policy), dtype=_torch_dtype(base.dtype)), tok
     if meta["init"] == "sft":
-        sft = artifact_path(cfg, "sft", meta["inputs"]["sft"])
+        sft = Path(cfg.paths.artifacts_dir) / "sft" / meta["inputs"]["sft"]  # the artifact cache's layout
         if not (sft / "sft.json").exists():
             raise ModelNotFoundError(f"{path}: its SFT policy {sft} is missing (GRPO adapters need the weights "
                                      "they were trained on); run stage=sft with the same config or copy it there")
