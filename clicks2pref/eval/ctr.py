@@ -1,7 +1,13 @@
-"""CTR estimates with bootstrap confidence intervals."""
+"""CTR estimates with bootstrap confidence intervals.
+
+Contexts of one topic share the topic's intents and words, so they are not independent draws: with
+`clusters` (a topic per value) the bootstrap resamples whole topics and the estimate is the mean over
+the resampled topics' contexts (a cluster bootstrap of the ratio sum / count).
+"""
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Optional, Sequence
 
 import numpy as np
 from scipy.stats import bootstrap
@@ -18,13 +24,25 @@ class Estimate:
         return f"{self.mean:.4f} [{self.low:.4f}, {self.high:.4f}]"
 
 
-def bootstrap_mean(values, n_resamples: int = 1000, level: float = 0.95, seed: int = 0) -> Estimate:
-    """Mean with a percentile bootstrap CI (scipy); a single value gets a zero-width interval."""
+def bootstrap_mean(values, n_resamples: int = 1000, level: float = 0.95, seed: int = 0,
+                   clusters: Optional[Sequence] = None) -> Estimate:
+    """Mean with a percentile bootstrap CI (scipy), over values or, with `clusters`, over whole clusters;
+    a single value (or cluster) gets a zero-width interval."""
     x = np.asarray(values, dtype=float)
-    if x.size < 2 or np.all(x == x[0]):
+    if clusters is not None and len(clusters) != x.size:
+        raise ValueError(f"{len(clusters)} cluster labels for {x.size} values")
+    groups = None if clusters is None else [x[np.asarray(clusters, dtype=object) == c] for c in dict.fromkeys(clusters)]
+    if x.size < 2 or np.all(x == x[0]) or (groups is not None and len(groups) < 2):
         m = float(x.mean()) if x.size else float("nan")
         return Estimate(m, m, m, int(x.size))
-    res = bootstrap((x,), np.mean, n_resamples=n_resamples, confidence_level=level, method="percentile",
-                    random_state=np.random.default_rng(seed))
+    rng = np.random.default_rng(seed)
+    if groups is None:
+        res = bootstrap((x,), np.mean, n_resamples=n_resamples, confidence_level=level, method="percentile",
+                        random_state=rng)
+    else:
+        sums, counts = np.array([g.sum() for g in groups]), np.array([g.size for g in groups], dtype=float)
+        res = bootstrap((sums, counts), lambda s, c, axis=-1: s.sum(axis) / c.sum(axis), paired=True,
+                        vectorized=True, n_resamples=n_resamples, confidence_level=level, method="percentile",
+                        random_state=rng)
     return Estimate(float(x.mean()), float(res.confidence_interval.low), float(res.confidence_interval.high),
                     int(x.size))
