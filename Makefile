@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 ARGS ?=
 
-.PHONY: install run test test-full lint clean
+.PHONY: install run test test-full lint tables clean
 
 $(STAMP): setup.cfg pyproject.toml
 	$(PY) -m venv $(VENV)
@@ -26,6 +26,9 @@ test: $(STAMP)  ## the default test run (slow tests skipped)
 
 test-full: $(STAMP)  ## every test, slow ones included
 	$(BIN)/python -m pytest -q -m "" $(ARGS)
+
+tables:  ## render every results table of README.md and experiments/*/README.md from the results.json files
+	$(PY) experiments/tables.py
 
 lint: $(STAMP)
 	$(BIN)/ruff check clicks2pref tests

@@ -1,0 +1,79 @@
+"""Every results table in the READMEs is rendered from committed result files, byte for byte."""
+import importlib.util
+import json
+import re
+import shutil
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def _tables():
+    spec = importlib.util.spec_from_file_location("experiment_tables", ROOT / "experiments" / "tables.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+tables = _tables()
+
+
+def test_every_block_matches_its_results_file(capsys):
+    assert tables.main(["--check"]) == 0, capsys.readouterr().out
+
+
+def test_every_markdown_table_is_a_generated_block():
+    """A table typed outside a block is a number that nothing regenerates."""
+    for readme in tables.readmes():
+        outside = tables.BLOCK.sub("", readme.read_text())
+        typed = [line for line in outside.splitlines() if re.match(r"^\|.*\|$", line)]
+        assert not typed, f"{readme.relative_to(ROOT)}: a table outside a <!-- table:NAME --> block: {typed[0]}"
+
+
+def test_readme_stays_a_guide():
+    text = (ROOT / "README.md").read_text()
+    assert len(text.splitlines()) <= 300
+    assert text.split("```bash\n", 1)[1].startswith("make run ")
+    assert "\nmake test " in text.split("```", 2)[1]
+
+
+@pytest.fixture
+def copy(tmp_path):
+    shutil.copy(ROOT / "README.md", tmp_path / "README.md")
+    shutil.copytree(ROOT / "experiments", tmp_path / "experiments",
+                    ignore=shutil.ignore_patterns("*.py", "__pycache__"))
+    return tmp_path
+
+
+def test_a_changed_result_fails_the_check(copy, capsys):
+    path = copy / "experiments" / "rl_scale" / "results.json"
+    results = json.loads(path.read_text())
+    results["values"]["grpo_minus_sft"]["v"] = 0.5
+    path.write_text(json.dumps(results))
+    assert tables.main(["--check"], root=copy) == 1
+    out = capsys.readouterr().out
+    assert "experiments/rl_scale/README.md: table:lift" in out
+    assert "README.md: table:claims" in out
+    assert tables.main([], root=copy) == 0          # rewriting brings the READMEs back in line
+    assert tables.main(["--check"], root=copy) == 0
+    assert "+0.500 [+0.114, +0.178]" in (copy / "experiments" / "rl_scale" / "README.md").read_text()
+
+
+def test_a_missing_value_reads_not_yet_measured(copy):
+    path = copy / "experiments" / "population_b" / "results.json"
+    results = json.loads(path.read_text())
+    del results["values"]["garm_oracle_rho"]
+    path.write_text(json.dumps(results))
+    claims = tables.render_claims(copy)
+    row = next(line for line in claims.splitlines() if line.startswith("| GaRM ranks"))
+    assert row.endswith("| not yet measured |")
+    assert row.count(tables.NOT_MEASURED) == 2         # contextual has no results file yet
+
+
+def test_a_block_naming_no_table_is_an_error(copy, capsys):
+    readme = copy / "README.md"
+    readme.write_text(readme.read_text() + "\n<!-- table:default_run/nothing -->\n<!-- /table:default_run/nothing -->\n")
+    assert tables.main(["--check"], root=copy) == 2
+    assert "no table 'nothing'" in capsys.readouterr().err
