@@ -20,26 +20,13 @@ from clicks2pref.console import quiet_third_party
 from clicks2pref.errors import Clicks2PrefError
 from clicks2pref.loggers import finalize, instantiate_loggers, log_config
 from clicks2pref.models.placement import use_accelerator
-from clicks2pref.stages.artifacts import release_locks
+from clicks2pref.stages.artifacts import SPECS, release_locks
 
 log = logging.getLogger("clicks2pref")
 register_configs()
+# stage -> its headline metric (SPECS): the number a job returns, which a sweeper optimises
+HEADLINE = {name: spec.headline for name, spec in SPECS.items() if spec.headline is not None}
 SWEEP = {"jobs": 0, "failed": 0}  # this process's sweep jobs (the basic launcher runs them all here)
-
-# stage -> its headline metric in the result dict its `run` returns: the number the job returns, which a Hydra
-# sweeper (`hparams_search=grpo_optuna`) optimises; `optimized_metric=<dotted path>` picks another
-HEADLINE = {
-    # the chosen template's sampled CTR: the number collect chooses on (an optimising sweep never sees the oracle)
-    "collect": lambda r: next(t["sampled_ctr"] for t in r["templates"] if t["template"] == r["best_template"]),
-    "sft": lambda r: r["eval"]["sft"]["oracle_ctr"],  # the SFT policy's oracle CTR on held-out contexts
-    "serve": lambda r: r["weeks"][str(r["fusion_week"])]["ctr"],  # sampled CTR of the SFT policy's fusion week
-    "rm": lambda r: r["metrics"]["garm"]["iid"]["accuracy"],  # GaRM's pair accuracy on the IID week
-    "fusion": lambda r: r["chosen"]["auc"],  # click AUC of the chosen weights
-    "grpo": lambda r: r["eval"]["grpo"]["oracle_ctr"],  # the GRPO policy's oracle CTR on held-out contexts
-    "evaluate": lambda r: r["rows"][-1]["oracle_ctr"],  # the last of eval.policies
-    "pipeline": lambda r: r["stages"]["evaluate"]["rows"][-1]["oracle_ctr"],
-}
-
 
 def run_stage(cfg: DictConfig):
     """The task wrapper: checks, seed, loggers, the stage; loggers are always closed, errors re-raised."""
@@ -61,7 +48,7 @@ def run_stage(cfg: DictConfig):
 
 def headline(cfg: DictConfig, result: dict) -> float:
     """The job's metric: `optimized_metric` (a dotted path into `result`, list items by index) or the stage's
-    HEADLINE; NaN when the result lacks it (e.g. `sft.eval.enabled=false`)."""
+    headline in SPECS; NaN when the result lacks it (e.g. `sft.eval.enabled=false`)."""
     try:
         if cfg.get("optimized_metric"):
             value = result
@@ -78,7 +65,7 @@ def headline(cfg: DictConfig, result: dict) -> float:
 # an absolute path: the installed package's `clicks2pref/conf` or the checkout's `conf/` (see `CONF_DIR`)
 @hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="config")
 def _main(cfg: DictConfig) -> float:
-    """One job: the stage's headline metric (HEADLINE), or NaN for a sweep job that failed."""
+    """One job: the stage's headline metric (its SPECS headline), or NaN for a sweep job that failed."""
     # the composed config is in the run folder (Hydra's .hydra/config.yaml); the console keeps to our milestones
     log.info("run folder %s (config in .hydra/config.yaml)", HydraConfig.get().runtime.output_dir)
     sweep_job = HydraConfig.get().mode == RunMode.MULTIRUN

@@ -79,7 +79,7 @@ class Config:
     cache: bool = True  # reuse a stage's artifact when its key matches; cache=off recomputes
     ckpt_path: Optional[str] = None
     # the number the job returns, a sweeper's objective (conf/hparams_search/): a dotted path into the stage's
-    # result dict (`eval.grpo.oracle_ctr`); null = the stage's headline metric (`clicks2pref.__main__.HEADLINE`)
+    # result dict (`eval.grpo.oracle_ctr`); null = the stage's `headline` in `stages/artifacts.py` SPECS
     optimized_metric: Optional[str] = None
 
     def __post_init__(self):

@@ -80,38 +80,53 @@ class StageSpec:
     files: tuple[str, ...] = ()  # config keys naming more files whose bytes fold in
     exclude: tuple[str, ...] = ()  # keys under `hashes` that do not change the output
     version: str = ""  # bumped when code changes what the same inputs produce
+    # the job's metric in the result dict `run` returns (what a sweeper optimises; `optimized_metric` picks another)
+    headline: Optional[Callable] = None
+    pipeline: bool = True  # one of stage=pipeline's steps, run in SPECS order (else run only as a stage's input)
 
 
 SPECS = {
     "collect": StageSpec(("seed", "simulator", "prompt", "policy", "collect", "data.split", "data.format"),
-                         "templates.json", reads=lambda cfg: (), logs=False),
+                         "templates.json", reads=lambda cfg: (), logs=False,
+                         # the chosen template's sampled CTR: what collect chooses on (never the oracle)
+                         headline=lambda r: next(t["sampled_ctr"] for t in r["templates"]
+                                                 if t["template"] == r["best_template"])),
     # the teacher is sft's sub-stage (its candidates are reused by runs that differ only downstream)
     "teacher": StageSpec(("seed", "teacher", "sft.data", "policy.generation.batch_size", "data.on_invalid",
-                          *TRAIN_KEYS), "teacher.json"),
+                          *TRAIN_KEYS), "teacher.json", pipeline=False),
     "sft": StageSpec(("seed", "simulator", "prompt", "policy", "sft", "teacher", "data.on_invalid", "data.split",
-                      *TRAIN_KEYS), "sft.json", reads=_sft_reads),
+                      *TRAIN_KEYS), "sft.json", reads=_sft_reads,
+                     headline=lambda r: r["eval"]["sft"]["oracle_ctr"]),  # on held-out contexts
     # rm: the reference policy of the perplexity deciles too, and the OOD logs' bytes
     # serve: the SFT policy's logged weeks, sampled as GRPO samples a group
     "serve": StageSpec(("seed", "serve", "simulator", "grpo.temperature", "grpo.top_p", "grpo.top_k",
                         "grpo.max_completion_length", "policy.generation.batch_size", "data.on_invalid", "data.split",
                         "data.format", "collect.weeks", "collect.shuffle_positions"), "serve.json",
-                       reads=lambda cfg: (*_logs(cfg), "sft")),
+                       reads=lambda cfg: (*_logs(cfg), "sft"),
+                       headline=lambda r: r["weeks"][str(r["fusion_week"])]["ctr"]),  # sampled CTR, fusion's week
     "rm": StageSpec(("seed", "simulator", "prompt", "policy", "collect", "data", "reward_model", "trainer.max_steps",
-                     *TRAIN_KEYS), "rm.json", files=("data.ood_logs",), reads=_rm_reads),
+                     *TRAIN_KEYS), "rm.json", files=("data.ood_logs",), reads=_rm_reads,
+                 headline=lambda r: r["metrics"]["garm"]["iid"]["accuracy"]),  # GaRM's pair accuracy, IID week
     # fusion: the enabled components and their settings, not how the weights are chosen
     "fusion": StageSpec(("seed", "rewards", "fusion", "grpo.temperature", "grpo.top_p", "grpo.top_k",
                          "grpo.max_completion_length", "grpo.micro_batch_size", "policy.generation.batch_size",
                          "data.on_invalid", "data.split", "data.format"), "fusion_weights.json",
                         reads=lambda cfg: ("sft", *(["serve"] if cfg.fusion.logs == "policy" else []),
                                            *(["rm"] if needed_reward_models(cfg.rewards) else [])),
-                        exclude=("rewards.name", "rewards.weights"), version=f"scoring-v{SCORING_VERSION}"),
+                        exclude=("rewards.name", "rewards.weights"), version=f"scoring-v{SCORING_VERSION}",
+                        headline=lambda r: r["chosen"]["auc"]),  # click AUC of the chosen weights
     "grpo": StageSpec(("seed", "rewards", "grpo", "simulator", "policy", "prompt", "data.on_invalid", "data.split",
                        "data.format", "collect.sessions_per_week", "collect.users_per_panel", "trainer.precision",
                        "trainer.accelerator"), "grpo.json",
                       reads=lambda cfg: ("sft", *(["rm"] if needed_reward_models(cfg.rewards) else []),
                                          *(["fusion"] if cfg.rewards.weights == "fusion" else [])),
-                      version=f"scoring-v{SCORING_VERSION}"),
-    "evaluate": StageSpec((), None, reads=_evaluated, logs=False),
+                      version=f"scoring-v{SCORING_VERSION}",
+                      headline=lambda r: r["eval"]["grpo"]["oracle_ctr"]),  # on held-out contexts
+    "evaluate": StageSpec((), None, reads=_evaluated, logs=False,
+                          headline=lambda r: r["rows"][-1]["oracle_ctr"]),  # the last of eval.policies
+    # every step above in this order, each reused when its key matches; not itself a step
+    "pipeline": StageSpec((), None, reads=lambda cfg: (), logs=False, pipeline=False,
+                          headline=lambda r: r["stages"]["evaluate"]["rows"][-1]["oracle_ctr"]),
 }
 
 

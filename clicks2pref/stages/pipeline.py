@@ -1,5 +1,5 @@
-"""`stage=pipeline`: collect → sft → serve → rm → fusion → grpo → evaluate, each reused from the artifact cache
-when its key matches, ending with the results table."""
+"""`stage=pipeline`: the steps of SPECS in its order (collect → sft → serve → rm → fusion → grpo → evaluate), each
+reused from the artifact cache when its key matches, ending with the results table."""
 from __future__ import annotations
 
 import logging
@@ -7,9 +7,10 @@ import time
 
 from hydra.utils import get_method
 
-log = logging.getLogger(__name__)
+from clicks2pref.stages.artifacts import SPECS
 
-STAGES = ("collect", "sft", "serve", "rm", "fusion", "grpo", "evaluate")
+log = logging.getLogger(__name__)
+STAGES = tuple(name for name, spec in SPECS.items() if spec.pipeline)  # SPECS order
 
 
 def run(cfg, loggers=()) -> dict:
