@@ -176,7 +176,7 @@ def test_oracle_agreement_counts_within_panel_pairs_ordered_like_the_oracle():
 
 def test_an_unknown_redundancy_embedder_fails_naming_the_key():
     from clicks2pref.errors import ConfigError
-    from clicks2pref.rewards.diversity import PanelSimilarity
+    from clicks2pref.models.similarity import PanelSimilarity
     from clicks2pref.stages.rm import similarity_above_examples
 
     examples = [{"suggestions": ["a?", "b?"], "context": [], "clicks": [0, 0], "count": 1}]

@@ -14,7 +14,7 @@ from clicks2pref.lit.grpo_module import GRPOModule, prompt_loader
 from clicks2pref.models.registry import LoraConfig, ModelConfig, apply_training_options, load_causal_lm
 from clicks2pref.objectives.grpo import grpo_loss
 from clicks2pref.rewards.composite import CompositeReward
-from clicks2pref.rewards.logprobs import completion_logps, pad_prompt_completion
+from clicks2pref.models.logprobs import completion_logps, pad_prompt_completion
 from clicks2pref.config.grpo import GRPOConfig
 
 CACHE = "~/.cache/clicks2pref"

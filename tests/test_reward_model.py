@@ -313,7 +313,7 @@ def test_context_batches_keep_a_conversations_panels_together_and_see_every_pane
 def test_shared_prefix_batch_gives_the_full_pass_outputs_and_gradients():
     """Each conversation once, its suggestions from its cache: the same μ, σ and the same LoRA and head
     gradients as every (conversation, suggestion) input in full, for conversations of different lengths."""
-    from clicks2pref.rewards.shared_prefix import collate_items, forward_items
+    from clicks2pref.models.shared_prefix import collate_items, forward_items
 
     cfg = rm_config(**{"head.init_std": 0.5})
     cfg.backbone.lora = LoraConfig(r=4, lora_alpha=8, lora_dropout=0.0, target_modules=["q_proj", "v_proj"])
@@ -343,7 +343,7 @@ def test_shared_prefix_batch_gives_the_full_pass_outputs_and_gradients():
 
 
 def test_shared_prefix_batch_takes_the_full_layout_when_it_cannot_share():
-    from clicks2pref.rewards.shared_prefix import collate_items
+    from clicks2pref.models.shared_prefix import collate_items
 
     model = build("btrm", rm_config(**{"head.max_length": 64}))
     long_ctx = [CTX[0], {"role": "assistant", "content": "word " * 200}]
@@ -357,7 +357,7 @@ def test_impression_batches_carry_redundancy_discounts_into_the_click_likelihood
     nothing, and g = 0.5 at position 2 gives the likelihood of the halved attraction."""
     from clicks2pref.lit.reward_module import ImpressionCollator
     from clicks2pref.objectives.click_model import click_nll, garm_attraction
-    from clicks2pref.rewards.shared_prefix import forward_items
+    from clicks2pref.models.shared_prefix import forward_items
 
     cfg = rm_config()
     model = build("garm", cfg).eval()

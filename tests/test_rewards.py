@@ -289,7 +289,7 @@ def test_missing_reward_model_is_a_config_error():
 def test_shared_prefix_scoring_equals_the_reward_models_own(tmp_path):
     from clicks2pref.models.registry import ModelConfig
     from clicks2pref.models.reward_heads import HeadConfig, build_reward_model
-    from clicks2pref.rewards.shared_prefix import rm_rewards, supports_shared_prefix
+    from clicks2pref.models.shared_prefix import rm_rewards, supports_shared_prefix
 
     other = [{"role": "user", "content": "Is it safe to eat raw cookie dough?"},
              {"role": "assistant", "content": "Raw flour and eggs can carry bacteria, so it is safer to bake it."}]
@@ -311,7 +311,7 @@ def test_shared_prefix_scoring_equals_the_reward_models_own(tmp_path):
 def test_cached_outputs_score_each_distinct_suggestion_once_in_input_order(monkeypatch):
     from clicks2pref.models.registry import ModelConfig
     from clicks2pref.models.reward_heads import HeadConfig, build_reward_model
-    from clicks2pref.rewards import shared_prefix
+    from clicks2pref.models import shared_prefix
 
     rm = build_reward_model("garm", ModelConfig(name="tiny-llama"), HeadConfig(init_std=0.5, max_length=128),
                             str(Path.home() / ".cache/clicks2pref"), seed=0)

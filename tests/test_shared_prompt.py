@@ -6,7 +6,7 @@ import torch
 from clicks2pref.models.registry import LoraConfig, ModelConfig, load_causal_lm
 from clicks2pref.models.sampling import sampling_kwargs
 from clicks2pref.models.shared_prompt import generate_grouped, grouped_completion_logps, is_grouped
-from clicks2pref.rewards.logprobs import completion_logps, pad_prompt_completion
+from clicks2pref.models.logprobs import completion_logps, pad_prompt_completion
 
 G = 3
 

@@ -30,7 +30,7 @@ from clicks2pref.eval.calibration import (
 )
 from clicks2pref.models.placement import on_device
 from clicks2pref.models.registry import load_causal_lm
-from clicks2pref.rewards.shared_prefix import rm_outputs
+from clicks2pref.models.shared_prefix import rm_outputs
 
 log = logging.getLogger(__name__)
 

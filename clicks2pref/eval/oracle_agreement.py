@@ -17,7 +17,7 @@ import numpy as np
 from scipy.stats import spearmanr
 
 from clicks2pref.data.pairs import context_key
-from clicks2pref.rewards.shared_prefix import rm_outputs
+from clicks2pref.models.shared_prefix import rm_outputs
 
 
 def suggestion_items(impressions: Sequence[dict]) -> dict:

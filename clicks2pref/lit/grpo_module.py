@@ -53,7 +53,7 @@ from clicks2pref.models.sampling import greedy_kwargs, sampling_kwargs
 from clicks2pref.models.shared_prompt import generate_grouped, grouped_completion_logps, is_grouped
 from clicks2pref.objectives.grpo import LOSS_TYPES, group_advantages, grpo_loss
 from clicks2pref.rewards.base import RewardBatch
-from clicks2pref.rewards.logprobs import completion_logps, mean_nll, pad_prompt_completion
+from clicks2pref.models.logprobs import completion_logps, mean_nll, pad_prompt_completion
 from clicks2pref.config.grpo import GRPOConfig
 
 log = logging.getLogger(__name__)

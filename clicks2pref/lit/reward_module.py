@@ -3,7 +3,7 @@ every impression under a click model (`ClickRewardModule`, `reward_model.objecti
 
 A batch is a few whole panels: every distinct suggestion in it is scored once and the pairs index
 into those scores, so the six users who saw one panel cost one forward pass per suggestion; with
-`shared_prefix` each distinct conversation runs once too (`clicks2pref.rewards.shared_prefix`).
+`shared_prefix` each distinct conversation runs once too (`clicks2pref.models.shared_prefix`).
 `training_step` reads in order: score → gather chosen / rejected → loss (clicks2pref.objectives) →
 skip and count a non-finite loss. Logged under `rm/<kind>/` every step: `train_loss`, `train_acc`,
 `sigma_mean` and `sigma_std` (GaRM; σ over the batch's suggestions), `grad_norm` (before clipping);
@@ -30,8 +30,8 @@ from clicks2pref.lit.nonfinite import drop_gradients, grad_scaler_active, gradie
 from clicks2pref.objectives.bradley_terry import bt_loss
 from clicks2pref.objectives.click_model import (btrm_attraction, click_nll, examination, garm_attraction,
                                                  logit)
-from clicks2pref.objectives.gaussian import REGULARIZERS, garm_loss
-from clicks2pref.rewards.shared_prefix import collate_items, forward_items
+from clicks2pref.objectives.gaussian import garm_loss, regularization
+from clicks2pref.models.shared_prefix import collate_items, forward_items
 
 log = logging.getLogger(__name__)
 
@@ -321,18 +321,19 @@ class ClickRewardModule(RewardModule):
         if self.kind != "garm":
             return nll, parts
         reg_cfg = self.loss_cfg.variance_reg
-        reg = REGULARIZERS[reg_cfg.kind](out["mu"], out["sigma"]).mean()
+        lam = getattr(reg_cfg, "lambda")
+        reg = regularization(out["mu"], out["sigma"], reg_cfg.kind)  # the pairwise objective's R (gaussian.py)
         parts["reg"] = reg.detach()
+        parts["loss"] = parts["nll"] + lam * parts["reg"]  # this process's own loss, for the log
         if global_batch:  # exact when no suggestion is in two processes' shares of a batch, else close
             reg = reg * global_mean_scale(self._trainer, torch.tensor(float(out["mu"].shape[0]))).to(reg.dtype)
-        return nll + getattr(reg_cfg, "lambda") * reg, parts
+        return nll + lam * reg, parts
 
     def training_step(self, batch, batch_idx):
         loss, parts = self.click_loss(batch, global_batch=True)
         if not self.all_finite(loss):
             return self._skip_nonfinite()
-        local = parts["nll"] + getattr(self.loss_cfg.variance_reg, "lambda") * parts["reg"] if "reg" in parts \
-            else parts["nll"]
+        local = parts.pop("loss", parts["nll"])
         metrics = {"train_loss": local, **{f"train_{k}": v for k, v in parts.items()},
                    **{f"exam_{k + 1}": v for k, v in enumerate(self.learned_examination())}}
         self.log_dict({f"{self.prefix}/{k}": v for k, v in metrics.items()}, on_step=True, on_epoch=False,

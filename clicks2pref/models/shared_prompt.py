@@ -16,7 +16,7 @@ import torch
 from torch import Tensor
 
 from clicks2pref.models.kv_cache import cache_kwarg, preallocated_cache
-from clicks2pref.rewards.logprobs import token_logps
+from clicks2pref.models.logprobs import token_logps
 
 
 def is_grouped(input_ids: Tensor, width: int, group: int) -> bool:

@@ -13,9 +13,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from clicks2pref.models.registry import load_sentence_embedder
+from clicks2pref.models.similarity import PanelSimilarity
 from clicks2pref.rewards.base import RewardBatch
-from clicks2pref.rewards.rule import overlap
 
 
 @dataclass
@@ -24,34 +23,6 @@ class DiversityRewardConfig:
     weight: float = 1.0  # weight in the composite when rewards.weights=config
     embedder: str = "minilm-l6"  # registry sentence embedder | lexical (word overlap, fast tests)
     single_score: float = 0.0  # score of a panel with fewer than two suggestions
-
-
-class PanelSimilarity:
-    """Pairwise similarity of texts: cosine of cached normalised embeddings, or lexical overlap."""
-
-    def __init__(self, embedder: str = "minilm-l6"):
-        self.embedder, self.model, self.cache = embedder, None, {}
-
-    def matrix(self, texts: Sequence[str]) -> np.ndarray:
-        texts = list(texts)
-        if self.embedder == "lexical":
-            return np.array([[overlap(a, b) for b in texts] for a in texts]).reshape(len(texts), len(texts))
-        self.prefetch(texts)
-        v = np.stack([self.cache[t] for t in texts]) if texts else np.zeros((0, 1), np.float32)
-        return np.clip(v @ v.T, -1.0, 1.0).astype(float)
-
-    def prefetch(self, texts) -> None:
-        if self.embedder == "lexical":
-            return
-        new = sorted({t for t in texts if t not in self.cache})
-        if new:
-            if self.model is None:
-                self.model = load_sentence_embedder(self.embedder)
-            vecs = self.model.encode(new, batch_size=128, normalize_embeddings=True, convert_to_numpy=True,
-                                     show_progress_bar=False)
-            if len(self.cache) > 200_000:
-                self.cache.clear()
-            self.cache.update(zip(new, vecs.astype(np.float32)))
 
 
 def max_pairwise(sim: np.ndarray) -> float:

@@ -20,7 +20,7 @@ from clicks2pref.models.registry import resolve
 from clicks2pref.models.reward_heads import scalar_rewards
 from clicks2pref.rewards.base import RewardBatch, map_panels, panel_scores, resolve_examination
 from clicks2pref.rewards.redundancy import redundancy_discounts, resolve_redundancy
-from clicks2pref.rewards.shared_prefix import rm_outputs
+from clicks2pref.models.shared_prefix import rm_outputs
 
 
 @dataclass

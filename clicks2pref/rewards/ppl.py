@@ -24,7 +24,7 @@ from clicks2pref.data.prompts import PromptTemplate, build_messages
 from clicks2pref.models.generate import chat_inputs
 from clicks2pref.models.placement import on_device
 from clicks2pref.rewards.base import RewardBatch, context_key
-from clicks2pref.rewards.logprobs import completion_logps, mean_nll, pad_prompt_completion
+from clicks2pref.models.logprobs import completion_logps, mean_nll, pad_prompt_completion
 
 
 @dataclass

@@ -11,7 +11,7 @@ from typing import Optional, Sequence
 import torch
 
 from clicks2pref.objectives.click_model import redundancy_discount, similarity_above
-from clicks2pref.rewards.diversity import PanelSimilarity
+from clicks2pref.models.similarity import PanelSimilarity
 
 
 def resolve_redundancy(wanted: bool, model, resources) -> tuple[Optional[dict], Optional[PanelSimilarity]]:

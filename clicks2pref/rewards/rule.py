@@ -22,16 +22,12 @@ from typing import Dict
 import torch
 from torch import Tensor
 
+from clicks2pref.models.similarity import overlap
 from clicks2pref.rewards.base import RewardBatch, last_user_turn
 
 CHECKS = ("format", "length", "question", "duplicate", "copy", "clean")
 QUESTION_WORDS = frozenset("what how why when where which who whom whose is are can could should would will do "
                            "does did was were has have may might".split())
-_WORD = re.compile(r"[a-z0-9']+")
-_STOP = frozenset("a an the of to in on for and or is are do does did i my me you your it its be can how what which "
-                  "when where why who should with at by from this that there as".split())
-
-
 @dataclass
 class RuleRewardConfig:
     _target_: str = "clicks2pref.rewards.rule.RuleReward"
@@ -44,18 +40,6 @@ class RuleRewardConfig:
     unparseable_score: float = -1.0  # hard floor for output with no suggestion at all
     check_weights: Dict[str, float] = field(default_factory=lambda: {
         "format": 2.0, "length": 1.0, "question": 1.0, "duplicate": 1.0, "copy": 1.0, "clean": 1.0})
-
-
-def content_words(text: str) -> frozenset[str]:
-    return frozenset(w for w in _WORD.findall(text.lower()) if w not in _STOP)
-
-
-def overlap(a: str, b: str) -> float:
-    """Jaccard overlap of content words; two texts with no content words overlap fully when equal."""
-    wa, wb = content_words(a), content_words(b)
-    if not wa and not wb:
-        return float(a.strip().lower() == b.strip().lower())
-    return len(wa & wb) / len(wa | wb)
 
 
 def is_question(text: str) -> bool:

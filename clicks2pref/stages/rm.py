@@ -43,8 +43,8 @@ from clicks2pref.loggers import log_metrics, log_table
 from clicks2pref.models.reward_heads import build_reward_model, load_reward_model, save_reward_model
 from clicks2pref.objectives.click_model import fit_item_examination, redundancy_discount, similarity_above
 from clicks2pref.report import write_job_metrics
-from clicks2pref.rewards.diversity import PanelSimilarity
-from clicks2pref.rewards.shared_prefix import cached_outputs
+from clicks2pref.models.similarity import PanelSimilarity
+from clicks2pref.models.shared_prefix import cached_outputs
 from clicks2pref.stages import artifacts
 
 log = logging.getLogger(__name__)
@@ -254,7 +254,8 @@ def publish(cfg, result: dict, report, loggers, fresh: bool) -> dict:
     if not fresh:
         for f in [*REPORTS, *(p.name for p in final.glob("reliability_*.png"))]:
             shutil.copyfile(final / f, out_dir / f)
-        print((final / "calibration.md").read_text())
+        if cfg.stage.name == "rm":  # the job's own stage: its report; an upstream one stays quiet
+            print((final / "calibration.md").read_text())
         return result
     written = write_report(report, out_dir)
     for kind, res in report["kinds"].items():
