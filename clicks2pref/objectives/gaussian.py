@@ -95,6 +95,11 @@ def _pick(kind: str, name: str, table: dict):
     return table[name]
 
 
+def regularization(mu: Tensor, sigma: Tensor, regularizer: str = "kl_prior") -> Tensor:
+    """R(μ, σ) averaged over every item given: the term λ weighs in both GaRM objectives (pairs, clicks)."""
+    return _pick("regularizer", regularizer, REGULARIZERS)(mu, sigma).mean()
+
+
 def garm_loss(
     mu_c: Tensor,
     sigma_c: Tensor,
@@ -111,7 +116,6 @@ def garm_loss(
     Returns the loss and detached parts for logging: `nll`, `reg`.
     """
     nll = _pick("likelihood", likelihood, LIKELIHOODS)(mu_c, sigma_c, mu_r, sigma_r, **likelihood_kwargs)
-    reg_fn = _pick("regularizer", regularizer, REGULARIZERS)
     mu, sigma = torch.cat([mu_c.flatten(), mu_r.flatten()]), torch.cat([sigma_c.flatten(), sigma_r.flatten()])
-    reg = reg_fn(mu, sigma).mean()
+    reg = regularization(mu, sigma, regularizer)
     return nll + lam * reg, {"nll": nll.detach(), "reg": reg.detach()}
