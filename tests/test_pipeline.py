@@ -88,6 +88,26 @@ def test_second_run_reuses_every_artifact(pipeline_run, tmp_path, caplog):
     assert rows(second) == rows(first)
 
 
+def test_a_cached_run_says_one_line_per_stage_and_reuses_the_evaluation(pipeline_run, tmp_path, caplog, capsys):
+    import logging
+
+    from clicks2pref.__main__ import run_stage
+    from clicks2pref.stages.pipeline import STAGES
+
+    cfg, first, out = pipeline_run
+    again = compose_config(PIPELINE + [f"data.logs={cfg.data.logs}", "logger=csv"], tmp_path)
+    with open_dict(again):
+        again.paths.root_dir = str(out)
+    capsys.readouterr()
+    with caplog.at_level(logging.INFO):
+        second = run_stage(again)
+    reused = [r.getMessage().split(":")[0] for r in caplog.records if ": reusing " in r.getMessage()]
+    assert sorted(reused) == sorted(set(reused)) and set(STAGES) - {"collect"} <= set(reused)
+    rows = lambda r: {x["policy"]: x["oracle_ctr"] for x in r["stages"]["evaluate"]["rows"]}  # noqa: E731
+    assert rows(second) == rows(first)
+    assert len(capsys.readouterr().out.splitlines()) <= 40
+
+
 def test_calibration_notebook_runs_on_the_pipeline_folder(pipeline_run):
     _, _, out = pipeline_run
     run_notebook("calibration.ipynb", {"RUN_DIR": str(out)})

@@ -111,7 +111,7 @@ class RewardModelConfig:
     pairs: PairConfig = field(default_factory=PairConfig)
     loss: RewardLossConfig = field(default_factory=RewardLossConfig)
     optim: RewardOptimConfig = field(default_factory=RewardOptimConfig)
-    shared_prefix: bool = True  # each distinct conversation of a batch runs once (`rewards.shared_prefix`)
+    shared_prefix: bool = True  # each distinct conversation of a batch runs once (`models.shared_prefix`)
     max_nonfinite_steps: int = 10
     checkpoint_every_n_steps: int = 25
     calibration: CalibrationConfig = field(default_factory=CalibrationConfig)

@@ -54,7 +54,7 @@ def generate_grouped(model, input_ids: Tensor, attention_mask: Tensor, group: in
 
 def grouped_completion_logps(model, input_ids: Tensor, attention_mask: Tensor, n_completion: int, group: int,
                              temperature: float = 1.0, entropy: bool = False) -> tuple[Tensor, Tensor | None]:
-    """`rewards.logprobs.completion_logps` for grouped rows (`is_grouped`): the prompt runs once per group.
+    """`models.logprobs.completion_logps` for grouped rows (`is_grouped`): the prompt runs once per group.
 
     The full pass's positions are the column indices (no position ids given), so the prompt pass covers
     columns 0 … width − 1 and the completion pass continues at width; its last prompt position's logits

@@ -40,6 +40,7 @@ from clicks2pref.rewards.composite import needed_reward_models
 
 log = logging.getLogger(__name__)
 _locks: dict[Path, FileLock] = {}  # artifact folder -> its lock, held by this process while it builds it
+_announced: set[Path] = set()  # artifacts this process has said it reuses
 
 # the Trainer keys that change what a fit trains (the accelerator and loggers do not)
 TRAIN_KEYS = ("trainer.accumulate_grad_batches", "trainer.gradient_clip_val", "trainer.precision",
@@ -122,7 +123,10 @@ SPECS = {
                                          *(["fusion"] if cfg.rewards.weights == "fusion" else [])),
                       version=f"scoring-v{SCORING_VERSION}",
                       headline=lambda r: r["eval"]["grpo"]["oracle_ctr"]),  # on held-out contexts
-    "evaluate": StageSpec((), None, reads=_evaluated, logs=False,
+    # evaluate: every setting a policy's score or the best-of reward can read; folder policies' identities as extra
+    "evaluate": StageSpec(("seed", "eval", "simulator", "prompt", "policy", "rewards", "reward_model", "data",
+                           "sft.template", "grpo.temperature", "grpo.top_p", "grpo.top_k", "grpo.max_completion_length",
+                           "grpo.micro_batch_size"), "evaluation.json", reads=_evaluated, files=("data.ood_logs",),
                           headline=lambda r: r["rows"][-1]["oracle_ctr"]),  # the last of eval.policies
     # every step above in this order, each reused when its key matches; not itself a step
     "pipeline": StageSpec((), None, reads=lambda cfg: (), logs=False, pipeline=False,
@@ -252,7 +256,9 @@ def _complete(cfg, stage: str, final: Path) -> Optional[dict]:
     if problem is None:
         try:
             result = json.loads((final / SPECS[stage].marker).read_text())
-            log.info("%s: reusing %s", stage, final)
+            # one line per artifact and process: stages that read the same input do not repeat it
+            log.log(logging.DEBUG if final in _announced else logging.INFO, "%s: reusing %s", stage, final)
+            _announced.add(final)
             return result
         except (OSError, ValueError) as e:
             problem = f"{SPECS[stage].marker}: {e}"

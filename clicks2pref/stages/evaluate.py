@@ -49,17 +49,23 @@ def run(cfg, loggers=()) -> dict:
     ev = cfg.eval
     # 1. the stages whose policies and reward models are evaluated (each run or reused)
     inputs = artifacts.upstream(cfg, "evaluate", loggers)
+    sources = {name: policy_source(cfg, name, inputs) for name in ev.policies}
+    key = artifacts.key(cfg, "evaluate", inputs, extra="|".join(src[0] for src in sources.values()))
+    out_dir = Path(cfg.paths.output_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    if (report := artifacts.reuse(cfg, "evaluate", key)) is not None:  # the same policies, settings and code
+        if report.get("calibration"):
+            write_report(report["calibration"], out_dir)
+        return publish(cfg, report, loggers)
 
     # 2. every policy on the same held-out contexts (cached evaluations), with the diversity of its panels
     start = time.time()
-    out_dir = Path(cfg.paths.output_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
     sim = build_simulator(cfg.simulator)
     contexts = heldout_contexts(cfg, sim, ev)
     diversity = DiversityReward(ev.diversity_embedder)
     results = {}
     for name in ev.policies:
-        policy_id, load, template, meta = policy_source(cfg, name, inputs)
+        policy_id, load, template, meta = sources[name]
         m = score_policy(cfg, ev, sim, contexts, policy_id, load, cfg.prompt[template], diversity)
         m.update(template=template, rl_logs=meta.get("rl_logs"))
         results[name] = m
@@ -81,6 +87,8 @@ def run(cfg, loggers=()) -> dict:
         ood = results["grpo"].get("rl_logs") if "grpo" in results else None
         report["calibration"] = calibration_section(cfg, inputs["rm"], out_dir, ood)
     report["seconds"] = time.time() - start
+    with artifacts.atomic_dir(artifacts.artifact_path(cfg, "evaluate", key)) as tmp:
+        (tmp / "evaluation.json").write_text(json.dumps(report, indent=2))
     return publish(cfg, report, loggers)
 
 

@@ -284,7 +284,8 @@ def publish(cfg, result: dict, samples: list, loggers, fresh: bool) -> dict:
             plot = write_training_plot(out_dir)
         except Exception as e:  # a figure never fails the stage: one warning line instead
             log.warning("grpo: training.png not written (%s: %s)", type(e).__name__, e)
-    print("\n" + markdown_report(result))
+    if fresh or cfg.stage.name == "grpo":  # a reused upstream grpo stays quiet
+        print("\n" + markdown_report(result))
     if fresh:
         print(f"GRPO policy -> {Path(result['path']) / 'policy'} in {result['seconds']:.0f}s")
     if plot is not None:
