@@ -84,11 +84,13 @@ def test_summary_ctr_by_position_matches_hand_computed_values(tmp_path, capsys):
         "CTR (any click)": "0.800",
     }
     header = out.index("CTR by position") + 1
+    end = out.index("", header)
     assert out[header].split() == ["position", "impressions", "clicks", "ctr"]
-    table = [line.split() for line in out[header + 1:]]
+    table = [line.split() for line in out[header + 1:end]]
     assert [(int(p), int(n), int(c), r) for p, n, c, r in table] == [(p, n, c, f"{r:.3f}") for p, n, c, r in HAND_CTR_BY_POSITION]
     assert [r for *_, r in table] == ["0.400", "0.250", "0.333", "0.000", "1.000"]
-    assert len({len(line) for line in out[header:]}) == 1  # columns are aligned
+    assert len({len(line) for line in out[header:end]}) == 1  # columns are aligned
+    assert stats["no_click_share"] == pytest.approx(1 / 5) and stats["conversations"] == 5
 
 
 def test_no_arguments_is_usage_and_exit_2(capsys):
@@ -124,3 +126,43 @@ def test_module_entry_point_on_good_and_bad_files(tmp_path):
     assert fail.stderr.splitlines() == [f"{bad}:3: clicks: length 2 does not match 3 suggestions", "1 problem(s) in 1 of 1 file(s)"]
 
     assert run_module().returncode == 2
+
+
+def conversation(i: int) -> list[dict]:
+    return [{"role": "user", "content": f"how do I repot a cactus {i}"}, {"role": "assistant", "content": "Gently."}]
+
+
+def repeated_log(shuffle: bool) -> list[dict]:
+    """Two weeks, four conversations, each panel shown four times: in one order, or rotated per impression."""
+    texts = ["Which soil?", "How often to water?", "Does it need sun?"]
+    records = []
+    for i in range(16):
+        shift = i % 3 if shuffle else 0
+        records.append(make_record(i, week=1 + i // 8, context=conversation(i % 4 + 4 * (i // 8)),
+                                   suggestions=texts[shift:] + texts[:shift], clicks=[0, 0, int(i % 2 == 0)]))
+    for r in records:
+        r.pop("topic")
+    return records
+
+
+def test_support_warns_when_positions_were_never_randomised(tmp_path, capsys):
+    write_impressions(repeated_log(shuffle=False), tmp_path / "logs.jsonl")
+    assert main([str(tmp_path / "logs.jsonl")]) == 0
+    out = capsys.readouterr().out
+    assert "position order      fixed" in out
+    assert "warning: positions were never randomised" in out and "shuffled per impression" in out
+    assert "simulator           none" in out  # no topic of the packaged world
+    assert "by time: weeks [1] train" in out  # week 2 brings new conversations
+    assert "warning: template: no templates.json" in out and "sft.template=NAME" in out
+
+
+def test_support_sees_randomised_order_and_one_week_splits_by_conversation(tmp_path, capsys):
+    records = [dict(r, week=1) for r in repeated_log(shuffle=True)]
+    write_impressions(records, tmp_path / "logs.jsonl")
+    (tmp_path / "templates.json").write_text("{}")
+    assert main([str(tmp_path / "logs.jsonl")]) == 0
+    out = capsys.readouterr().out
+    assert "position order      randomised" in out and "never randomised" not in out
+    assert "by conversation" in out and "warning: one week (1)" in out
+    assert "template" not in out.split("What these logs support")[1]
+    assert summarize(records)["order"] == {"repeated": 24, "moved": 24, "randomised": True}

@@ -17,6 +17,7 @@ class AnsweredConfig:
 
 @dataclass
 class SimulatorConfig:
+    enabled: bool = True  # false (simulator=none): no simulated users and no oracle; every stage works offline
     world: Optional[str] = None
     domains: Optional[List[str]] = None  # only topics of these domains; null = every topic of the world
     examination: List[float] = field(default_factory=lambda: [0.9, 0.6, 0.4])
