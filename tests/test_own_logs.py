@@ -2,10 +2,8 @@
 offline monitor, and (further down) the whole pipeline at smoke size on foreign logs."""
 from __future__ import annotations
 
-import json
 import math
 import random
-from pathlib import Path
 
 import numpy as np
 import pytest

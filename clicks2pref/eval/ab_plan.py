@@ -66,7 +66,7 @@ def markdown(rows: Sequence[dict], logged_ctr: float, alpha: float, power: float
     def pct(x):
         return "—" if x is None else f"{x:+.1%}"
 
-    lines = [f"# A/B plan (model-based: from the offline click-model estimate)", "",
+    lines = ["# A/B plan (model-based: from the offline click-model estimate)", "",
              f"Control: the logged policy, observed CTR {logged_ctr:.4f}. Each arm's CTR is that times (1 + its "
              f"estimated relative lift). Two-sided two-proportion z-test, α = {alpha:g}, power = {power:.0%}.", "",
              "| arm | estimated lift | lift CI | arm CTR | impressions per arm | at the CI end nearest 0 |"

@@ -12,7 +12,7 @@ why the cross-check column is there. Every row says `basis: model-based`.
 """
 from __future__ import annotations
 
-from typing import Callable, Optional, Sequence
+from typing import Callable, Sequence
 
 import numpy as np
 
@@ -71,7 +71,8 @@ def best_of(scored: dict, scores: np.ndarray, n: int, reward: str, bootstrap_sam
     lift = paired_lift(chosen, random_pick, bootstrap_samples, ci_level, seed)
     cross = {kind: float(np.mean(np.asarray(v)[rows, best] - np.asarray(v)[:, :n].mean(axis=1)))
              for kind, v in scored["cross"].items()}
-    picked = dict(scored, per_context_ctr=chosen.tolist(), outputs=[scored["samples"][i][j] for i, j in enumerate(best)],
+    outputs = [scored["samples"][i][j] for i, j in enumerate(best)]
+    picked = dict(scored, per_context_ctr=chosen.tolist(), outputs=outputs,
                   low=np.asarray(scored["sample_low"])[rows, best].tolist(),
                   high=np.asarray(scored["sample_high"])[rows, best].tolist())
     est = bootstrap_mean(chosen, bootstrap_samples, ci_level, seed)
