@@ -3,7 +3,8 @@
 Training runs in `rounds`; a round is `steps / rounds` batches of prompts, then fine-tuning. `training_step`:
   1. sample `num_generations` completions per prompt (GRPOModule's sampler, the current policy);
   2. the composite reward of each (the rule constraint included; reference log-probs give the `ppl` term);
-  3. keep the `top_n` best of each prompt that ended (an end token) and reach `threshold`, as SFT targets;
+  3. keep the `top_n` best of each prompt that reach `threshold` as SFT targets (with grpo.mask_truncated_completions,
+     only completions that ended: a cut one gets no loss, as in GRPO);
   4. on a round's last batch: `epochs` shuffled passes of masked NLL (`objectives.sft`'s loss on the completion
      tokens, temperature 1) over the round's targets, `train_batch_size` per clipped AdamW step; the targets
      are dropped and the next round samples from the fine-tuned policy.
@@ -52,7 +53,8 @@ class RFTModule(GRPOModule):
         total, components = self.score(contexts, texts, ref, mask)
 
         # 3. the best of each prompt's samples become targets
-        kept = keep_best(total, ended, G, opt.top_n, opt.threshold)
+        usable = ended if self.cfg.mask_truncated_completions else [True] * len(ended)
+        kept = keep_best(total, usable, G, opt.top_n, opt.threshold)
         self.targets += [(prompts[i], completions[i]) for i in kept]
 
         # 4. at the end of a round, fine-tune on its targets
@@ -132,12 +134,12 @@ class RFTModule(GRPOModule):
         self.targets = [tuple(t) for t in checkpoint.get("rft", {}).get("targets", [])]
 
 
-def keep_best(total: torch.Tensor, ended, group_size: int, top_n: int, threshold=None) -> list[int]:
-    """Rows of the `top_n` highest rewards of each group among completions that ended, reach `threshold`
+def keep_best(total: torch.Tensor, usable, group_size: int, top_n: int, threshold=None) -> list[int]:
+    """Rows of the `top_n` highest rewards of each group among the usable completions that reach `threshold`
     (when set) and have a finite reward."""
     kept = []
     for g in range(0, len(total), group_size):
         rows = [i for i in range(g, min(g + group_size, len(total)))
-                if ended[i] and torch.isfinite(total[i]) and (threshold is None or float(total[i]) >= threshold)]
+                if usable[i] and torch.isfinite(total[i]) and (threshold is None or float(total[i]) >= threshold)]
         kept += sorted(rows, key=lambda i: -float(total[i]))[:top_n]
     return kept
