@@ -14,6 +14,7 @@ import logging
 import os
 
 from clicks2pref.data.io import expand_sources, load_impressions
+from clicks2pref.data.log_splits import LogSplit, split_logs
 from clicks2pref.data.simulator import load_world
 from clicks2pref.errors import ConfigError
 
@@ -56,3 +57,15 @@ def require_simulator(cfg, what: str) -> None:
     if not uses_simulator(cfg):
         raise ConfigError(f"{what} needs the click simulator, and this run has none (simulator=none or logs that "
                           "are not its world); drop it from the command", "simulator")
+
+
+def log_split(cfg, records: list[dict]) -> LogSplit:
+    """The train / held-out split of these logs under `data.holdout` (`clicks2pref.data.log_splits`)."""
+    h = cfg.data.holdout
+    return split_logs(records, h.fraction, h.val_fraction, h.seed)
+
+
+def training_records(cfg, records: list[dict]) -> list[dict]:
+    """What a policy may train on: every logged impression with the simulator (its evaluation contexts are never
+    logged), only the train slice without it (the held-out conversations are the evaluation's)."""
+    return records if uses_simulator(cfg) else log_split(cfg, records).train

@@ -22,8 +22,9 @@ from clicks2pref.eval.ab_plan import markdown as ab_markdown
 from clicks2pref.eval.ab_plan import plan as ab_plan
 from clicks2pref.eval.best_of import pick_best
 from clicks2pref.eval.ctr import bootstrap_mean
-from clicks2pref.eval.offline import BASIS, ClickModelCTR, paired_lift, row, sample_ctr
+from clicks2pref.eval.offline import BASIS, ClickModelCTR, logged_anchor, paired_lift, row, sample_ctr
 from clicks2pref.models.generate import generate
+from clicks2pref.rewards.base import RewardBatch
 from clicks2pref.rewards.diversity import distinct_n
 
 COLUMNS = ["policy", "basis", "est_ctr", "ci_low", "ci_high", "sigma_low", "sigma_high", "lift_vs_logged",
@@ -129,3 +130,40 @@ def markdown_report(report: dict, table: Callable[[list, Sequence[str]], str]) -
 def ab_section(report: dict) -> str:
     return ab_markdown(report["ab_plan"], report["rows"][0]["observed_ctr"], report["alpha"], report["power"],
                        report.get("impressions_per_day"))
+
+
+def evaluate_offline(cfg, estimators: dict[str, ClickModelCTR], primary: str, test_records: Sequence[dict],
+                     policies: dict[str, tuple], rerank: Callable | None, diversity) -> dict:
+    """The offline report: every policy in `policies` (name -> (load() -> (model, tokenizer), template)) on the
+    held-out conversations of `test_records`, against the logged policy's panels there; best-of-n by `rerank`
+    (a RewardBatch scorer, or None) for `eval.best_of.policies`; the A/B plan. `eval.offline` sets the σ band,
+    α and power."""
+    ev, off = cfg.eval, cfg.eval.offline
+    anchor = logged_anchor(estimators[primary], test_records, off.sigma_band)
+    n = len(anchor["contexts"]) if not ev.max_contexts else min(ev.max_contexts, len(anchor["contexts"]))
+    anchor = {k: v[:n] for k, v in anchor.items()}
+    conversations = anchor["contexts"]
+    results, best_rows = {}, []
+    for name, (load, template) in policies.items():
+        model, tok = load()
+        samples = policy_samples(model, tok, template, conversations, cfg.policy.generation, cfg.seed,
+                                 ev.samples_per_context)
+        results[name] = score_samples(estimators, primary, conversations, samples, off.sigma_band, diversity)
+    bo = ev.best_of
+    for name in ([p for p in bo.policies if p in results] if bo.n and rerank is not None else []):
+        m = results[name]
+        flat = [t for group in m["samples"] for t in group]
+        contexts = [c for c, group in zip(conversations, m["samples"]) for _ in group]
+        scores = np.asarray(rerank(RewardBatch(contexts, flat, estimators[primary].k)), dtype=float)
+        picked, best_row = best_of(m, scores.reshape(len(conversations), -1), bo.n, bo.reward, ev.bootstrap_samples,
+                                   ev.ci_level, cfg.seed)
+        results[f"{name}+bo{bo.n}"] = picked
+        best_rows.append({"policy": f"{name}+bo{bo.n}", **best_row})
+    rows = offline_table(results, anchor, ev.bootstrap_samples, ev.ci_level, cfg.seed)
+    return {"basis": BASIS, "estimator": primary, "band": off.sigma_band, "contexts": n,
+            "samples_per_context": ev.samples_per_context, "ci": f"{ev.ci_level:.0%}", "rows": rows,
+            "best_of": best_rows, "alpha": off.alpha, "power": off.power,
+            "ab_plan": plan_rows(rows, off.alpha, off.power),
+            "log_likelihood": estimators[primary].log_likelihood(test_records),
+            "examples": [{"context": conversations[i], **{p: results[p]["outputs"][i] for p in results}}
+                         for i in range(min(3, n))]}
