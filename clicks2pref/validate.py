@@ -9,12 +9,12 @@ template named beside the logs), each saying how to supply it.
 
 import argparse
 import sys
-from collections import Counter, defaultdict
+from collections import Counter
 from pathlib import Path
 
 from clicks2pref import CONF_DIR
 from clicks2pref.data.io import expand_sources, iter_problems, read_impressions
-from clicks2pref.data.log_splits import conversation_key, split_logs
+from clicks2pref.data.log_splits import conversation_key, position_order, split_logs
 from clicks2pref.data.offline_mode import foreign_impressions
 from clicks2pref.data.simulator import load_world
 from clicks2pref.errors import ClickLogError
@@ -46,22 +46,6 @@ def summarize(records: list[dict]) -> dict:
             for k, s, c in zip(range(1, max_k + 1), shown, clicked)
         ],
     }
-
-
-def position_order(records: list[dict]) -> dict:
-    """Whether panel order was randomised: of the (conversation, suggestion) pairs shown in two impressions or
-    more, how many were shown at more than one position. Without that, position and content are confounded:
-    the examination of each position is not identified and a reward model learns position."""
-    positions: dict = defaultdict(set)
-    shown: Counter = Counter()
-    for r in records:
-        key = conversation_key(r["context"])
-        for k, s in enumerate(r["suggestions"]):
-            positions[(key, s)].add(k)
-            shown[(key, s)] += 1
-    repeated = [item for item, n in shown.items() if n > 1]
-    moved = sum(len(positions[item]) > 1 for item in repeated)
-    return {"repeated": len(repeated), "moved": moved, "randomised": bool(moved)}
 
 
 def support(records: list[dict], files: list[Path]) -> tuple[list[str], list[str]]:

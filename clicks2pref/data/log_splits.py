@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 from typing import Optional, Sequence
 
@@ -129,3 +130,19 @@ def contexts_of(records: Sequence[dict]) -> list[list[dict]]:
     for r in records:
         seen.setdefault(conversation_key(r["context"]), r["context"])
     return list(seen.values())
+
+
+def position_order(records: list[dict]) -> dict:
+    """Whether panel order was randomised: of the (conversation, suggestion) pairs shown in two impressions or
+    more, how many were shown at more than one position. Without that, position and content are confounded:
+    the examination of each position is not identified and a reward model learns position."""
+    positions: dict = defaultdict(set)
+    shown: Counter = Counter()
+    for r in records:
+        key = conversation_key(r["context"])
+        for k, s in enumerate(r["suggestions"]):
+            positions[(key, s)].add(k)
+            shown[(key, s)] += 1
+    repeated = [item for item, n in shown.items() if n > 1]
+    moved = sum(len(positions[item]) > 1 for item in repeated)
+    return {"repeated": len(repeated), "moved": moved, "randomised": bool(moved)}
