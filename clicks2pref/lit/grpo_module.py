@@ -30,8 +30,10 @@ spawned processes: its reward components and oracle monitor do not pickle.)
 Metrics (under `grpo/`, TRL's names in brackets): reward [reward], reward_std [reward_std],
 rewards/<component>/mean [rewards/<f>/mean], kl [kl], clip_ratio [clip_ratio/region_mean] and
 clip_ratio/{low_mean,high_mean}, entropy [entropy], completion_len [completions/mean_length],
-frac_zero_std [frac_reward_zero_std], format_rate, loss, grad_norm, lr, nonfinite_steps; sample
-completions are kept in `samples` (written as a table by the stage).
+frac_zero_std [frac_reward_zero_std], format_rate, loss, grad_norm, lr, nonfinite_steps, and what the step
+spent, `compute/*` and `compute/total_*` (`clicks2pref.lit.compute`); sample completions are kept in `samples`
+(written as a table by the stage). The other policy optimisers (`lit.rft`, `lit.dpo_module`) subclass this
+module for its sampler, reward, reference, checkpoints and logging.
 """
 from __future__ import annotations
 
@@ -45,6 +47,7 @@ from torch.utils.data import DataLoader
 
 from clicks2pref.data.parsing import parse_suggestions
 from clicks2pref.errors import ConfigError, NonFiniteLossError
+from clicks2pref.lit.compute import ComputeMeter
 from clicks2pref.lit.distributed import ShardSampler, all_sum, share_cpu_threads, world_and_rank
 from clicks2pref.lit.nonfinite import grad_scaler_active, gradients_finite
 from clicks2pref.models.adapters import merged_adapters
@@ -60,8 +63,12 @@ log = logging.getLogger(__name__)
 
 
 class PromptCollator:
+    """Lists of each field; `context` becomes `contexts`, any other field (a logged pair's texts) keeps its name."""
+
     def __call__(self, items: list[dict]) -> dict:
-        return {"messages": [i["messages"] for i in items], "contexts": [i["context"] for i in items]}
+        out = {"messages": [i["messages"] for i in items], "contexts": [i["context"] for i in items]}
+        out.update({k: [i[k] for i in items] for k in items[0] if k not in ("messages", "context")})
+        return out
 
 
 def prompt_loader(items: Sequence[dict], prompts_per_step: int, steps: int, seed: int = 0, world: int = 1,
@@ -118,6 +125,7 @@ class GRPOModule(pl.LightningModule):
         self.samples: list[dict] = []
         self.batches_seen = 0
         self.rollout = None  # a models.vllm_rollout.VLLMRollout samples instead of `generate` (grpo.use_vllm)
+        self.compute = ComputeMeter()  # what training spends (lit.compute), logged as grpo/compute/*
 
     def _eos_ids(self) -> set[int]:
         ids = {self.tokenizer.eos_token_id}
@@ -149,6 +157,7 @@ class GRPOModule(pl.LightningModule):
             self.rollout.sync(self.model, self.global_step)
             completions, ended = self.rollout.generate(unique, n, cfg.max_completion_length, self.eos_ids,
                                                        cfg.temperature, cfg.top_p, cfg.top_k, greedy)
+            self.compute.generated(completions)
             return prompts, completions, ended
         width = max(len(p) for p in unique)
         input_ids = torch.tensor([[pad] * (width - len(p)) + p for p in unique], device=self.device)
@@ -156,7 +165,7 @@ class GRPOModule(pl.LightningModule):
         kwargs = greedy_kwargs() if greedy else sampling_kwargs(cfg.temperature, cfg.top_k, cfg.top_p)
         was_training = self.model.training
         self.model.eval()
-        with merged_adapters(self.model):
+        with merged_adapters(self.model), self.compute.sampling():
             out = generate_grouped(self.model, input_ids, attention, n, max_new_tokens=cfg.max_completion_length,
                                    pad_token_id=pad, eos_token_id=sorted(self.eos_ids), **kwargs)
         self.model.train(was_training)
@@ -165,6 +174,7 @@ class GRPOModule(pl.LightningModule):
             cut = next((i for i, t in enumerate(row) if t in self.eos_ids), None)
             completions.append(row[:cut + 1] if cut is not None else row)
             ended.append(cut is not None)
+        self.compute.generated(completions)
         return prompts, completions, ended
 
     def _logps(self, model, ids, attention, n, entropy=False):
@@ -214,6 +224,7 @@ class GRPOModule(pl.LightningModule):
     # --- training -----------------------------------------------------------------------------
     def training_step(self, batch, batch_idx):
         cfg, G = self.cfg, self.cfg.group_size
+        self.compute.start_step()
         contexts = [c for c in batch["contexts"] for _ in range(G)]
 
         # 1. sample G completions per prompt
@@ -265,7 +276,6 @@ class GRPOModule(pl.LightningModule):
                 entropy = float((ent * mask).sum() / mask.sum().clamp(min=1))
 
         # 6. log
-        self.batches_seen += 1
         parsed = [parse_suggestions(t, self.k) for t in texts]
         metrics = {
             "grpo/reward": float(torch.nanmean(rewards)),
@@ -274,7 +284,6 @@ class GRPOModule(pl.LightningModule):
             "grpo/completion_len": float(mask.sum(1).float().mean()),
             "grpo/truncated_rate": 1.0 - sum(ended) / len(ended),
             "grpo/format_rate": sum(p.well_formed for p in parsed) / len(parsed),
-            "grpo/nonfinite_steps": float(self.nonfinite_total),
             **{f"grpo/rewards/{name}/mean": float(torch.nanmean(s)) for name, s in components.items()},
         }
         if ref is not None:
@@ -290,13 +299,25 @@ class GRPOModule(pl.LightningModule):
                 metrics["grpo/entropy"] = entropy
         if scheduler is not None:
             metrics["grpo/lr"] = float(scheduler.get_last_lr()[0])
-        self.log_dict(metrics, on_step=True, on_epoch=False, batch_size=len(batch["messages"]))
-        if cfg.log_completions_every and (self.batches_seen - 1) % cfg.log_completions_every == 0:
-            for i in range(G):
+        self.keep_samples(contexts, texts, total, components)
+        self.log_step(metrics, len(batch["messages"]))
+        return None
+
+    def keep_samples(self, contexts, texts, total, components) -> None:
+        """The first prompt's group every `log_completions_every` batches (completions.jsonl)."""
+        every = self.cfg.log_completions_every
+        if every and self.batches_seen % every == 0:
+            for i in range(self.cfg.group_size):
                 self.samples.append({"step": int(self.global_step), "question": contexts[i][0]["content"],
                                      "completion": texts[i], "reward": float(total[i]),
                                      **{name: float(s[i]) for name, s in components.items()}})
-        return None
+
+    def log_step(self, metrics: dict, batch_size: int) -> None:
+        """Close the step: its compute and the running totals, the skipped-step count, then log."""
+        metrics.update(self.compute.end_step("grpo"))
+        metrics["grpo/nonfinite_steps"] = float(self.nonfinite_total)
+        self.batches_seen += 1
+        self.log_dict(metrics, on_step=True, on_epoch=False, batch_size=batch_size)
 
     def loss_kwargs(self) -> dict:
         cfg = self.cfg
@@ -342,6 +363,8 @@ class GRPOModule(pl.LightningModule):
         share_cpu_threads(self.trainer, self.device)
 
     def on_train_start(self) -> None:
+        self.compute.watch_policy(self.model, self.reference_model)
+        self.compute.watch_reward(self.reward)
         self.model.train()  # from_pretrained leaves models in eval mode; sampling switches to eval itself
         if self.trainer.world_size > 1:  # spawned processes start from one random state: sample independently
             torch.manual_seed(torch.initial_seed() + self.trainer.global_rank)
@@ -379,10 +402,11 @@ class GRPOModule(pl.LightningModule):
         trainable = {name for name, p in self.named_parameters() if p.requires_grad}
         checkpoint["state_dict"] = {k: v for k, v in checkpoint["state_dict"].items() if k in trainable}
         checkpoint["grpo"] = {"nonfinite_total": self.nonfinite_total, "batches_seen": self.batches_seen,
-                              "samples": self.samples}
+                              "samples": self.samples, "compute": self.compute.totals()}
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         state = checkpoint.get("grpo", {})
         self.nonfinite_total = state.get("nonfinite_total", 0)
         self.batches_seen = state.get("batches_seen", 0)
         self.samples = state.get("samples", [])
+        self.compute.load(state.get("compute", {}))
