@@ -21,7 +21,7 @@ from torch import Tensor
 from clicks2pref.models.kv_cache import cache_kwarg
 from clicks2pref.models.placement import on_device
 from clicks2pref.models.reward_heads import OUTPUTS, RewardModel, scalar_rewards
-from clicks2pref.rewards.base import SuggestionScorer, context_key
+from clicks2pref.models.score_cache import SuggestionScorer, context_key
 
 
 def supports_shared_prefix(model) -> bool:

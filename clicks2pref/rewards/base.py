@@ -7,11 +7,10 @@ for the KL term anyway).
 """
 from __future__ import annotations
 
-import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
-from typing import Callable, Optional, Sequence, Union
+from typing import Callable, Optional, Sequence
 
 import torch
 from torch import Tensor
@@ -20,6 +19,7 @@ from clicks2pref.data.parsing import Parsed, parse_suggestions
 from clicks2pref.errors import ConfigError, ModelNotFoundError
 from clicks2pref.manifest import verify_given
 from clicks2pref.models.reward_heads import load_reward_model
+from clicks2pref.models.score_cache import SuggestionScorer, context_key  # noqa: F401 (context_key: re-exported)
 
 # Part of the fusion and grpo artifact keys: raised when the scores of the same configuration change
 # (a fix in a component), so that cached fusion weights and GRPO policies are recomputed.
@@ -47,10 +47,6 @@ class RewardBatch:
     @property
     def panels(self) -> list[list[str]]:
         return [p.suggestions for p in self.parsed]
-
-
-def context_key(context: list[dict]) -> str:
-    return json.dumps([[t["role"], t["content"]] for t in context], ensure_ascii=False)
 
 
 def last_user_turn(context: list[dict]) -> str:
@@ -98,53 +94,6 @@ def resolve_examination(configured: Optional[Sequence[float]], model, component:
                           f"a click model and has none: set rewards.examination (e.g. [0.9, 0.6, 0.4]) or train "
                           f"with reward_model.objective=click_model", f"rewards.{component}.examination")
     return list(learned)
-
-
-@dataclass
-class SuggestionScorer:
-    """Per-suggestion scores with a cache keyed by (context, suggestion): a GRPO group repeats suggestions,
-    and probe contexts recur, so each distinct pair goes through the reward model once."""
-
-    # (contexts, suggestions) -> one score each, or {output name: one value each} (a reward model's head
-    # outputs, cached before κ or a click link so that components differing only in those share one pass)
-    score_fn: Callable[[list[list[dict]], list[str]], Union[Tensor, dict[str, Tensor]]]
-    max_cache: int = 100_000
-    cache: dict = field(default_factory=dict)
-
-    def __call__(self, batch: RewardBatch) -> list[list[float]]:
-        contexts = [c for c, panel in zip(batch.contexts, batch.panels) for _ in panel]
-        values = iter(self.lookup(contexts, [s for panel in batch.panels for s in panel]))
-        return [[next(values) for _ in panel] for panel in batch.panels]
-
-    def lookup(self, contexts: Sequence[list[dict]], suggestions: Sequence[str]) -> list:
-        """One score (or {output name: value}) per (context, suggestion), scoring only pairs not seen before."""
-        context_keys: dict[int, str] = {}  # a context repeated per suggestion is keyed once
-        for c in contexts:
-            if id(c) not in context_keys:
-                context_keys[id(c)] = context_key(c)
-        keys = [(context_keys[id(c)], s) for c, s in zip(contexts, suggestions)]
-        todo = {}
-        for key, context, s in zip(keys, contexts, suggestions):
-            if key not in self.cache:
-                todo.setdefault(key, (context, s))
-        known = {k: self.cache[k] for k in keys if k in self.cache}
-        if todo:
-            items = list(todo.values())
-            scores = self.score_fn([c for c, _ in items], [s for _, s in items])
-            new = dict(zip(todo, per_item(scores)))
-            known.update(new)
-            if len(self.cache) + len(new) > self.max_cache:
-                self.cache.clear()
-            self.cache.update(new)
-        return [known[k] for k in keys]
-
-
-def per_item(scores: Union[Tensor, dict[str, Tensor]]) -> list:
-    """A float per item, or a {name: float} per item from a dict of per-item tensors."""
-    if isinstance(scores, dict):
-        columns = {k: v.tolist() for k, v in scores.items()}
-        return [dict(zip(columns, values)) for values in zip(*columns.values())]
-    return [float(x) for x in scores]
 
 
 def map_panels(rows: list[list[dict]], fn: Callable[[dict[str, Tensor]], Tensor]) -> list[list[float]]:
