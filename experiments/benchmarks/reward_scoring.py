@@ -18,7 +18,7 @@ from clicks2pref.data.simulator import load_world
 from clicks2pref.data.simulator.world import context_messages
 from clicks2pref.models.registry import LoraConfig, ModelConfig
 from clicks2pref.models.reward_heads import HeadConfig, build_reward_model
-from clicks2pref.rewards.shared_prefix import rm_rewards
+from clicks2pref.models.shared_prefix import rm_rewards
 
 
 def main() -> None:
