@@ -7,7 +7,7 @@ import time
 from pathlib import Path
 
 from clicks2pref.data.io import load_impressions
-from clicks2pref.data.simulator import load_world, split_contexts
+from clicks2pref.data.simulator import load_world, context_splits
 from clicks2pref.validate import main as validate
 
 
@@ -42,8 +42,7 @@ def test_collect_writes_four_valid_weeks_and_the_template_table(smoke_collect, c
 
 def test_no_test_context_is_ever_logged(smoke_collect):
     cfg, result = smoke_collect
-    split = split_contexts(load_world(), cfg.data.split.val_fraction, cfg.data.split.test_fraction,
-                           cfg.data.split.seed)
+    split = context_splits(load_world(), cfg.data.split)
     logged = {(r["topic"], r["facet"]) for r in load_impressions(result["logs"])}
     assert logged <= set(split["train"])
 

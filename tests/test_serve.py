@@ -17,7 +17,7 @@ def test_a_served_week_logs_the_policys_own_panels_with_sampled_clicks(tmp_path)
     """The policy (here SmolLM2) serves training contexts, a group of panels per context, each shown to simulated
     users in a fresh order; the same week gives the same records, another week other contexts."""
     from clicks2pref.data.parsing import parse_suggestions
-    from clicks2pref.data.simulator import build_simulator, split_contexts
+    from clicks2pref.data.simulator import build_simulator, context_splits
     from clicks2pref.models.registry import load_causal_lm
     from clicks2pref.stages.serve import first_week, policy_week
 
@@ -38,9 +38,7 @@ def test_a_served_week_logs_the_policys_own_panels_with_sampled_clicks(tmp_path)
     assert len(by_panel) == len(shown)
     for group, panel in zip(by_panel.values(), shown):
         assert all(sorted(r["suggestions"]) == sorted(panel) for r in group)  # the panel, in each user's order
-    split = cfg.data.split
-    train = set(split_contexts(build_simulator(cfg.simulator).world, split.val_fraction, split.test_fraction,
-                               split.seed)["train"])
+    train = set(context_splits(build_simulator(cfg.simulator).world, cfg.data.split)["train"])
     assert all((r["topic"], r["facet"]) in train for r in records)
     write_impressions(records, tmp_path / "week.jsonl")  # valid click-log records
     again, _, _ = policy_week(cfg, model, tok, cfg.prompt.concise, 3, week)

@@ -1,4 +1,5 @@
-"""`data`: where click logs come from and how the simulator's contexts are split."""
+"""`data`: where click logs come from, how the simulator's contexts are split, and which logged conversations are
+held out."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -6,6 +7,7 @@ from typing import Optional
 
 from clicks2pref.config.checks import fraction, one_of
 from clicks2pref.data.io import ON_INVALID
+from clicks2pref.data.simulator.world import SPLIT_BY
 
 FORMATS = ("jsonl", "parquet")
 
@@ -15,11 +17,26 @@ class SplitConfig:
     val_fraction: float = 0.15
     test_fraction: float = 0.2
     seed: int = 0
+    by: str = "topic"  # topic: whole topics held out | context: (topic, facet) pairs (the v1 tables' split)
 
     def __post_init__(self):
+        one_of("by", self.by, SPLIT_BY)
         fraction("val_fraction", self.val_fraction, open_high=True)
         fraction("test_fraction", self.test_fraction, open_low=True, open_high=True)
         fraction("test_fraction", self.val_fraction + self.test_fraction, open_high=True)
+
+
+@dataclass
+class HoldoutConfig:
+    """Held-out conversations of the logs (`clicks2pref.data.log_splits`): with two weeks or more, those first
+    logged in the last week; with one, a hash share of them."""
+    fraction: float = 0.25  # one week: share of conversations held out
+    val_fraction: float = 0.5  # share of held-out conversations for fusion's fit and GRPO's selection (rest: evaluate)
+    seed: int = 0
+
+    def __post_init__(self):
+        fraction("fraction", self.fraction, open_low=True, open_high=True)
+        fraction("val_fraction", self.val_fraction, open_high=True)
 
 
 @dataclass
@@ -29,6 +46,7 @@ class DataConfig:
     on_invalid: str = "error"  # error | skip
     format: str = "jsonl"  # jsonl | parquet
     split: SplitConfig = field(default_factory=SplitConfig)
+    holdout: HoldoutConfig = field(default_factory=HoldoutConfig)
 
     def __post_init__(self):
         one_of("on_invalid", self.on_invalid, ON_INVALID)

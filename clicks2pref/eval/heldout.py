@@ -10,7 +10,7 @@ from __future__ import annotations
 from typing import Callable, Optional, Sequence
 
 from clicks2pref.data.parsing import parse_suggestions
-from clicks2pref.data.simulator import split_contexts
+from clicks2pref.data.simulator import context_splits
 from clicks2pref.eval.ctr import bootstrap_mean
 from clicks2pref.eval.gsb import gsb
 from clicks2pref.eval.policy import cached_evaluation
@@ -22,7 +22,7 @@ SUMMARY = ("oracle_ctr", "ci_low", "ci_high", "format_rate")
 def heldout_contexts(cfg, sim, ev) -> list[tuple[str, str]]:
     """The (topic, facet) contexts of split `ev.split`, never in any log; the first `ev.max_contexts`."""
     split = cfg.data.split
-    contexts = split_contexts(sim.world, split.val_fraction, split.test_fraction, split.seed)[ev.split]
+    contexts = context_splits(sim.world, split)[ev.split]
     return contexts[:ev.max_contexts] if ev.max_contexts else contexts
 
 

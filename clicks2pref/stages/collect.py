@@ -17,7 +17,7 @@ from pathlib import Path
 
 from clicks2pref.data.io import write_impressions
 from clicks2pref.data.parsing import parse_suggestions
-from clicks2pref.data.simulator import build_simulator, split_contexts
+from clicks2pref.data.simulator import build_simulator, context_splits
 from clicks2pref.data.traffic import log_week, sample_contexts, shown_order
 from clicks2pref.eval.ctr import bootstrap_mean
 from clicks2pref.eval.heldout import markdown_table
@@ -76,7 +76,7 @@ def run(cfg, loggers=()) -> dict:
     start = time.time()
     rng = random.Random(cfg.seed)
     sim = build_simulator(cfg.simulator)
-    splits = split_contexts(sim.world, cfg.data.split.val_fraction, cfg.data.split.test_fraction, cfg.data.split.seed)
+    splits = context_splits(sim.world, cfg.data.split)
     serving = cfg.collect.model or cfg.policy.model
     model, tok = load_causal_lm(serving, cfg.paths.model_cache, seed=cfg.seed)
     log.info("collect: %d topics, contexts train/val/test %d/%d/%d, policy %s", len(sim.world),

@@ -35,7 +35,7 @@ from pytorch_lightning.callbacks import ModelCheckpoint
 from clicks2pref.data.io import load_impressions, write_impressions, write_jsonl
 from clicks2pref.data.parsing import parse_suggestions
 from clicks2pref.data.prompts import build_messages
-from clicks2pref.data.simulator import build_simulator, split_contexts
+from clicks2pref.data.simulator import build_simulator, context_splits
 from clicks2pref.data.traffic import log_week, sample_contexts
 from clicks2pref.errors import ConfigError
 from clicks2pref.eval.heldout import heldout_contexts, paired, score_policy
@@ -178,7 +178,7 @@ def logged_prompts(records: list[dict], template) -> list[dict]:
 def build_monitor(cfg, sim, template) -> RewardHackingMonitor:
     """Probe contexts from the validation split, scored by the oracle (evaluation only, never a reward)."""
     m, split, k = cfg.grpo.monitor, cfg.data.split, len(cfg.simulator.examination)
-    val = split_contexts(sim.world, split.val_fraction, split.test_fraction, split.seed)["val"]
+    val = context_splits(sim.world, split)["val"]
     probe_ids = random.Random(cfg.seed).sample(val, min(m.probe_contexts, len(val)))
     probe_rng = random.Random(cfg.seed + 1)
     probe_contexts = [sim.context(t, f, probe_rng) for t, f in probe_ids]
@@ -253,7 +253,7 @@ def rl_logs(cfg, model, tok, sim, template, folder: Path) -> Optional[str]:
     if not rc.enabled:
         return None
     split = cfg.data.split
-    train = split_contexts(sim.world, split.val_fraction, split.test_fraction, split.seed)["train"]
+    train = context_splits(sim.world, split)["train"]
     rng = random.Random(cfg.seed + 4)
     contexts = sample_contexts(train, rc.sessions or cfg.collect.sessions_per_week, rng)
     records, empty = log_week(model, tok, sim, template, rc.policy_name, rc.week, contexts, cfg, rng)

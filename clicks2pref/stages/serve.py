@@ -20,7 +20,7 @@ import time
 from clicks2pref.data.io import load_impressions, write_impressions, write_jsonl
 from clicks2pref.data.parsing import parse_suggestions
 from clicks2pref.data.prompts import build_messages
-from clicks2pref.data.simulator import build_simulator, split_contexts
+from clicks2pref.data.simulator import build_simulator, context_splits
 from clicks2pref.data.traffic import sample_contexts, serve
 from clicks2pref.loggers import log_metrics
 from clicks2pref.models.generate import generate, group_sampling
@@ -92,7 +92,7 @@ def policy_week(cfg, model, tok, template, k: int, week: int) -> tuple[list[dict
     rng = random.Random(f"serve-{cfg.seed}-{week}")
     sim = build_simulator(cfg.simulator)
     split = cfg.data.split
-    pairs = sample_contexts(split_contexts(sim.world, split.val_fraction, split.test_fraction, split.seed)["train"],
+    pairs = sample_contexts(context_splits(sim.world, split)["train"],
                             sv.contexts, rng)
     conversations = [sim.context(t, f, rng) for t, f in pairs]
     texts = generate(model, tok, [build_messages(template, c) for c in conversations], group_sampling(cfg),

@@ -4,9 +4,9 @@ The simulator itself (which loads a sentence embedder, hence torch) is imported 
 its config and world can be read without it.
 """
 from clicks2pref.data.simulator.config import SimulatorConfig
-from clicks2pref.data.simulator.world import load_world, split_contexts
+from clicks2pref.data.simulator.world import context_splits, load_world, split_contexts
 
-__all__ = ["ClickSimulator", "SimulatorConfig", "build_simulator", "load_world", "split_contexts"]
+__all__ = ["ClickSimulator", "SimulatorConfig", "build_simulator", "context_splits", "load_world", "split_contexts"]
 
 
 def __getattr__(name: str):

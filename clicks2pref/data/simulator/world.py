@@ -169,3 +169,8 @@ def split_contexts(world: dict[str, Topic], val_fraction: float, test_fraction: 
     if by == "topic":
         parts = {k: [(t, f.id) for t in v for f in world[t].facets] for k, v in parts.items()}
     return {k: sorted(v) for k, v in parts.items()}
+
+
+def context_splits(world: dict[str, Topic], split) -> dict[str, list[tuple[str, str]]]:
+    """`split_contexts` with the settings of `data.split` (val_fraction, test_fraction, seed, by)."""
+    return split_contexts(world, split.val_fraction, split.test_fraction, split.seed, split.by)
