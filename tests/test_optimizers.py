@@ -191,3 +191,59 @@ def test_dpo_on_logged_pairs_raises_the_chosen_panel(world):
     assert _upper_margin(model, tok, items) > before + 1.0
     totals = module.compute.totals()
     assert totals["generated_tokens"] == 0 and totals["backward_tokens"] > 0
+
+
+# ---------------------------------------------------------------- stage=grpo optimizer=X, end to end (slow)
+
+
+@pytest.fixture(scope="module")
+def two_panel_logs(tmp_path_factory):
+    """Four weeks of logs in which each of 8 training contexts shows a panel of its topic's other facets and a
+    generic one, each to 8 simulated users (the smoke simulator): pairs of logged panels for `dpo_clicks`."""
+    import random
+
+    from omegaconf import OmegaConf
+
+    from clicks2pref.data.io import write_impressions
+    from clicks2pref.data.simulator import build_simulator, split_contexts
+    from clicks2pref.data.traffic import serve
+    from tests.conftest import compose_config
+
+    root = tmp_path_factory.mktemp("two_panel_logs")
+    cfg = compose_config(["experiment=smoke", "stage=grpo"], root / "compose")
+    sim = build_simulator(OmegaConf.to_object(cfg.simulator))
+    s = cfg.data.split
+    train = split_contexts(sim.world, s.val_fraction, s.test_fraction, s.seed)["train"][:8]
+    conversations = [sim.context(t, f, random.Random(i)) for i, (t, f) in enumerate(train)]
+    good = [[x.question for x in sim.world[t].facets if x.id != f][:3] for t, f in train]
+    generic = [["What else should I know?", "Can you tell me more?", "Is there anything else?"]] * len(train)
+    rng = random.Random(0)
+    for week in (1, 2, 3, 4):
+        records, _ = serve(sim, train + train, conversations + conversations, good + generic, "logger", week, 8,
+                           True, rng)
+        write_impressions(records, root / f"week{week}.jsonl")
+    return str(root / "week*.jsonl"), root
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", ["grpo", "rft", "dpo_clicks", "online_dpo"])
+def test_stage_grpo_trains_with_each_optimizer(two_panel_logs, tmp_path, name):
+    import json
+    from pathlib import Path
+
+    from clicks2pref.__main__ import run_stage
+    from tests.conftest import compose_config
+
+    logs, root = two_panel_logs
+    cfg = compose_config(["experiment=smoke", "stage=grpo", f"optimizer={name}", f"data.logs={logs}",
+                          f"paths.artifacts_dir={root / 'artifacts'}", "sft.template=concise", "fusion.weeks=[4]"], tmp_path)
+    result = run_stage(cfg)
+    assert result["optimizer"] == name
+    assert (Path(result["path"]) / "policy" / "adapter_model.safetensors").exists()
+    compute = result["compute"]
+    assert compute["seconds"] > 0 and compute["backward_tokens"] > 0
+    assert (compute["generated_tokens"] == 0) == (name == "dpo_clicks")
+    assert result["policy_samples"] > 0 and result["eval"]["grpo"]["oracle_ctr"] >= 0
+    assert json.loads((tmp_path / "grpo.json").read_text())["compute"] == compute
+    header = (tmp_path / "csv" / "metrics.csv").read_text().splitlines()[0]
+    assert "grpo/compute/total_generated_tokens" in header and "grpo/monitor/sampled_ctr" in header

@@ -21,6 +21,7 @@ from clicks2pref.console import interactive
 from clicks2pref.config.collect import CollectConfig, EvalConfig
 from clicks2pref.config.data import DataConfig
 from clicks2pref.config.grpo import GRPOStageConfig, move_trl_aliases
+from clicks2pref.config.optimizer import OptimizerConfig
 from clicks2pref.config.reward_model import RewardModelConfig
 from clicks2pref.config.serve import ServeConfig
 from clicks2pref.config.sft import SFTConfig, TeacherConfig
@@ -69,6 +70,7 @@ class Config:
     rewards: RewardsConfig = field(default_factory=RewardsConfig)
     fusion: FusionConfig = field(default_factory=FusionConfig)
     grpo: GRPOStageConfig = field(default_factory=GRPOStageConfig)
+    optimizer: OptimizerConfig = field(default_factory=OptimizerConfig)  # what trains the policy in stage=grpo
     eval: EvalConfig = field(default_factory=EvalConfig)
     trainer: Dict[str, Any] = field(default_factory=dict)   # a Lightning Trainer `_target_` spec
     logger: Dict[str, Any] = field(default_factory=dict)    # name -> Lightning logger `_target_` spec

@@ -83,10 +83,14 @@ def policy_samples(opt: OptimizerConfig, g) -> int:
     return opt.policy_samples or g.steps * g.prompts_per_step * g.group_size
 
 
-def steps(opt: OptimizerConfig, g) -> int:
-    """Batches of prompts (dpo_clicks: of pairs) that spend the budget, rounded up."""
+def samples_per_step(opt: OptimizerConfig, g) -> int:
+    """Completions one batch generates (dpo_clicks: logged panels one batch of pairs holds)."""
     m = method_config(opt, g)
-    per_step = m.prompts_per_step * (2 if opt.name == "dpo_clicks" else m.group_size)
+    return m.prompts_per_step * (2 if opt.name == "dpo_clicks" else m.group_size)
+
+
+def steps(opt: OptimizerConfig, g) -> int:
+    """Batches of prompts (dpo_clicks: of pairs) that spend the budget, rounded up (rft: a batch per round at least)."""
     if opt.name == "grpo" and opt.policy_samples is None:
         return g.steps
-    return max(math.ceil(policy_samples(opt, g) / per_step), opt.rounds if opt.name == "rft" else 1)
+    return max(math.ceil(policy_samples(opt, g) / samples_per_step(opt, g)), opt.rounds if opt.name == "rft" else 1)

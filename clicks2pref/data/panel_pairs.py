@@ -20,6 +20,8 @@ from typing import Optional, Sequence
 from clicks2pref.data.impressions import impression_examples, indexed
 from clicks2pref.data.pairs import context_key
 from clicks2pref.data.parsing import format_suggestions
+from clicks2pref.data.prompts import build_messages
+from clicks2pref.errors import ConfigError
 from clicks2pref.objectives.click_model import fit_item_examination
 
 
@@ -88,3 +90,19 @@ def panel_pairs(records: list[dict], examination: Sequence[float], group_by: str
                               "rejected": format_suggestions(b["suggestions"]), "chosen_score": a["score"],
                               "rejected_score": b["score"], "group": g})
     return pairs
+
+
+def pair_items(records: list[dict], template, opt, positions: int) -> list[dict]:
+    """`optimizer=dpo_clicks`'s training items: {"messages", "context", "chosen", "rejected"} per logged pair.
+
+    `opt` is the typed `optimizer` config (weeks, group_by, min_impressions, min_margin, examination)."""
+    train = [r for r in records if opt.weeks is None or r["week"] in set(opt.weeks)]
+    exam = learned_examination(train, positions, opt.examination_steps) if opt.examination == "item_fit" \
+        else [1.0] * positions
+    pairs = panel_pairs(train, exam, opt.group_by, opt.min_impressions, opt.min_margin)
+    if not pairs:
+        raise ConfigError(f"no two logged panels of one {opt.group_by} in weeks {opt.weeks} differ in clicks by more "
+                          f"than {opt.min_margin}: log more sessions per context, or use optimizer.group_by=facet, "
+                          "optimizer.weeks=null or optimizer.min_margin=0", "optimizer.group_by")
+    return [{"messages": build_messages(template, p["context"]), "context": p["context"], "chosen": p["chosen"],
+             "rejected": p["rejected"]} for p in pairs]

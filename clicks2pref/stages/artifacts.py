@@ -33,6 +33,7 @@ from hydra.utils import get_method
 from omegaconf import OmegaConf
 
 from clicks2pref.data.io import expand_sources
+from clicks2pref.data.offline_mode import uses_simulator
 from clicks2pref.errors import ClickLogError, ConfigError
 from clicks2pref.manifest import verify, write_manifest
 from clicks2pref.rewards.base import SCORING_VERSION
@@ -68,8 +69,15 @@ def _sft_reads(cfg) -> tuple[str, ...]:
 
 
 def _rm_reads(cfg) -> tuple[str, ...]:
-    """The click logs, and the SFT policy's served weeks when the reward models train on some."""
-    return (*_logs(cfg), *(["serve"] if cfg.serve.rm_weeks else []))
+    """The click logs, and the SFT policy's served weeks when the reward models train on some (simulated users
+    only: without the simulator nobody clicks on what serve writes)."""
+    return (*_logs(cfg), *(["serve"] if cfg.serve.rm_weeks and uses_simulator(cfg) else []))
+
+
+def _fusion_reads(cfg) -> tuple[str, ...]:
+    """The SFT policy, its served week (`fusion.logs=policy`, with the simulator) and the reward models."""
+    served = cfg.fusion.logs == "policy" and uses_simulator(cfg)
+    return ("sft", *(["serve"] if served else []), *(["rm"] if needed_reward_models(cfg.rewards) else []))
 
 
 @dataclass(frozen=True)
@@ -81,56 +89,56 @@ class StageSpec:
     files: tuple[str, ...] = ()  # config keys naming more files whose bytes fold in
     exclude: tuple[str, ...] = ()  # keys under `hashes` that do not change the output
     version: str = ""  # bumped when code changes what the same inputs produce
-    # the job's metric in the result dict `run` returns (what a sweeper optimises; `optimized_metric` picks another)
-    headline: Optional[Callable] = None
+    # the job's metric: a dotted path into the result dict `run` returns (what a sweeper optimises; `optimized_metric`
+    # picks another). Always a number a team could measure: validation contexts and sampled clicks, or the logs;
+    # never the oracle or the test contexts (those only report). None: the stage decides nothing a sweep could tune
+    # on its own result, so a sweep over it names `optimized_metric`.
+    headline: Optional[str] = None
     pipeline: bool = True  # one of stage=pipeline's steps, run in SPECS order (else run only as a stage's input)
 
 
 SPECS = {
     "collect": StageSpec(("seed", "simulator", "prompt", "policy", "collect", "data.split", "data.format"),
                          "templates.json", reads=lambda cfg: (), logs=False,
-                         # the chosen template's sampled CTR: what collect chooses on (never the oracle)
-                         headline=lambda r: next(t["sampled_ctr"] for t in r["templates"]
-                                                 if t["template"] == r["best_template"])),
+                         headline="selected.sampled_ctr"),  # the chosen template's sampled CTR, validation contexts
     # the teacher is sft's sub-stage (its candidates are reused by runs that differ only downstream)
     "teacher": StageSpec(("seed", "teacher", "sft.data", "policy.generation.batch_size", "data.on_invalid",
                           *TRAIN_KEYS), "teacher.json", pipeline=False),
     "sft": StageSpec(("seed", "simulator", "prompt", "policy", "sft", "teacher", "data.on_invalid", "data.split",
-                      *TRAIN_KEYS), "sft.json", reads=_sft_reads,
-                     headline=lambda r: r["eval"]["sft"]["oracle_ctr"]),  # on held-out contexts
+                      "data.holdout", *TRAIN_KEYS), "sft.json", reads=_sft_reads,
+                     headline=None),  # reports the oracle on held-out contexts only
     # rm: the reference policy of the perplexity deciles too, and the OOD logs' bytes
     # serve: the SFT policy's logged weeks, sampled as GRPO samples a group
     "serve": StageSpec(("seed", "serve", "simulator", "grpo.temperature", "grpo.top_p", "grpo.top_k",
                         "grpo.max_completion_length", "policy.generation.batch_size", "data.on_invalid", "data.split",
-                        "data.format", "collect.weeks", "collect.shuffle_positions"), "serve.json",
+                        "data.holdout", "data.format", "collect.weeks", "collect.shuffle_positions"), "serve.json",
                        reads=lambda cfg: (*_logs(cfg), "sft"),
-                       headline=lambda r: r["weeks"][str(r["fusion_week"])]["ctr"]),  # sampled CTR, fusion's week
+                       headline=None),  # logs traffic; decides nothing
     "rm": StageSpec(("seed", "simulator", "prompt", "policy", "collect", "data", "reward_model", "trainer.max_steps",
                      *TRAIN_KEYS), "rm.json", files=("data.ood_logs",), reads=_rm_reads,
-                 headline=lambda r: r["metrics"]["garm"]["iid"]["accuracy"]),  # GaRM's pair accuracy, IID week
+                 headline="metrics.garm.iid.accuracy"),  # GaRM's pair accuracy on the logs' IID week
     # fusion: the enabled components and their settings, not how the weights are chosen
     "fusion": StageSpec(("seed", "rewards", "fusion", "grpo.temperature", "grpo.top_p", "grpo.top_k",
                          "grpo.max_completion_length", "grpo.micro_batch_size", "policy.generation.batch_size",
-                         "data.on_invalid", "data.split", "data.format"), "fusion_weights.json",
-                        reads=lambda cfg: ("sft", *(["serve"] if cfg.fusion.logs == "policy" else []),
-                                           *(["rm"] if needed_reward_models(cfg.rewards) else [])),
+                         "data.on_invalid", "data.split", "data.holdout", "data.format"), "fusion_weights.json",
+                        reads=_fusion_reads,
                         exclude=("rewards.name", "rewards.weights"), version=f"scoring-v{SCORING_VERSION}",
-                        headline=lambda r: r["chosen"]["auc"]),  # click AUC of the chosen weights
-    "grpo": StageSpec(("seed", "rewards", "grpo", "simulator", "policy", "prompt", "data.on_invalid", "data.split",
+                        headline="chosen.auc"),  # click AUC of the chosen weights on the logged week
+    "grpo": StageSpec(("seed", "rewards", "grpo", "optimizer", "simulator", "policy", "prompt", "data.on_invalid", "data.split",
                        "data.format", "collect.sessions_per_week", "collect.users_per_panel", "trainer.precision",
-                       "trainer.accelerator"), "grpo.json",
+                       "trainer.accelerator", "data.holdout"), "grpo.json",
                       reads=lambda cfg: ("sft", *(["rm"] if needed_reward_models(cfg.rewards) else []),
                                          *(["fusion"] if cfg.rewards.weights == "fusion" else [])),
                       version=f"scoring-v{SCORING_VERSION}",
-                      headline=lambda r: r["eval"]["grpo"]["oracle_ctr"]),  # on held-out contexts
+                      headline="selected.sampled_ctr"),  # the kept checkpoint's sampled CTR, validation contexts
     # evaluate: every setting a policy's score or the best-of reward can read; folder policies' identities as extra
     "evaluate": StageSpec(("seed", "eval", "simulator", "prompt", "policy", "rewards", "reward_model", "data",
                            "sft.template", "grpo.temperature", "grpo.top_p", "grpo.top_k", "grpo.max_completion_length",
                            "grpo.micro_batch_size"), "evaluation.json", reads=_evaluated, files=("data.ood_logs",),
-                          headline=lambda r: r["rows"][-1]["oracle_ctr"]),  # the last of eval.policies
+                          headline=None),  # reports the oracle on held-out contexts only
     # every step above in this order, each reused when its key matches; not itself a step
     "pipeline": StageSpec((), None, reads=lambda cfg: (), logs=False, pipeline=False,
-                          headline=lambda r: r["stages"]["evaluate"]["rows"][-1]["oracle_ctr"]),
+                          headline="stages.grpo.selected.sampled_ctr"),
 }
 
 

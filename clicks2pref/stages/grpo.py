@@ -1,5 +1,9 @@
 """Stage 4 (paper stage 4): GRPO on the composite reward, evaluated against the SFT policy (SPEC 5.5).
 
+`optimizer=` picks what trains the policy (`clicks2pref.lit.optimizers`: grpo, rft, online_dpo, dpo_clicks);
+everything else here (reward, monitor, checkpoint selection, evaluation, RL logs, artifact) is shared, and the
+result holds the training's compute (`clicks2pref.lit.compute`) so methods compare at equal compute.
+
 Reads the SFT policy (`stage=sft`, run first if its artifact is missing), the reward models
 (`stage=rm`), the fused weights (`stage=fusion`, when `rewards.weights=fusion`) and the click logs'
 contexts as prompts. Trains LoRA adapters on the SFT weights with `clicks2pref.lit.grpo_module`
@@ -43,7 +47,10 @@ from clicks2pref.eval.monitor import RewardHackingMonitor
 from clicks2pref.eval.training import write_training_plot
 from clicks2pref.eval.policy import baseline_id
 from clicks2pref.lit.checkpoints import resume_checkpoint
-from clicks2pref.lit.grpo_module import GRPOModule, PromptData
+from clicks2pref.config.optimizer import policy_samples, samples_per_step, steps
+from clicks2pref.data.panel_pairs import pair_items
+from clicks2pref.lit.grpo_module import PromptData
+from clicks2pref.lit.optimizers import NAMES, NEEDS_REFERENCE, build_module
 from clicks2pref.loggers import log_metrics, log_table
 from clicks2pref.models.policies import load_sft_policy
 from clicks2pref.models.registry import apply_training_options, load_causal_lm
@@ -82,26 +89,30 @@ def run(cfg, loggers=()) -> dict:
                                inputs.get("fusion"), records)
     log.info("grpo: reward = %s", reward.describe())
 
-    # 4. the module, one prompt per logged conversation, and the reward-hacking monitor
-    module = GRPOModule(model, tok, reward, OmegaConf.to_object(g), k=len(cfg.simulator.examination),
-                        reference_model=reference, total_steps=g.steps * g.num_iterations)
+    # 4. the optimiser's module, its items (one prompt per logged conversation, or logged pairs for dpo_clicks)
+    # and the reward-hacking monitor
+    opt, typed, k = OmegaConf.to_object(cfg.optimizer), OmegaConf.to_object(g), len(cfg.simulator.examination)
+    module = build_module(opt, typed, model, tok, reward, k, reference)
     if g.use_vllm:
         module.rollout = VLLMRollout(model, g.vllm_gpu_memory_utilization, g.vllm_max_model_length, cfg.seed)
-    prompts = logged_prompts(records, template)
+    prompts = pair_items(records, template, opt, k) if opt.name == "dpo_clicks" else logged_prompts(records, template)
     sim = build_simulator(OmegaConf.to_object(cfg.simulator))
     monitor = build_monitor(cfg, sim, template)
 
     # 5. train; a killed run resumes from the work folder's last checkpoint
     train_start = time.time()
     work = artifacts.work_dir(cfg, "grpo", key)
-    trainer = fit(cfg, module, prompts, monitor, work, loggers)
+    n_steps = steps(opt, typed)
+    trainer = fit(cfg, module, prompts, monitor, work, loggers, n_steps)
     train_seconds = time.time() - train_start
-    log.info("grpo: %d steps in %.0fs", g.steps, train_seconds)
+    log.info("grpo: %s, %d steps in %.0fs", NAMES[opt.name], n_steps, train_seconds)
 
     # 6. GRPO against the policy it started from, on held-out contexts (oracle CTR)
     reference_id = f"sft:{inputs['sft']['key']}" if g.init == "sft" else baseline_id(cfg)
     result = {"key": key, "rewards": cfg.rewards.name, "reward": reward.describe(), "weights": reward.weights,
-              "tau": tau, "template": template_name, "init": g.init, "steps": g.steps,
+              "tau": tau, "template": template_name, "init": g.init, "optimizer": opt.name, "steps": n_steps,
+              "policy_samples": n_steps * samples_per_step(opt, typed), "budget": policy_samples(opt, typed),
+              "compute": module.compute.totals(),
               "optimizer_steps": int(trainer.global_step), "train_seconds": train_seconds,
               "nonfinite_steps": module.nonfinite_total,
               "eval": evaluate(cfg, module, sim, template, f"grpo:{key}", reference_id),
@@ -158,7 +169,7 @@ def load_policy(cfg, inputs: dict):
         p.requires_grad_(g.lora is None)
     reference = None
     if g.lora is None:  # full fine-tuning: the reference is a frozen copy (LoRA needs none)
-        if g.beta != 0.0 or cfg.rewards.get("ppl") is not None:
+        if g.beta != 0.0 or cfg.rewards.get("ppl") is not None or cfg.optimizer.name in NEEDS_REFERENCE:
             reference = copy.deepcopy(model).eval().requires_grad_(False)
     else:
         opts = replace(OmegaConf.to_object(cfg.policy.model), lora=OmegaConf.to_object(g.lora), quantization=None)
@@ -198,13 +209,17 @@ def build_monitor(cfg, sim, template) -> RewardHackingMonitor:
                                 sampled if m.select == "sampled_clicks" else None)
 
 
-def fit(cfg, module, prompts: list[dict], monitor, work: Path, loggers) -> pl.Trainer:
-    """Lightning's fit with checkpoints in `work`, resuming from its last one (or `ckpt_path`)."""
+def fit(cfg, module, prompts: list[dict], monitor, work: Path, loggers, n_steps: int) -> pl.Trainer:
+    """Lightning's fit over `n_steps` batches with checkpoints in `work`, resuming from its last one (or
+    `ckpt_path`). GRPO stops after its optimiser steps (a skipped step draws one more batch); the other
+    optimisers take a variable number of steps per batch and stop after the batches."""
     g = cfg.grpo
+    grpo = cfg.optimizer.name == "grpo"
     checkpoint = ModelCheckpoint(dirpath=work / "ckpt", save_last=True, save_top_k=0,
                                  every_n_train_steps=g.checkpoint_every_n_steps * g.num_iterations)
     trainer = instantiate(cfg.trainer, logger=list(loggers) or False, callbacks=[checkpoint, monitor],
-                          max_steps=g.steps * g.num_iterations, max_epochs=-1, gradient_clip_val=None,
+                          max_steps=n_steps * g.num_iterations if grpo else -1, max_epochs=-1 if grpo else 1,
+                          gradient_clip_val=None,
                           accumulate_grad_batches=1, limit_val_batches=0, num_sanity_val_steps=0, _convert_="object")
     if trainer.world_size > 1 and getattr(trainer.strategy, "_start_method", None) == "spawn":
         raise ConfigError("stage=grpo does not run in spawned processes yet: its reward components and the oracle "
@@ -213,7 +228,7 @@ def fit(cfg, module, prompts: list[dict], monitor, work: Path, loggers) -> pl.Tr
                           "(tests/test_grpo_ddp.py)", "trainer")
     # a manual-optimisation checkpoint holds the weights after the step, which is what resuming wants
     warnings.filterwarnings("ignore", message="Using ModelCheckpoint with manual optimization")
-    trainer.fit(module, datamodule=PromptData(prompts, g.prompts_per_step, g.steps, cfg.seed),
+    trainer.fit(module, datamodule=PromptData(prompts, module.cfg.prompts_per_step, n_steps, cfg.seed),
                 ckpt_path=resume_checkpoint(work, cfg.ckpt_path, "grpo"), weights_only=True)
     return trainer
 
@@ -298,8 +313,9 @@ def publish(cfg, result: dict, samples: list, loggers, fresh: bool) -> dict:
 
 def markdown_report(result: dict) -> str:
     ev = result["eval"]
-    lines = [f"GRPO ({result['rewards']}: {result['reward']}) — {result['steps']} steps in "
-             f"{result['train_seconds']:.0f}s; {ev['contexts']} held-out {ev['split']} contexts, {ev['ci']} CIs", "",
+    lines = [f"{NAMES[result.get('optimizer', 'grpo')]} ({result['rewards']}: {result['reward']}) — {result['steps']} "
+             f"steps in {result['train_seconds']:.0f}s; {ev['contexts']} held-out {ev['split']} contexts, {ev['ci']} CIs",
+             *compute_line(result), "",
              "| policy | oracle CTR | CI low | CI high | format rate | distinct-2 | mean cosine |",
              "|---|---|---|---|---|---|---|"]
     for name in ("sft", "grpo"):
@@ -317,10 +333,20 @@ def markdown_report(result: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
+def compute_line(result: dict) -> list[str]:
+    c = result.get("compute")
+    if c is None:
+        return []
+    return [f"compute: {result['policy_samples']} policy samples, {c['generated_tokens']} generated tokens, "
+            f"{c['forward_tokens']} forward ({c['backward_tokens']} backward) tokens, {c['reward_tokens']} "
+            f"reward-model tokens, {c['seconds']:.0f}s"]
+
+
 def flat_metrics(result: dict) -> dict:
     ev = result["eval"]
     out = {f"grpo/eval/{p}_{m}": ev[p][m] for p in ("grpo", "sft") for m in ("oracle_ctr", "ci_low", "ci_high",
                                                                             "format_rate", "distinct_2")}
     out.update({"grpo/eval/ctr_diff": ev["lift"]["ctr_diff"], "grpo/eval/gsb": ev["gsb"]["gsb"],
                 "grpo/eval/hacking_flag": float(result["monitor"]["flagged"])})
+    out.update({f"grpo/compute/total_{k}": float(v) for k, v in result.get("compute", {}).items()})
     return out
