@@ -1,11 +1,14 @@
-"""Lightning training of one reward model (GaRM or BTRM) on click preference pairs (SPEC 5.3), or on
-every impression under a click model (`ClickRewardModule`, `reward_model.objective=click_model`).
+"""Lightning training of one reward model (GaRM or BTRM) under one objective (SPEC 5.3): on click preference
+pairs (`RewardModule`, `reward_model.objective=pairwise`), or on every impression under a click model
+(`ClickRewardModule`, `objective=click_model`). What the objective reads (`clicks2pref.objectives.OBJECTIVES`)
+picks the module and its loader (`reward_training`); the loss is the objective's `batch_loss`, and what differs
+between GaRM and BTRM is the model's head (`clicks2pref.models.reward_heads.HEADS`).
 
 A batch is a few whole panels: every distinct suggestion in it is scored once and the pairs index
 into those scores, so the six users who saw one panel cost one forward pass per suggestion; with
 `shared_prefix` each distinct conversation runs once too (`clicks2pref.models.shared_prefix`).
-`training_step` reads in order: score → gather chosen / rejected → loss (clicks2pref.objectives) →
-skip and count a non-finite loss. Logged under `rm/<kind>/` every step: `train_loss`, `train_acc`,
+`training_step` reads in order: score → loss (the objective's `batch_loss`) → skip and count a non-finite
+loss. Logged under `rm/<kind>/` every step: `train_loss`, `train_acc`,
 `sigma_mean` and `sigma_std` (GaRM; σ over the batch's suggestions), `grad_norm` (before clipping);
 per validation: `val_loss`, `val_acc`, `val_ece` (15 bins).
 """
@@ -13,6 +16,7 @@ from __future__ import annotations
 
 import logging
 import math
+from functools import partial
 from typing import Optional, Sequence
 
 import pytorch_lightning as pl
@@ -21,17 +25,16 @@ from torch.utils.data import DataLoader
 from torchmetrics import MeanMetric
 from torchmetrics.classification import BinaryCalibrationError
 
-from clicks2pref.data.impressions import group_examples
+from clicks2pref.data.impressions import group_examples, indexed
 from clicks2pref.data.pairs import context_key, group_pairs
-from clicks2pref.errors import ConfigError, NonFiniteLossError
-from clicks2pref.eval.calibration import btrm_confidence, garm_confidence
+from clicks2pref.errors import ConfigError, ModelNotFoundError, NonFiniteLossError
 from clicks2pref.lit.distributed import GlobalBatchSampler, ShardSampler, all_sum, global_mean_scale, world_and_rank
 from clicks2pref.lit.nonfinite import drop_gradients, grad_scaler_active, gradients_finite
-from clicks2pref.objectives.bradley_terry import bt_loss
-from clicks2pref.objectives.click_model import (btrm_attraction, click_nll, examination, garm_attraction,
-                                                 logit)
-from clicks2pref.objectives.gaussian import garm_loss, regularization
 from clicks2pref.models.shared_prefix import collate_items, forward_items
+from clicks2pref.models.similarity import PanelSimilarity
+from clicks2pref.objectives import batch_loss, objective_reads
+from clicks2pref.objectives.click_model import (examination, fit_item_examination, logit, redundancy_discount,
+                                                 similarity_above)
 
 log = logging.getLogger(__name__)
 
@@ -145,9 +148,13 @@ class RewardData(pl.LightningDataModule):
 
 
 class RewardModule(pl.LightningModule):
-    def __init__(self, model, loss_cfg, optim_cfg, max_nonfinite_steps: int = 10, n_bins: int = 15):
+    """A reward model trained on pairs under `objective` (one that reads pairs)."""
+
+    def __init__(self, model, loss_cfg, optim_cfg, max_nonfinite_steps: int = 10, n_bins: int = 15,
+                 objective: str = "pairwise"):
         super().__init__()
         self.model, self.loss_cfg, self.optim_cfg = model, loss_cfg, optim_cfg
+        self.batch_loss = batch_loss(objective)
         self.kind, self.prefix = model.kind, f"rm/{model.kind}"
         self.max_nonfinite_steps, self.n_bins = max_nonfinite_steps, n_bins
         self.nonfinite_steps = 0
@@ -159,24 +166,30 @@ class RewardModule(pl.LightningModule):
 
     # --- the maths of one batch -------------------------------------------------------------------
 
-    def loss(self, out: dict, chosen, rejected) -> tuple[torch.Tensor, dict]:
-        cfg = self.loss_cfg
-        if self.kind == "btrm":
-            r_c, r_r = out["reward"][chosen], out["reward"][rejected]
-            margin = None if cfg.margin is None else torch.full_like(r_c, cfg.margin)
-            return bt_loss(r_c, r_r, margin, cfg.center_rewards_coefficient), {}
-        mu, sigma = out["mu"], out["sigma"]
-        kwargs = {"z_clamp": cfg.z_clamp} if cfg.likelihood == "probit" else {"num_samples": cfg.mc_samples}
-        return garm_loss(mu[chosen], sigma[chosen], mu[rejected], sigma[rejected],
-                         lam=getattr(cfg.variance_reg, "lambda"), likelihood=cfg.likelihood,
-                         regularizer=cfg.variance_reg.kind, **kwargs)
+    def loss(self, out: dict, batch: dict, global_batch: bool = False) -> tuple[torch.Tensor, dict]:
+        """The objective's loss on this process's batch, or with `global_batch` this process's share of the
+        global batch's mean (each term scaled by its own count); and the detached parts for the log."""
+        terms, parts = self.batch_loss(self.model.head, out, batch, self.loss_cfg, **self.objective_state())
+        parts["loss"] = sum(mean.detach() for mean, _ in terms)  # this process's own loss, for the log
+        total = None
+        for mean, count in terms:
+            if global_batch:
+                mean = mean * global_mean_scale(self._trainer, count).to(mean.dtype)
+            total = mean if total is None else total + mean
+        return total, parts
+
+    def objective_state(self) -> dict:
+        """What the objective's `batch_loss` reads besides the head's outputs (learned beside the model)."""
+        return {}
 
     def confidence(self, out: dict, chosen, rejected) -> tuple[torch.Tensor, torch.Tensor]:
-        """(confidence of the picked side, picked the chosen one) per pair."""
-        if self.kind == "btrm":
-            return btrm_confidence(out["reward"][chosen], out["reward"][rejected])
-        mu, sigma = out["mu"], out["sigma"]
-        return garm_confidence(mu[chosen], sigma[chosen], mu[rejected], sigma[rejected])
+        """(confidence of the picked side, picked the chosen one) per pair: the head's link of |margin|."""
+        margin = self.model.head.pair_margin(out, chosen, rejected)
+        return self.model.head.link(margin.abs()), margin > 0
+
+    def fitted(self) -> dict:
+        """What training learned beside the network, stored with the model (`save_reward_model`)."""
+        return {}
 
     # --- training --------------------------------------------------------------------------------
 
@@ -187,20 +200,16 @@ class RewardModule(pl.LightningModule):
 
     def training_step(self, batch, batch_idx):
         out = forward_items(self.model, batch)
-        loss, parts = self.loss(out, batch["chosen"], batch["rejected"])
+        loss, parts = self.loss(out, batch, global_batch=True)  # this process's share of the global batch's mean
         if not self.all_finite(loss):
             return self._skip_nonfinite()
         n = len(batch["chosen"])
         _, correct = self.confidence(out, batch["chosen"], batch["rejected"])
-        metrics = {"train_loss": loss.detach(), "train_acc": correct.float().mean(),
-                   **{f"train_{k}": v for k, v in parts.items()}}
-        if self.kind == "garm":
-            sigma = out["sigma"].detach()
-            metrics.update(sigma_mean=sigma.mean(), sigma_std=sigma.std(unbiased=False),
-                           mu_std=out["mu"].detach().std(unbiased=False))
+        metrics = {"train_loss": parts.pop("loss"), "train_acc": correct.float().mean(),
+                   **{f"train_{k}": v for k, v in parts.items()}, **self.model.head.batch_stats(out)}
         self.log_dict({f"{self.prefix}/{k}": v for k, v in metrics.items()}, on_step=True, on_epoch=False,
                       batch_size=n)
-        return loss * global_mean_scale(self._trainer, torch.tensor(float(n)))  # a mean over the global batch
+        return loss
 
     def _skip_nonfinite(self, what: str = "loss"):
         self.nonfinite_steps += 1
@@ -230,7 +239,7 @@ class RewardModule(pl.LightningModule):
 
     def validation_step(self, batch, batch_idx):
         out = forward_items(self.model, batch)
-        loss, _ = self.loss(out, batch["chosen"], batch["rejected"])
+        loss, _ = self.loss(out, batch)
         conf, correct = self.confidence(out, batch["chosen"], batch["rejected"])
         self.val_loss.update(loss.detach(), weight=len(conf))
         self.val_acc.update(correct.float())
@@ -290,9 +299,10 @@ class ClickRewardModule(RewardModule):
     """
 
     def __init__(self, model, loss_cfg, optim_cfg, click_cfg, positions: int, max_nonfinite_steps: int = 10,
-                 n_bins: int = 15, fixed_examination: Optional[Sequence[float]] = None):
-        super().__init__(model, loss_cfg, optim_cfg, max_nonfinite_steps, n_bins)
-        self.click_cfg, self.positions = click_cfg, positions
+                 n_bins: int = 15, fixed_examination: Optional[Sequence[float]] = None,
+                 redundancy: Optional[dict] = None, objective: str = "click_model"):
+        super().__init__(model, loss_cfg, optim_cfg, max_nonfinite_steps, n_bins, objective)
+        self.click_cfg, self.positions, self.redundancy = click_cfg, positions, redundancy
         start = [logit(e) for e in fixed_examination[1:positions]] if fixed_examination is not None else \
             [logit(click_cfg.examination_init)] * (positions - 1)
         self.exam_logits = torch.nn.Parameter(torch.tensor(start), requires_grad=fixed_examination is None)
@@ -303,37 +313,25 @@ class ClickRewardModule(RewardModule):
     def learned_examination(self) -> list[float]:
         return [float(v) for v in self.examination().detach()]
 
+    def objective_state(self) -> dict:
+        return {"examination": self.examination(), "model": self.click_cfg.model}
+
+    def fitted(self) -> dict:
+        """e_k and the redundancy term, which the reward reads from the saved model (`rewards.garm`)."""
+        self.model.examination, self.model.redundancy = self.learned_examination(), self.redundancy
+        return {"examination": self.model.examination, "redundancy": self.redundancy}
+
     def click_loss(self, batch, global_batch: bool = False) -> tuple[torch.Tensor, dict]:
-        """The impressions' NLL (a mean weighted by user counts) plus GaRM's λ·R (a mean over the batch's
-        suggestions); `global_batch` turns both into this process's share of the global batch's means."""
-        out = forward_items(self.model, batch)
-        if self.kind == "garm":
-            attraction = garm_attraction(out["mu"], out["sigma"])
-        else:
-            attraction = btrm_attraction(out["reward"])
-        discount = batch.get("discount")
-        nll = click_nll(attraction[batch["items"]], self.examination(), batch["clicks"], batch["lengths"],
-                        batch["weights"], self.click_cfg.model,
-                        discount=discount.to(attraction.dtype) if discount is not None else None)
-        parts = {"nll": nll.detach()}
-        if global_batch:
-            nll = nll * global_mean_scale(self._trainer, batch["weights"].sum().double()).to(nll.dtype)
-        if self.kind != "garm":
-            return nll, parts
-        reg_cfg = self.loss_cfg.variance_reg
-        lam = getattr(reg_cfg, "lambda")
-        reg = regularization(out["mu"], out["sigma"], reg_cfg.kind)  # the pairwise objective's R (gaussian.py)
-        parts["reg"] = reg.detach()
-        parts["loss"] = parts["nll"] + lam * parts["reg"]  # this process's own loss, for the log
-        if global_batch:  # exact when no suggestion is in two processes' shares of a batch, else close
-            reg = reg * global_mean_scale(self._trainer, torch.tensor(float(out["mu"].shape[0]))).to(reg.dtype)
-        return nll + lam * reg, parts
+        """The objective's loss on a batch of impressions (`objectives.click_model.batch_loss`); `global_batch`
+        turns each term into this process's share of the global batch's mean (exact when no suggestion is in
+        two processes' shares of a batch, else close)."""
+        return self.loss(forward_items(self.model, batch), batch, global_batch)
 
     def training_step(self, batch, batch_idx):
         loss, parts = self.click_loss(batch, global_batch=True)
         if not self.all_finite(loss):
             return self._skip_nonfinite()
-        local = parts.pop("loss", parts["nll"])
+        local = parts.pop("loss")
         metrics = {"train_loss": local, **{f"train_{k}": v for k, v in parts.items()},
                    **{f"exam_{k + 1}": v for k, v in enumerate(self.learned_examination())}}
         self.log_dict({f"{self.prefix}/{k}": v for k, v in metrics.items()}, on_step=True, on_epoch=False,
@@ -352,3 +350,75 @@ class ClickRewardModule(RewardModule):
         if not self.exam_logits.requires_grad:  # fixed from the per-suggestion fit
             return super().param_groups()
         return super().param_groups() + [{"params": [self.exam_logits], "lr": self.click_cfg.examination_lr}]
+
+
+# --- one objective's module and data ---------------------------------------------------------------------------
+
+
+def pair_training(model, rm, splits: dict, examples: dict, seed: int) -> tuple[RewardModule, RewardData]:
+    """An objective that reads pairs: `RewardModule` on the clicked ≻ skipped pairs of `splits`."""
+    module = RewardModule(model, rm.loss, rm.optim, rm.max_nonfinite_steps, rm.calibration.n_bins, rm.objective)
+    data = RewardData(partial(pair_loader, model, shared_prefix=rm.shared_prefix, by_context=rm.optim.batch_by_context),
+                      splits["train"], splits["val"], rm.optim.groups_per_batch, seed)
+    return module, data
+
+
+def impression_training(model, rm, splits: dict, examples: dict, seed: int) -> tuple[RewardModule, RewardData]:
+    """An objective that reads impressions: `ClickRewardModule` on every impression of `examples`, with the
+    examination fixed from the per-suggestion click model (`click_model.examination=item_fit`) and the
+    redundancy term fitted beside it (`click_model.redundancy`), both from the training impressions."""
+    positions = max(len(e["suggestions"]) for e in examples["train"])
+    cm = rm.click_model
+    fixed = redundancy = None
+    if cm.examination == "item_fit" or cm.redundancy:
+        similarity = PanelSimilarity(cm.redundancy) if cm.redundancy else None  # one embedding cache, train and val
+        above = similarity_above_examples(examples["train"], positions, similarity) if similarity else None
+        fitted, redundancy = fit_item_examination(
+            *indexed(examples["train"], positions), anchor=cm.anchor, model=cm.model, steps=cm.item_fit_steps,
+            sim_above=above, threshold_init=cm.redundancy_threshold_init, weight_init=cm.redundancy_weight_init)
+        if cm.examination == "item_fit":
+            fixed = fitted
+            log.info("rm: examination from the per-suggestion click model: %s", ", ".join(f"{e:.3f}" for e in fixed))
+        if redundancy:
+            redundancy = {"embedder": cm.redundancy, **redundancy}
+            log.info("rm: redundancy term g = 1 − sigmoid(%.2f·(sim − %.3f)) (%s similarity)",
+                     redundancy["weight"], redundancy["threshold"], cm.redundancy)
+            if cm.redundancy_in_training:
+                val_above = similarity_above_examples(examples["val"], positions, similarity) if examples["val"] \
+                    else None
+                examples = {**examples, "train": with_discounts(examples["train"], above, redundancy),
+                            "val": with_discounts(examples["val"], val_above, redundancy)}
+    module = ClickRewardModule(model, rm.loss, rm.optim, cm, positions, rm.max_nonfinite_steps, rm.calibration.n_bins,
+                               fixed, redundancy, rm.objective)
+    data = RewardData(partial(impression_loader, model, positions=positions, shared_prefix=rm.shared_prefix,
+                              by_context=rm.optim.batch_by_context),
+                      examples["train"], examples["val"], rm.optim.groups_per_batch, seed)
+    return module, data
+
+
+TRAINING = {"pairs": pair_training, "impressions": impression_training}  # what an objective reads → its module
+
+
+def reward_training(model, rm, splits: dict, examples: dict, seed: int) -> tuple[RewardModule, RewardData]:
+    """The Lightning module and data that train `model` under `rm.objective` (`rm`: the reward_model config;
+    `splits`: pairs per split; `examples`: impression examples per split)."""
+    return TRAINING[objective_reads(rm.objective)](model, rm, splits, examples, seed)
+
+
+def with_discounts(examples: list[dict], sim_above: Optional[torch.Tensor], redundancy: dict) -> list[dict]:
+    """Copies of impression examples carrying each shown position's fitted discount g (`discount`)."""
+    if not examples:
+        return examples
+    g = redundancy_discount(sim_above, redundancy["weight"], redundancy["threshold"])
+    return [{**e, "discount": row.tolist()} for e, row in zip(examples, g)]
+
+
+def similarity_above_examples(examples: list[dict], positions: int, similarity: PanelSimilarity) -> torch.Tensor:
+    """[N, K] each shown position's largest similarity to the positions above it in that impression."""
+    try:
+        similarity.prefetch(s for e in examples for s in e["suggestions"])
+    except ModelNotFoundError as e:
+        raise ConfigError(f"{similarity.embedder!r}: {e}; name a registry sentence embedder or lexical",
+                          "reward_model.click_model.redundancy") from None
+    return torch.stack([similarity_above(torch.as_tensor(similarity.matrix(e["suggestions"][:positions]),
+                                                         dtype=torch.float64), positions) for e in examples])

@@ -28,11 +28,10 @@ from torch import Tensor, nn
 from clicks2pref.errors import ModelNotFoundError
 from clicks2pref.models.placement import on_device
 from clicks2pref.models.registry import LoraConfig, ModelConfig, load_backbone, user_code_policy
+from clicks2pref.objectives.bradley_terry import bt_loss
 from clicks2pref.objectives.click_model import btrm_attraction, garm_attraction
-from clicks2pref.objectives.gaussian import sigma_from_raw
+from clicks2pref.objectives.gaussian import garm_loss, garm_z, regularization, sigma_from_raw
 
-KINDS = ("garm", "btrm")
-OUTPUTS = {"btrm": ("reward",), "garm": ("mu", "sigma")}  # what each kind's head returns per input
 POOLINGS = ("last", "mean")
 
 
@@ -47,23 +46,17 @@ class HeadConfig:
 
 
 class RewardModel(nn.Module):
-    """Backbone + linear head. `forward` returns {"reward"} (btrm) or {"mu", "sigma"} (garm) per input."""
+    """Backbone + the head of its kind (`HEADS`). `forward` returns the head's outputs per input: {"reward"}
+    (btrm) or {"mu", "sigma"} (garm)."""
 
     def __init__(self, backbone: nn.Module, tokenizer, kind: str, head: HeadConfig):
         super().__init__()
-        if kind not in KINDS:
-            raise ValueError(f"unknown reward model kind {kind!r}; accepted: {', '.join(KINDS)}")
+        if kind not in HEADS:
+            raise ValueError(f"unknown reward model kind {kind!r}; accepted: {', '.join(HEADS)}")
         if head.pooling not in POOLINGS:
             raise ValueError(f"unknown pooling {head.pooling!r}; accepted: {', '.join(POOLINGS)}")
         self.backbone, self.tokenizer, self.kind, self.cfg = backbone, tokenizer, kind, head
-        hidden = backbone.config.hidden_size
-        self.head = nn.Linear(hidden, 2 if kind == "garm" else 1)
-        nn.init.normal_(self.head.weight, std=head.init_std)
-        nn.init.zeros_(self.head.bias)
-        if kind == "garm":  # softplus⁻¹(σ_init − σ_min)
-            target = max(head.sigma_init - head.sigma_min, 1e-4)
-            with torch.no_grad():
-                self.head.bias[1] = target + math.log(-math.expm1(-target))
+        self.head = HEADS[kind](backbone.config.hidden_size, head)
         self.chat = getattr(tokenizer, "chat_template", None) is not None
         self.examination: Optional[list[float]] = None  # e_k learned beside it (objective=click_model)
         self.redundancy: Optional[dict] = None  # {"embedder", "weight", "threshold"} fitted from the same logs
@@ -129,10 +122,7 @@ class RewardModel(nn.Module):
         pooled = pooled.to(self.head.weight.dtype)
         if self.cfg.normalize:  # SmolLM2's last hidden states have norm ~50, MiniLM's ~5: same head, same lr
             pooled = pooled * torch.rsqrt(pooled.pow(2).mean(-1, keepdim=True) + 1e-6)
-        out = self.head(pooled)
-        if self.kind == "btrm":
-            return {"reward": out[:, 0]}
-        return {"mu": out[:, 0], "sigma": sigma_from_raw(out[:, 1], self.cfg.sigma_min)}
+        return self.head(pooled)
 
     @torch.no_grad()
     def score(self, contexts: Sequence[list[dict]], suggestions: Sequence[str], batch_size: int = 32
@@ -153,7 +143,7 @@ class RewardModel(nn.Module):
         inverse = torch.empty(len(order), dtype=torch.long)
         inverse[torch.tensor(order, dtype=torch.long)] = torch.arange(len(order))
         if not order:
-            return {k: torch.zeros(0) for k in OUTPUTS[self.kind]}
+            return {k: torch.zeros(0) for k in self.head.outputs}
         return {k: torch.cat(v)[inverse] for k, v in parts.items()}
 
     def rewards(self, contexts: Sequence[list[dict]], suggestions: Sequence[str], kappa: float = 0.0,
@@ -163,12 +153,126 @@ class RewardModel(nn.Module):
 
 
 def scalar_rewards(out: dict[str, Tensor], kind: str, kappa: float = 0.0, attraction: bool = False) -> Tensor:
-    """BTRM's r, or GaRM's μ − κσ (SPEC 5.5, `rewards.garm.kappa`); with `attraction`, as a click probability:
-    sigmoid(r), or Φ((μ − κσ)/√(1 + σ²)) (`clicks2pref.objectives.click_model`)."""
-    if kind == "btrm":
+    """The scalar reward of the head outputs `out` of a `kind` model (its head's `scalar`)."""
+    return HEADS[kind].scalar(out, kappa, attraction)
+
+
+# --- the heads: what a GaRM and a BTRM compute, and what each says about a preference and a click ---------------
+#
+# A head is a linear layer on the pooled feature (its state dict is a Linear's: `weight`, `bias`) whose `forward`
+# names its outputs, plus what the objectives ask of it (`clicks2pref.objectives`): the loss of pairs under its
+# own preference model (`pair_loss`), its pairwise margin and the link that turns it into a probability
+# (`pair_margin`, `link`: the confidence of the calibration metrics), a click's attraction (`attraction`), the
+# regulariser it adds to any likelihood (`regularizer`, or None), per-batch statistics for the log
+# (`batch_stats`) and the scalar reward the policy optimises (`scalar`).
+
+
+class ScalarHead(nn.Linear):
+    """BTRM: one reward r per input. Pairs are Bradley-Terry, P(c ≻ r) = σ(r_c − r_r) (TRL's RewardTrainer);
+    as a click model's attraction it reads σ(r)."""
+
+    outputs = ("reward",)
+
+    def __init__(self, hidden: int, cfg: HeadConfig):
+        super().__init__(hidden, 1)
+        nn.init.normal_(self.weight, std=cfg.init_std)
+        nn.init.zeros_(self.bias)
+
+    def forward(self, pooled: Tensor) -> dict[str, Tensor]:
+        return {"reward": super().forward(pooled)[:, 0]}
+
+    @staticmethod
+    def pair_loss(out: dict, chosen: Tensor, rejected: Tensor, cfg) -> tuple[Tensor, dict]:
+        """−log σ(r_c − r_r − margin) (+ TRL's centring term), `cfg`: `reward_model.loss`."""
+        r_c, r_r = out["reward"][chosen], out["reward"][rejected]
+        margin = None if cfg.margin is None else torch.full_like(r_c, cfg.margin)
+        return bt_loss(r_c, r_r, margin, cfg.center_rewards_coefficient), {}
+
+    @staticmethod
+    def pair_margin(out: dict, chosen: Tensor, rejected: Tensor) -> Tensor:
+        return out["reward"][chosen] - out["reward"][rejected]
+
+    link = staticmethod(torch.sigmoid)
+
+    @staticmethod
+    def attraction(out: dict) -> Tensor:
+        return btrm_attraction(out["reward"])
+
+    @staticmethod
+    def regularizer(out: dict, cfg) -> Optional[tuple[float, Tensor]]:
+        return None
+
+    @staticmethod
+    def batch_stats(out: dict) -> dict[str, Tensor]:
+        return {}
+
+    @staticmethod
+    def scalar(out: dict, kappa: float = 0.0, attraction: bool = False) -> Tensor:
+        """r, or with `attraction` the click probability sigmoid(r) (`kappa` has no σ to weigh)."""
         return btrm_attraction(out["reward"]) if attraction else out["reward"]
-    score = out["mu"] - kappa * out["sigma"]
-    return garm_attraction(score, out["sigma"]) if attraction else score
+
+
+class GaussianHead(nn.Linear):
+    """GaRM: N(μ, σ²) per input (σ = softplus(raw) + σ_min, starting at σ_init). Pairs: P(c ≻ r) = Φ(z) plus
+    λ·R(μ, σ) (`objectives.gaussian`); a click's attraction Φ(μ/√(1 + σ²)) (`objectives.click_model`)."""
+
+    outputs = ("mu", "sigma")
+
+    def __init__(self, hidden: int, cfg: HeadConfig):
+        super().__init__(hidden, 2)
+        nn.init.normal_(self.weight, std=cfg.init_std)
+        nn.init.zeros_(self.bias)
+        target = max(cfg.sigma_init - cfg.sigma_min, 1e-4)  # softplus⁻¹(σ_init − σ_min)
+        with torch.no_grad():
+            self.bias[1] = target + math.log(-math.expm1(-target))
+        self.sigma_min = cfg.sigma_min
+
+    def forward(self, pooled: Tensor) -> dict[str, Tensor]:
+        out = super().forward(pooled)
+        return {"mu": out[:, 0], "sigma": sigma_from_raw(out[:, 1], self.sigma_min)}
+
+    @staticmethod
+    def pair_loss(out: dict, chosen: Tensor, rejected: Tensor, cfg) -> tuple[Tensor, dict]:
+        """NLL + λ·R (`objectives.gaussian.garm_loss`), `cfg`: `reward_model.loss`."""
+        mu, sigma = out["mu"], out["sigma"]
+        kwargs = {"z_clamp": cfg.z_clamp} if cfg.likelihood == "probit" else {"num_samples": cfg.mc_samples}
+        return garm_loss(mu[chosen], sigma[chosen], mu[rejected], sigma[rejected],
+                         lam=getattr(cfg.variance_reg, "lambda"), likelihood=cfg.likelihood,
+                         regularizer=cfg.variance_reg.kind, **kwargs)
+
+    @staticmethod
+    def pair_margin(out: dict, chosen: Tensor, rejected: Tensor) -> Tensor:
+        mu, sigma = out["mu"], out["sigma"]
+        return garm_z(mu[chosen], sigma[chosen], mu[rejected], sigma[rejected])
+
+    link = staticmethod(torch.special.ndtr)
+
+    @staticmethod
+    def attraction(out: dict) -> Tensor:
+        return garm_attraction(out["mu"], out["sigma"])
+
+    @staticmethod
+    def regularizer(out: dict, cfg) -> Optional[tuple[float, Tensor]]:
+        """(λ, R) with R averaged over the given suggestions: the same term as the pairwise loss's."""
+        reg = cfg.variance_reg
+        return getattr(reg, "lambda"), regularization(out["mu"], out["sigma"], reg.kind)
+
+    @staticmethod
+    def batch_stats(out: dict) -> dict[str, Tensor]:
+        sigma = out["sigma"].detach()
+        return {"sigma_mean": sigma.mean(), "sigma_std": sigma.std(unbiased=False),
+                "mu_std": out["mu"].detach().std(unbiased=False)}
+
+    @staticmethod
+    def scalar(out: dict, kappa: float = 0.0, attraction: bool = False) -> Tensor:
+        """μ − κσ (SPEC 5.5, `rewards.garm.kappa`), or with `attraction` Φ((μ − κσ)/√(1 + σ²))."""
+        score = out["mu"] - kappa * out["sigma"]
+        return garm_attraction(score, out["sigma"]) if attraction else score
+
+
+HEADS = {"garm": GaussianHead, "btrm": ScalarHead}  # reward_model.kinds → its head
+KINDS = tuple(HEADS)
+OUTPUTS = {kind: head.outputs for kind, head in HEADS.items()}  # what each kind's head returns per input
 
 
 # --- build, save, load --------------------------------------------------------------------------------

@@ -131,3 +131,24 @@ def logit(p: float) -> float:
     p = min(max(p, EPS), 1 - EPS)
     return float(torch.logit(torch.tensor(p)))
 
+
+
+def batch_loss(head, out: dict[str, Tensor], batch: dict, cfg, *, examination: Tensor, model: str = "cascade"
+               ) -> tuple[list[tuple[Tensor, Tensor]], dict]:
+    """The impressions' NLL (a mean weighted by user counts) and the head's regulariser λ·R (GaRM's, a mean over
+    the batch's suggestions; the same R as the pairwise loss), each with the count it averages over.
+
+    `out`: the head's outputs per distinct suggestion; `batch`: `items` [N, K] index them per shown position,
+    `clicks`, `lengths`, `weights` and optionally `discount` (`lit.reward_module.ImpressionCollator`);
+    `cfg`: reward_model.loss; `examination`: e [K]; `model`: cascade | pbm."""
+    attraction = head.attraction(out)
+    discount = batch.get("discount")
+    nll = click_nll(attraction[batch["items"]], examination, batch["clicks"], batch["lengths"], batch["weights"],
+                    model, discount=discount.to(attraction.dtype) if discount is not None else None)
+    terms, parts = [(nll, batch["weights"].sum().double())], {"nll": nll.detach()}
+    reg = head.regularizer(out, cfg)
+    if reg is not None:
+        lam, r = reg
+        terms.append((lam * r, torch.tensor(float(attraction.shape[0]))))
+        parts["reg"] = r.detach()
+    return terms, parts
