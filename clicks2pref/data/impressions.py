@@ -13,6 +13,7 @@ from typing import Optional
 
 import torch
 
+from clicks2pref.data.log_splits import week_roles
 from clicks2pref.data.pairs import PairConfig, context_key, panel_key, split_by_group
 
 
@@ -34,9 +35,10 @@ def impression_splits(records: list[dict], cfg: PairConfig, ood_records: Optiona
                       ) -> dict[str, list[dict]]:
     """{"train", "val", "iid"[, "ood"]} examples, by the same weeks and panel split as the pairs."""
     examples = impression_examples(records)
-    train = [e for e in examples if e["week"] in set(cfg.train_weeks)]
+    train_weeks, test_weeks = week_roles(records, cfg.train_weeks, cfg.test_weeks)
+    train = [e for e in examples if e["week"] in set(train_weeks)]
     train, val = split_by_group(train, cfg.val_fraction, cfg.seed)
-    splits = {"train": train, "val": val, "iid": [e for e in examples if e["week"] in set(cfg.test_weeks)]}
+    splits = {"train": train, "val": val, "iid": [e for e in examples if e["week"] in set(test_weeks)]}
     if ood_records is not None:
         ood = impression_examples(ood_records)
         splits["ood"] = [e for e in ood if cfg.ood_weeks is None or e["week"] in set(cfg.ood_weeks)]

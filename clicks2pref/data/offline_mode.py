@@ -14,7 +14,7 @@ import logging
 import os
 
 from clicks2pref.data.io import expand_sources, load_impressions
-from clicks2pref.data.log_splits import LogSplit, split_logs
+from clicks2pref.data.log_splits import LogSplit, check_weeks, split_logs
 from clicks2pref.data.simulator import load_world
 from clicks2pref.errors import ConfigError
 
@@ -69,3 +69,13 @@ def training_records(cfg, records: list[dict]) -> list[dict]:
     """What a policy may train on: every logged impression with the simulator (its evaluation contexts are never
     logged), only the train slice without it (the held-out conversations are the evaluation's)."""
     return records if uses_simulator(cfg) else log_split(cfg, records).train
+
+
+def check_configured_weeks(cfg, records: list[dict], source=None) -> None:
+    """Every week the config names (the reward models' train and test weeks, fusion's) is in the logs; else one
+    line naming the weeks present. Run by the first stage that reads the logs, before anything trains."""
+    pairs = cfg.reward_model.pairs
+    check_weeks(pairs.train_weeks, records, "reward_model.pairs.train_weeks", source)
+    check_weeks(pairs.test_weeks, records, "reward_model.pairs.test_weeks", source)
+    if cfg.fusion.logs == "clicks":
+        check_weeks(cfg.fusion.weeks, records, "fusion.weeks", source)

@@ -12,8 +12,9 @@ never reached, so which pairs count is a position filter (`reward_model.pairs.po
   suggestion shown at position k, not clicked, in another impression with the same context. It
   removes position bias from the comparison at the price of far fewer pairs.
 
-Weeks split the pairs in time: weeks 1–3 train (minus a validation share of panels), week 4 is the
-in-distribution test; logs of another policy (`data.ood_logs`) give the out-of-distribution test.
+Weeks split the pairs in time: the logs' weeks but the last train (minus a validation share of panels), the
+last is the in-distribution test (`clicks2pref.data.log_splits.week_roles`; weeks 1–3 and 4 of collect's
+logs); logs of another policy (`data.ood_logs`) give the out-of-distribution test.
 """
 from __future__ import annotations
 
@@ -21,8 +22,10 @@ import hashlib
 import json
 import random
 from collections import defaultdict
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import List, Optional
+
+from clicks2pref.data.log_splits import week_roles
 
 POSITION_FILTERS = ("skip_above", "same_position", "none")
 
@@ -30,8 +33,8 @@ POSITION_FILTERS = ("skip_above", "same_position", "none")
 @dataclass
 class PairConfig:
     position_filter: str = "skip_above"  # skip_above | same_position | none
-    train_weeks: List[int] = field(default_factory=lambda: [1, 2, 3])
-    test_weeks: List[int] = field(default_factory=lambda: [4])  # the in-distribution (IID) test
+    train_weeks: Optional[List[int]] = None  # null = every week of the logs but the last
+    test_weeks: Optional[List[int]] = None  # the in-distribution (IID) test; null = the logs' last week
     ood_weeks: Optional[List[int]] = None  # weeks of data.ood_logs used as the OOD test; null = all
     val_fraction: float = 0.1  # share of training panels held out for rm/val_* metrics
     seed: int = 0  # of the validation split
@@ -108,9 +111,10 @@ def pair_splits(records: list[dict], cfg: PairConfig, ood_records: Optional[list
                 ) -> dict[str, list[dict]]:
     """{"train", "val", "iid"[, "ood"]} pairs by week (SPEC 5.3); "ood" only when OOD logs are given."""
     pairs = build_pairs(records, cfg.position_filter)
-    train = [p for p in pairs if p["week"] in set(cfg.train_weeks)]
+    train_weeks, test_weeks = week_roles(records, cfg.train_weeks, cfg.test_weeks)
+    train = [p for p in pairs if p["week"] in set(train_weeks)]
     train, val = split_by_group(train, cfg.val_fraction, cfg.seed)
-    splits = {"train": train, "val": val, "iid": [p for p in pairs if p["week"] in set(cfg.test_weeks)]}
+    splits = {"train": train, "val": val, "iid": [p for p in pairs if p["week"] in set(test_weeks)]}
     if ood_records is not None:
         ood = build_pairs(ood_records, cfg.position_filter)
         splits["ood"] = [p for p in ood if cfg.ood_weeks is None or p["week"] in set(cfg.ood_weeks)]

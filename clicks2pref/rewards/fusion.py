@@ -45,7 +45,7 @@ class FusionConfig:
     logs: str = "policy"  # policy: the SFT policy's served week (stage serve) | clicks: `weeks` of the click logs
     within_context: bool = True  # centre scores within each context before fitting (GRPO compares within one)
     kappa_grid: List[float] = field(default_factory=lambda: [0.0, 0.5, 1.0])  # GaRM κ candidates; [] = keep κ
-    weeks: List[int] = field(default_factory=lambda: [4])  # logs=clicks: held-out weeks of the click logs
+    weeks: Optional[List[int]] = None  # logs=clicks: weeks of the logs fitted on; null = the last (see conf)
     C: float = 100.0  # inverse L2 strength of the logistic regression (large = nearly unregularised)
     candidate_contexts: int = 16  # held-out contexts the reference policy samples candidate panels for
     samples_per_context: int = 4  # candidate panels per context

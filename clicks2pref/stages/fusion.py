@@ -7,7 +7,9 @@ the policy wrote them; GaRM's κ is chosen from `fusion.kappa_grid` by how well 
 impressions; stage one fits clicks on the scores, centred within each context (`within_context`: a GRPO
 advantage only compares panels of one context), and stage two searches the grid around the fit under the
 rule-pass and in-distribution constraints on those same panels (`clicks2pref.rewards.fusion`).
-`fusion.logs=clicks` fits on held-out weeks of the collected logs instead (the baseline policy's panels).
+`fusion.logs=clicks` fits on held-out weeks of the collected logs instead (the baseline policy's panels). Without
+the simulator (`simulator=none`, or a team's own logs) there are no simulated users to serve: fusion fits on the
+held-out conversations' `val` share of the logs (`clicks2pref.data.log_splits`).
 Writes `artifacts/fusion/<key>/fusion_weights.json` (weights, κ, τ, stage one's fit, the Pareto front
 searched) and copies it to the run folder.
 """
@@ -25,6 +27,8 @@ import torch
 from omegaconf import OmegaConf
 
 from clicks2pref.data.io import load_impressions
+from clicks2pref.data.log_splits import check_weeks, weeks_present
+from clicks2pref.data.offline_mode import log_split, uses_simulator
 from clicks2pref.data.parsing import format_suggestions
 from clicks2pref.data.prompts import build_messages
 from clicks2pref.errors import ClickLogError
@@ -53,7 +57,8 @@ def run(cfg, loggers=()) -> dict:
 
     # 2. the components, with the SFT policy as the perplexity reference, and τ from the collected logs
     start = time.time()
-    held, rest = held_out_weeks(cfg) if fc.logs == "clicks" else ([], collected_logs(cfg))
+    logs = fc.logs if uses_simulator(cfg) else "clicks"  # no simulated users: the held-out slice of the logs
+    held, rest = held_out_weeks(cfg) if logs == "clicks" else ([], collected_logs(cfg))
     model, tok = load_sft_policy(artifacts.artifact_path(cfg, "sft", inputs["sft"]["key"]), cfg, merge=True)
     template = cfg.prompt[inputs["sft"]["template"]]
     scorer = ReferenceScorer(model, tok, template, cfg.grpo.temperature, cfg.grpo.micro_batch_size)
@@ -66,7 +71,7 @@ def run(cfg, loggers=()) -> dict:
     # 3. the clicks to fit: a logged week of the SFT policy itself (its own panels, simulated users' sampled
     #    clicks), whose panels are also stage two's candidates; or (logs=clicks) held-out weeks of the logs
     with artifacts.atomic_dir(artifacts.artifact_path(cfg, "fusion", key)) as tmp:
-        source, records = fc.logs, []
+        source, records = logs, []
         if source == "policy":
             records, cand_contexts, cand_texts = served(artifacts.artifact_path(cfg, "serve", inputs["serve"]["key"]),
                                                         inputs["serve"]["fusion_week"], cfg.data.format,
@@ -74,8 +79,7 @@ def run(cfg, loggers=()) -> dict:
             if not records:
                 source = "clicks"
                 log.warning("fusion: every panel of the SFT policy's week was empty (nothing to show users); the "
-                            "weights are fitted on the collected logs' weeks %s instead (fusion.logs=clicks)",
-                            list(fc.weeks))
+                            "weights are fitted on the click logs' held-out impressions instead (fusion.logs=clicks)")
         if source == "policy":  # each impression's panel as the policy wrote it (as GRPO will score it)
             logged = RewardBatch(cand_contexts, cand_texts, k)
             rows = np.array([int(r["panel_id"].rsplit("-p", 1)[1]) for r in records])
@@ -150,15 +154,21 @@ def collected_logs(cfg) -> list[dict]:
 
 
 def held_out_weeks(cfg) -> tuple[list[dict], list[dict]]:
-    """Impressions of `fusion.weeks` (not used to train the reward models) and the rest (all, if none)."""
+    """(impressions fitted on, the rest): without the simulator, the held-out conversations' `val` share
+    (`data.holdout`; the reward models and the policy never trained on them); with it, `fusion.weeks` (null:
+    the logs' last week, the reward models' IID test week), a week the logs lack failing with the weeks present."""
     source = artifacts.logs_source(cfg)
     records = load_impressions(source, cfg.data.on_invalid)
-    held = [r for r in records if r["week"] in cfg.fusion.weeks]
-    if not held:
-        raise ClickLogError(f"fusion.weeks {list(cfg.fusion.weeks)}: no impressions in those weeks (weeks present: "
-                            f"{sorted({r['week'] for r in records})}); set fusion.weeks", str(source),
-                            field="fusion.weeks")
-    return held, [r for r in records if r["week"] not in cfg.fusion.weeks] or records
+    if not uses_simulator(cfg):
+        split = log_split(cfg, records)
+        if not split.val:
+            raise ClickLogError(f"no held-out conversation for fusion to fit on ({split.describe()}); raise "
+                                "data.holdout.fraction or data.holdout.val_fraction", str(source), field="data.holdout")
+        return split.val, split.train
+    check_weeks(cfg.fusion.weeks, records, "fusion.weeks", source)
+    weeks = set(cfg.fusion.weeks if cfg.fusion.weeks is not None else weeks_present(records)[-1:])
+    held = [r for r in records if r["week"] in weeks]
+    return held, [r for r in records if r["week"] not in weeks] or records
 
 
 def calibrate(cfg, components: dict, scorer, records: list[dict]) -> tuple[float, float]:

@@ -29,9 +29,11 @@ from hydra.utils import instantiate
 from omegaconf import OmegaConf
 from pytorch_lightning.callbacks import ModelCheckpoint
 
-from clicks2pref.data.impressions import impression_splits, indexed
+from clicks2pref.data.impressions import impression_examples, impression_splits, indexed
 from clicks2pref.data.io import load_impressions, write_jsonl
-from clicks2pref.data.pairs import pair_splits
+from clicks2pref.data.log_splits import position_order, week_roles
+from clicks2pref.data.offline_mode import check_configured_weeks, log_split, uses_simulator
+from clicks2pref.data.pairs import build_pairs, pair_splits
 from clicks2pref.data.simulator import build_simulator
 from clicks2pref.data.traffic import served as served_week
 from clicks2pref.errors import ClickLogError, ConfigError, ModelNotFoundError
@@ -67,7 +69,8 @@ def run(cfg, loggers=()) -> dict:
     log.info("rm: pairs %s; impressions %s", ", ".join(f"{k} {len(v)}" for k, v in splits.items()),
              ", ".join(f"{k} {sum(e['count'] for e in v)}" for k, v in examples.items()))
     ppl = reference_ppl(cfg, splits) if rm.calibration.reference_ppl else {}
-    sim = build_simulator(cfg.simulator)  # evaluation only: the agreement of each model with the truth
+    # evaluation only: the agreement of each model with the truth (none without the simulator)
+    sim = build_simulator(cfg.simulator) if uses_simulator(cfg) else None
     work = artifacts.work_dir(cfg, "rm", key)
     report = {"key": key, "objective": rm.objective, "pairs": {k: len(v) for k, v in splits.items()},
               "impressions": {k: sum(e["count"] for e in v) for k, v in examples.items()}, "notes": notes,
@@ -81,7 +84,7 @@ def run(cfg, loggers=()) -> dict:
             eval_start = time.time()
             score = cached_outputs(model, rm.calibration.batch_size)  # pairs and impressions share suggestions
             res = {**stats, "splits": calibrate(cfg, model, splits, ppl, score)}
-            for split, v in examples.items():
+            for split, v in examples.items() if sim is not None else ():
                 if split in res["splits"] and v:
                     res["splits"][split].update(reward_oracle_agreement(model, v, sim, score=score))
             res["eval_seconds"] = time.time() - eval_start
@@ -115,16 +118,29 @@ def load_splits(cfg, served: Optional[dict] = None) -> tuple[dict[str, list[dict
     pcfg = cfg.reward_model.pairs
     source = artifacts.logs_source(cfg)
     records = load_impressions(source, cfg.data.on_invalid)
+    check_configured_weeks(cfg, records, source)
+    warn_unrandomised(records)
+    # the weeks from the logs themselves: every week but the last trains, the last is the IID test; one week
+    # alone splits by conversation (the held-out ones are the IID test)
+    train_weeks, test_weeks = week_roles(records, pcfg.train_weeks, pcfg.test_weeks)
+    held = [] if test_weeks else log_split(cfg, records).heldout
+    if held:
+        held_ids = {r["impression_id"] for r in held}
+        records = [r for r in records if r["impression_id"] not in held_ids]
+    split_by = f"IID test weeks {test_weeks}" if test_weeks else \
+        f"IID test: {len(held)} impressions of held-out conversations (one week of logs)"
     extra = []
     for week in (served or {}).get("rm_weeks", []):
         records += served_week(artifacts.artifact_path(cfg, "serve", served["key"]), week, cfg.data.format,
                                cfg.data.on_invalid)[0]
         extra.append(week)
-    if extra:
-        pcfg = OmegaConf.merge(pcfg, {"train_weeks": [*pcfg.train_weeks, *extra]})
+    pcfg = OmegaConf.merge(pcfg, {"train_weeks": [*train_weeks, *extra], "test_weeks": test_weeks})
     ood = load_impressions(cfg.data.ood_logs, cfg.data.on_invalid) if cfg.data.ood_logs else None
     splits = pair_splits(records, pcfg, ood)
     examples = impression_splits(records, pcfg, ood)
+    if held:
+        splits["iid"] = build_pairs(held, pcfg.position_filter)
+        examples["iid"] = impression_examples(held)
     weeks = sorted({r["week"] for r in records})
     if cfg.reward_model.objective == "click_model":
         if not examples["train"]:
@@ -136,15 +152,27 @@ def load_splits(cfg, served: Optional[dict] = None) -> tuple[dict[str, list[dict
                             f"logs (weeks present: {weeks}); set reward_model.pairs.train_weeks or "
                             f"reward_model.pairs.position_filter", str(source), field="reward_model.pairs")
     notes = [f"pairs: {pcfg.position_filter}; train weeks {list(pcfg.train_weeks)} (val {pcfg.val_fraction:.0%} of "
-             f"panels), IID test weeks {list(pcfg.test_weeks)}; logs {source}"
+             f"panels), {split_by}; logs {source}"
              + (f", and the SFT policy's served weeks {extra}" if extra else "")]
     if ood is None:
         notes.append("no OOD split: set data.ood_logs to another policy's click logs")
     else:
         notes.append(f"OOD split: {cfg.data.ood_logs} (policies {sorted({r['policy'] for r in ood})})")
     notes.append(f"trained on {cfg.reward_model.objective}; oracle ρ: Spearman of the model's score with each logged "
-                 f"suggestion's true click probability (evaluation only)")
+                 f"suggestion's true click probability (evaluation only)" if uses_simulator(cfg) else
+                 f"trained on {cfg.reward_model.objective}; no simulator, so no oracle ρ: judge the models by "
+                 f"held-out accuracy and calibration")
     return splits, examples, notes
+
+
+def warn_unrandomised(records: list[dict]) -> None:
+    """One warning line when the logs never showed a suggestion at two positions: position is then confounded
+    with content, and a reward model learns position."""
+    order = position_order(records)
+    if order["repeated"] and not order["randomised"]:
+        log.warning("rm: positions were never randomised in these logs (each of %d repeated suggestions was always "
+                    "at the same position): the examination is not identified and the reward models will learn "
+                    "position; log some traffic with the panel order shuffled per impression", order["repeated"])
 
 
 def train_one(cfg, kind: str, splits: dict, examples: dict, work: Path, loggers) -> tuple[object, dict]:

@@ -8,7 +8,8 @@ clicks are recorded; the oracle is never read. The first `serve.rm_weeks` weeks 
 training weeks; the week after is fusion's (`fusion.logs=policy`), on panels the reward models never saw.
 Weeks are numbered after the click logs' last. Writes under `artifacts/serve/<key>/`: `week<N>.jsonl`
 (impressions), `panels<N>.jsonl` (every sampled text as the policy wrote it, with its context and panel id,
-empty ones included) and `serve.json`.
+empty ones included) and `serve.json`. Without the simulator (`simulator=none`) nobody clicks: serve writes
+the panels the policy would serve a live bucket (`panels.jsonl`) and no week.
 """
 from __future__ import annotations
 
@@ -18,6 +19,8 @@ import random
 import time
 
 from clicks2pref.data.io import load_impressions, write_impressions, write_jsonl
+from clicks2pref.data.log_splits import contexts_of
+from clicks2pref.data.offline_mode import training_records, uses_simulator
 from clicks2pref.data.parsing import parse_suggestions
 from clicks2pref.data.prompts import build_messages
 from clicks2pref.data.simulator import build_simulator, context_splits
@@ -52,6 +55,8 @@ def flat_metrics(result: dict) -> dict:
 
 def build(cfg, inputs: dict, key: str) -> dict:
     """Serve the weeks and write the artifact (the caller holds the key's lock)."""
+    if not uses_simulator(cfg):
+        return would_serve(cfg, inputs, key)
     start = time.time()
     model, tok = load_sft_policy(artifacts.artifact_path(cfg, "sft", inputs["sft"]["key"]), cfg, merge=True)
     template = cfg.prompt[inputs["sft"]["template"]]
@@ -74,6 +79,35 @@ def build(cfg, inputs: dict, key: str) -> dict:
         (tmp / "serve.json").write_text(json.dumps(result, indent=2))
     log.info("serve: the SFT policy's weeks %s (reward models: %s, fusion: %s) in %.0fs", weeks, weeks[:-1],
              weeks[-1], result["seconds"])
+    return result
+
+
+def would_serve(cfg, inputs: dict, key: str) -> dict:
+    """No simulated users (`simulator=none`): the panels the SFT policy would serve a live bucket, for up to
+    `serve.contexts` logged training conversations, `serve.panels_per_context` each (`panels.jsonl`); no clicks,
+    so no week for the reward models or fusion (fusion fits on the held-out logs instead)."""
+    start = time.time()
+    model, tok = load_sft_policy(artifacts.artifact_path(cfg, "sft", inputs["sft"]["key"]), cfg, merge=True)
+    template, k, sv = cfg.prompt[inputs["sft"]["template"]], len(cfg.simulator.examination), cfg.serve
+    records = load_impressions(artifacts.logs_source(cfg), cfg.data.on_invalid)
+    conversations = contexts_of(training_records(cfg, records))
+    random.Random(f"serve-{cfg.seed}").shuffle(conversations)
+    conversations = conversations[:sv.contexts]
+    texts = generate(model, tok, [build_messages(template, c) for c in conversations], group_sampling(cfg),
+                     num_return_sequences=sv.panels_per_context, seed=cfg.seed, desc="serve: would-serve panels")
+    rows = [{"panel_id": f"live-p{i:05d}", "context": conversations[i // sv.panels_per_context], "text": t,
+             "suggestions": parse_suggestions(t, k).suggestions} for i, t in enumerate(texts)]
+    with artifacts.atomic_dir(artifacts.artifact_path(cfg, "serve", key)) as tmp:
+        write_jsonl(rows, tmp / "panels.jsonl")
+        result = {"key": key, "rm_weeks": [], "fusion_week": None, "weeks": {},
+                  "would_serve": {"contexts": len(conversations), "panels": len(rows), "file": "panels.jsonl",
+                                  "empty": sum(not r["suggestions"] for r in rows)},
+                  "template": inputs["sft"]["template"], "inputs": {s: inputs[s]["key"] for s in inputs},
+                  "seconds": time.time() - start}
+        (tmp / "serve.json").write_text(json.dumps(result, indent=2))
+    log.info("serve: no simulated users (simulator=none): wrote the SFT policy's would-serve panels for %d logged "
+             "conversations (%d panels) -> %s", len(conversations), len(rows),
+             artifacts.artifact_path(cfg, "serve", key) / "panels.jsonl")
     return result
 
 

@@ -23,9 +23,11 @@ from pathlib import Path
 
 from clicks2pref.config.sft import training_model_config
 from clicks2pref.data.assembly import assemble, build_embedder
-from clicks2pref.data.io import read_jsonl, write_jsonl
+from clicks2pref.data.io import load_impressions, read_jsonl, write_jsonl
+from clicks2pref.data.offline_mode import check_configured_weeks, training_records, uses_simulator
 from clicks2pref.data.prompts import build_messages
-from clicks2pref.data.sft_data import clicked_groups, click_summary, single_suggestion_examples, split_groups
+from clicks2pref.data.sft_data import (click_groups, clicked_groups, click_summary, single_suggestion_examples,
+                                       split_groups)
 from clicks2pref.data.teacher import with_candidates
 from clicks2pref.data.simulator import build_simulator
 from clicks2pref.errors import ClickLogError
@@ -53,7 +55,11 @@ def run(cfg, loggers=()) -> dict:
     # 2. (a) clicked suggestions grouped by context
     start = time.time()
     source = artifacts.logs_source(cfg)
-    groups = clicked_groups(cfg, source)
+    records = load_impressions(source, cfg.data.on_invalid)
+    check_configured_weeks(cfg, records, source)  # before anything trains: a week the logs lack is one line now
+    # without the simulator the held-out conversations are the evaluation's: SFT never sees them
+    groups = clicked_groups(cfg, source) if uses_simulator(cfg) else \
+        click_groups(training_records(cfg, records), sft.data)
     data = click_summary(groups)
     log.info("sft: %d context groups, %d clicked suggestions from %s; template %s", data["groups"],
              data["clicked_suggestions"], source, template_name)
@@ -80,8 +86,9 @@ def run(cfg, loggers=()) -> dict:
               "sources": {s: sum(e["source"] == s for e in examples) for s in ("click", "teacher")},
               "train": train_stats, "model": asdict(model_cfg), "seed": cfg.seed}
 
-    # 6. the SFT policy against the prompted baseline on held-out contexts (oracle CTR)
-    if sft.eval.enabled:
+    # 6. the SFT policy against the prompted baseline on held-out contexts (oracle CTR; none without the simulator:
+    #    stage evaluate estimates it offline)
+    if sft.eval.enabled and uses_simulator(cfg):
         result["eval"] = evaluate(cfg, model, tok, template, key)
     result["seconds"] = time.time() - start
 
