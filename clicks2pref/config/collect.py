@@ -70,6 +70,22 @@ class BestOfConfig:
 
 
 @dataclass
+class OfflineConfig:
+    """Offline estimates without an oracle (`clicks2pref.eval.offline`, `clicks2pref.eval.ab_plan`)."""
+
+    estimator: str = "garm"  # the reward model read as a click model (garm | btrm); the other kind cross-checks
+    sigma_band: float = 1.0  # GaRM's uncertainty band: the estimate at μ ∓ band·σ
+    alpha: float = 0.05  # the A/B plan's two-sided significance level
+    power: float = 0.8  # the A/B plan's power
+
+    def __post_init__(self):
+        one_of("estimator", self.estimator, ("garm", "btrm"))
+        at_least("sigma_band", self.sigma_band, 0)
+        fraction("alpha", self.alpha, open_low=True, open_high=True)
+        fraction("power", self.power, open_low=True, open_high=True)
+
+
+@dataclass
 class EvalConfig(HeldOutConfig):
     samples_per_context: int = 4
     policies: List[str] = field(default_factory=lambda: ["baseline", "sft", "grpo"])
@@ -78,6 +94,7 @@ class EvalConfig(HeldOutConfig):
     diversity_embedder: str = "minilm-l6"
     calibration: bool = True
     best_of: BestOfConfig = field(default_factory=BestOfConfig)
+    offline: OfflineConfig = field(default_factory=OfflineConfig)
 
     def __post_init__(self):
         super().__post_init__()
