@@ -13,7 +13,6 @@ import warnings
 
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
-from transformers.utils import logging as hf_logging
 
 # (logger name prefix, message pattern, why it is harmless here)
 NOISE = [
@@ -60,6 +59,8 @@ def quiet_third_party() -> None:
 
 def _quiet_progress_bars() -> None:
     """transformers' per-load "Loading weights" bars: a model loads in well under a second here."""
+    from transformers.utils import logging as hf_logging  # here: checking a config imports this module, not torch
+
     hf_logging.disable_progress_bar()
 
 

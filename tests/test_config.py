@@ -55,7 +55,7 @@ def test_group_file_with_unknown_key_fails(tmp_path):
 
     conf = tmp_path / "conf"
     shutil.copytree(CONF_DIR, conf)
-    (conf / "simulator" / "default.yaml").write_text((conf / "simulator" / "default.yaml").read_text()
+    (conf / "simulator" / "v1.yaml").write_text((conf / "simulator" / "v1.yaml").read_text()
                                                      + "examinaton: [1.0]\n")
     GlobalHydra.instance().clear()
     with initialize_config_dir(str(conf), version_base="1.3"):

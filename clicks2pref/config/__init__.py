@@ -28,8 +28,8 @@ from clicks2pref.config.sft import SFTConfig, TeacherConfig
 from clicks2pref.data.prompts import PromptTemplate
 from clicks2pref.data.simulator.click_model import SimulatorConfig
 from clicks2pref.errors import ConfigError
-from clicks2pref.models.generate import GenerationConfig
-from clicks2pref.models.registry import ModelConfig
+from clicks2pref.models.generation_config import GenerationConfig
+from clicks2pref.models.model_config import ModelConfig
 from clicks2pref.rewards.composite import RewardsConfig, needed_reward_models
 from clicks2pref.rewards.fusion import FusionConfig
 

@@ -6,7 +6,7 @@ from typing import List, Optional
 
 from clicks2pref.config.checks import at_least, fraction, one_of
 from clicks2pref.errors import ConfigError
-from clicks2pref.models.registry import ModelConfig
+from clicks2pref.models.model_config import ModelConfig
 
 SPLITS = ("test", "val")  # held-out context splits of the simulator (never in any log)
 

@@ -16,7 +16,7 @@ from typing import List, Optional
 
 from clicks2pref.config.checks import at_least, one_of, positive
 from clicks2pref.errors import ConfigError
-from clicks2pref.objectives.dpo import LABEL_SMOOTHED, LOSS_TYPES
+from clicks2pref.objectives.names import DPO_LABEL_SMOOTHED as LABEL_SMOOTHED, DPO_LOSS_TYPES as LOSS_TYPES
 
 OPTIMIZERS = ("grpo", "rft", "dpo_clicks", "online_dpo")
 GROUP_BY = ("facet", "context")

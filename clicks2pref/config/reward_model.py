@@ -7,14 +7,19 @@ from typing import List, Optional
 from clicks2pref.config.checks import at_least, fraction, one_of, positive
 from clicks2pref.data.pairs import POSITION_FILTERS, PairConfig
 from clicks2pref.errors import ConfigError
-from clicks2pref.eval.calibration_report import CalibrationConfig
-from clicks2pref.models.registry import SMOLLM2, LoraConfig, ModelConfig
-from clicks2pref.models.reward_heads import KINDS, HeadConfig
-from clicks2pref.objectives.click_model import CLICK_MODELS
-from clicks2pref.objectives.gaussian import LIKELIHOODS, REGULARIZERS
+from clicks2pref.models.model_config import SMOLLM2, LoraConfig, ModelConfig
+from clicks2pref.models.reward_head_config import KINDS, POOLINGS, HeadConfig
+from clicks2pref.objectives import OBJECTIVES
+from clicks2pref.objectives.names import CLICK_MODELS, LIKELIHOODS, REGULARIZERS
 
-POOLINGS = ("last", "mean")
-OBJECTIVES = ("click_model", "pairwise")
+
+@dataclass
+class CalibrationConfig:
+    n_bins: int = 15  # equal-width ECE / reliability bins
+    n_deciles: int = 10  # groups of the accuracy-by-confidence and accuracy-by-perplexity tables
+    reference_ppl: bool = True  # accuracy by reference log-perplexity (a forward pass of policy.model per suggestion)
+    batch_size: int = 32  # suggestions per scoring forward pass
+    max_length: int = 256  # tokens of context + suggestion for the reference log-perplexity
 
 
 @dataclass

@@ -10,8 +10,8 @@ from clicks2pref.config.checks import at_least, one_of, optimizer_lr
 from clicks2pref.config.collect import HeldOutConfig
 from clicks2pref.data.assembly import AssemblyConfig
 from clicks2pref.data.sft_data import SFTDataConfig
-from clicks2pref.models.generate import GenerationConfig
-from clicks2pref.models.registry import SMOLLM2, LoraConfig, ModelConfig
+from clicks2pref.models.generation_config import GenerationConfig
+from clicks2pref.models.model_config import SMOLLM2, LoraConfig, ModelConfig
 
 METHODS = ("full", "lora", "qlora")
 

@@ -12,7 +12,6 @@ import json
 import logging
 import math
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from functools import partial
 from typing import Callable, Optional, Sequence
@@ -33,15 +32,6 @@ from clicks2pref.models.registry import load_causal_lm
 from clicks2pref.models.shared_prefix import rm_outputs
 
 log = logging.getLogger(__name__)
-
-
-@dataclass
-class CalibrationConfig:
-    n_bins: int = 15  # equal-width ECE / reliability bins
-    n_deciles: int = 10  # groups of the accuracy-by-confidence and accuracy-by-perplexity tables
-    reference_ppl: bool = True  # accuracy by reference log-perplexity (a forward pass of policy.model per suggestion)
-    batch_size: int = 32  # suggestions per scoring forward pass
-    max_length: int = 256  # tokens of context + suggestion for the reference log-perplexity
 
 
 def item_key(context: list[dict], text: str) -> tuple[str, str]:

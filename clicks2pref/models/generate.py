@@ -1,39 +1,17 @@
 """Batched sampling from a causal LM on chat prompts."""
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Sequence
 
 import torch
 from tqdm.auto import tqdm
 
 from clicks2pref.console import interactive
-from clicks2pref.errors import ConfigError
 from clicks2pref.models.adapters import merged_adapters
+from clicks2pref.models.generation_config import GenerationConfig
 from clicks2pref.models.placement import on_device
 from clicks2pref.models.sampling import greedy_kwargs, sampling_kwargs
 from clicks2pref.models.shared_prompt import generate_grouped
-
-
-@dataclass
-class GenerationConfig:
-    max_new_tokens: int = 56
-    temperature: float = 0.8
-    top_p: float = 0.95
-    top_k: int = 50  # transformers' default when a model's generation config names none; 0 = off
-    do_sample: bool = True
-    batch_size: int = 24
-
-    def __post_init__(self):
-        for key in ("max_new_tokens", "batch_size"):
-            if getattr(self, key) < 1:
-                raise ConfigError(f"{getattr(self, key)} must be at least 1", key)
-        if not self.temperature > 0:
-            raise ConfigError(f"{self.temperature} must be > 0", "temperature")
-        if not 0 < self.top_p <= 1:
-            raise ConfigError(f"{self.top_p} must be in (0, 1]", "top_p")
-        if self.top_k < 0:
-            raise ConfigError(f"{self.top_k} must be at least 0 (0 = off)", "top_k")
 
 
 def chat_inputs(tokenizer, messages: Sequence[list[dict]]) -> list[list[int]]:

@@ -11,47 +11,17 @@ import logging
 import os
 import shutil
 import tempfile
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, List, Optional
+from typing import Any, Optional
 
 import torch
 from transformers import (AutoModel, AutoModelForCausalLM, AutoTokenizer, BitsAndBytesConfig, LlamaConfig,
                           LlamaForCausalLM)
 
 from clicks2pref.errors import ModelNotFoundError
+from clicks2pref.models.model_config import MINILM, SMOLLM2, TINY_LLAMA, LoraConfig, ModelConfig  # noqa: F401
 
 log = logging.getLogger(__name__)
-
-SMOLLM2 = "smollm2-135m-instruct"
-MINILM = "minilm-l6"
-TINY_LLAMA = "tiny-llama"
-
-
-@dataclass
-class LoraConfig:
-    r: int = 8
-    lora_alpha: int = 16
-    lora_dropout: float = 0.05
-    target_modules: List[str] = field(default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj"])
-    bias: str = "none"
-
-
-@dataclass
-class ModelConfig:
-    name: str = SMOLLM2
-    dtype: str = "float32"  # float32 | bfloat16 | float16
-    quantization: Optional[str] = None  # null | 8bit | 4bit
-    gradient_checkpointing: bool = False
-    trust_remote_code: bool = False
-    revision: Optional[str] = None
-    lora: Optional[LoraConfig] = None
-    # tiny-llama shape (used only when name == tiny-llama)
-    tiny_hidden_size: int = 64
-    tiny_num_layers: int = 2
-    tiny_num_heads: int = 4
-    tiny_intermediate_size: int = 128
-
 
 def user_code_policy(model: dict, allowed: bool, where: str, key: str) -> dict:
     """A model config read from a folder's own metadata, with `trust_remote_code` taken from the user's config

@@ -16,7 +16,7 @@ from __future__ import annotations
 import json
 import math
 import os
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path
 from typing import Optional, Sequence
 
@@ -28,22 +28,10 @@ from torch import Tensor, nn
 from clicks2pref.errors import ModelNotFoundError
 from clicks2pref.models.placement import on_device
 from clicks2pref.models.registry import LoraConfig, ModelConfig, load_backbone, user_code_policy
+from clicks2pref.models.reward_head_config import POOLINGS, HeadConfig
 from clicks2pref.objectives.bradley_terry import bt_loss
 from clicks2pref.objectives.click_model import btrm_attraction, garm_attraction
 from clicks2pref.objectives.gaussian import garm_loss, garm_z, regularization, sigma_from_raw
-
-POOLINGS = ("last", "mean")
-
-
-@dataclass
-class HeadConfig:
-    pooling: str = "last"  # last (last non-pad token; decoders) | mean (over tokens; encoders such as MiniLM)
-    sigma_min: float = 0.01  # GaRM σ = softplus(raw) + sigma_min
-    sigma_init: float = 1.0  # GaRM σ before training (the raw bias is set to give it)
-    normalize: bool = True  # RMS-normalise the pooled feature (no weights): same head scale on any backbone
-    init_std: float = 0.005  # std of the head's initial weights
-    max_length: int = 128  # tokens per (context, suggestion) input
-
 
 class RewardModel(nn.Module):
     """Backbone + the head of its kind (`HEADS`). `forward` returns the head's outputs per input: {"reward"}
@@ -270,8 +258,7 @@ class GaussianHead(nn.Linear):
         return garm_attraction(score, out["sigma"]) if attraction else score
 
 
-HEADS = {"garm": GaussianHead, "btrm": ScalarHead}  # reward_model.kinds → its head
-KINDS = tuple(HEADS)
+HEADS = {"garm": GaussianHead, "btrm": ScalarHead}  # each of `KINDS` (reward_model.kinds) → its head
 OUTPUTS = {kind: head.outputs for kind, head in HEADS.items()}  # what each kind's head returns per input
 
 

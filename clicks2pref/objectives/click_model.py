@@ -31,7 +31,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-CLICK_MODELS = ("cascade", "pbm")
+from clicks2pref.objectives.names import CLICK_MODELS
+
 EPS = 1e-6
 NOTHING_ABOVE = -1e3  # sim_above of the top position: far below any threshold, so g = 1 there
 
