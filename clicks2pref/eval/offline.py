@@ -23,13 +23,16 @@ import torch
 
 from clicks2pref.data.log_splits import conversation_key
 from clicks2pref.data.parsing import parse_suggestions
+from clicks2pref.errors import ConfigError
 from clicks2pref.eval.ctr import bootstrap_mean
-from clicks2pref.models.reward_heads import OUTPUTS
+from clicks2pref.eval.gsb import gsb
+from clicks2pref.models.reward_heads import OUTPUTS, load_reward_model
 from clicks2pref.models.shared_prefix import cached_outputs
 from clicks2pref.models.similarity import PanelSimilarity
 from clicks2pref.objectives.click_model import (EPS, btrm_attraction, garm_attraction, redundancy_discount,
                                                 similarity_above)
 from clicks2pref.rewards.base import resolve_examination
+from clicks2pref.rewards.diversity import distinct_n
 
 BASIS = "model-based"  # the label every offline estimate carries
 
@@ -153,3 +156,40 @@ def row(name: str, per_context: np.ndarray, low: np.ndarray, high: np.ndarray, a
             "sigma_low": float(np.mean(low)), "sigma_high": float(np.mean(high)),
             "lift_vs_logged": lift["relative"], "lift_low": lift["relative_low"], "lift_high": lift["relative_high"],
             "contexts": est.n, **extra}
+
+
+def build_estimators(rm_models: dict[str, str], primary: str, cache_dir=None, trust_remote_code: bool = False
+                     ) -> tuple[dict[str, ClickModelCTR], str]:
+    """({kind: estimator} of every trained reward model, the primary kind): `primary` when it was trained, else
+    the first; a ConfigError naming the fix when no reward model was trained at all."""
+    if not rm_models:
+        raise ConfigError("needs a trained reward model to estimate CTR without the simulator; add garm or btrm to "
+                          "reward_model.kinds", "eval.offline.estimator")
+    estimators = {kind: ClickModelCTR(load_reward_model(folder, cache_dir, trust_remote_code=trust_remote_code))
+                  for kind, folder in rm_models.items()}
+    return estimators, primary if primary in estimators else next(iter(estimators))
+
+
+def compare_policies(estimator: ClickModelCTR, conversations: Sequence[list[dict]], outputs: dict[str, list[str]],
+                     reference: str, bootstrap_samples: int, ci_level: float, seed: int, gsb_margin: float,
+                     diversity=None) -> dict:
+    """Two or more policies' panels (one output per conversation each) by estimated CTR: each with its CI, the
+    paired difference against `reference` and GSB at `gsb_margin`; format rate and diversity. Model-based."""
+    out = {"basis": BASIS, "contexts": len(conversations)}
+    per = {}
+    for name, texts in outputs.items():
+        parsed = [parse_suggestions(t, estimator.k) for t in texts]
+        panels = [p.suggestions for p in parsed]
+        per[name] = estimator.panel_ctr(list(conversations), panels)["ctr"]
+        est = bootstrap_mean(per[name], bootstrap_samples, ci_level, seed)
+        out[name] = {"estimated_ctr": est.mean, "ci_low": est.low, "ci_high": est.high,
+                     "format_rate": float(np.mean([p.well_formed for p in parsed])) if parsed else float("nan"),
+                     "distinct_2": distinct_n(panels, 2),
+                     "mean_pairwise_cosine": diversity.mean_pairwise_cosine(panels) if diversity else float("nan")}
+    for name in outputs:
+        if name != reference:
+            lift = paired_lift(per[name], per[reference], bootstrap_samples, ci_level, seed)
+            out["lift"] = {"ctr_diff": lift["diff"], "ci_low": lift["diff_low"], "ci_high": lift["diff_high"],
+                           "relative": lift["relative"]}
+            out["gsb"] = gsb(per[name], per[reference], gsb_margin).as_dict()
+    return out

@@ -127,7 +127,9 @@ SPECS = {
     "grpo": StageSpec(("seed", "rewards", "grpo", "optimizer", "simulator", "policy", "prompt", "data.on_invalid", "data.split",
                        "data.format", "collect.sessions_per_week", "collect.users_per_panel", "trainer.precision",
                        "trainer.accelerator", "data.holdout"), "grpo.json",
-                      reads=lambda cfg: ("sft", *(["rm"] if needed_reward_models(cfg.rewards) else []),
+                      # the reward models: the reward's, and without the simulator the offline estimator's
+                      reads=lambda cfg: ("sft", *(["rm"] if needed_reward_models(cfg.rewards) or not uses_simulator(cfg)
+                                                  else []),
                                          *(["fusion"] if cfg.rewards.weights == "fusion" else [])),
                       version=f"scoring-v{SCORING_VERSION}",
                       headline="selected.sampled_ctr"),  # the kept checkpoint's sampled CTR, validation contexts

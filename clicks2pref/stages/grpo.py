@@ -39,11 +39,15 @@ from pytorch_lightning.callbacks import ModelCheckpoint
 from clicks2pref.data.io import load_impressions, write_impressions, write_jsonl
 from clicks2pref.data.parsing import parse_suggestions
 from clicks2pref.data.prompts import build_messages
+from clicks2pref.data.log_splits import contexts_of
+from clicks2pref.data.offline_mode import log_split, training_records, uses_simulator
 from clicks2pref.data.simulator import build_simulator, context_splits
 from clicks2pref.data.traffic import log_week, sample_contexts
 from clicks2pref.errors import ConfigError
 from clicks2pref.eval.heldout import heldout_contexts, paired, score_policy
 from clicks2pref.eval.monitor import RewardHackingMonitor
+from clicks2pref.eval.offline import build_estimators, compare_policies
+from clicks2pref.eval.offline_monitor import offline_monitor
 from clicks2pref.eval.training import write_training_plot
 from clicks2pref.eval.policy import baseline_id
 from clicks2pref.lit.checkpoints import resume_checkpoint
@@ -52,6 +56,7 @@ from clicks2pref.data.panel_pairs import pair_items
 from clicks2pref.lit.grpo_module import PromptData
 from clicks2pref.lit.optimizers import NAMES, NEEDS_REFERENCE, build_module
 from clicks2pref.loggers import log_metrics, log_table
+from clicks2pref.models.generate import generate
 from clicks2pref.models.policies import load_sft_policy
 from clicks2pref.models.registry import apply_training_options, load_causal_lm
 from clicks2pref.models.vllm_rollout import VLLMRollout, require_one_process
@@ -95,9 +100,13 @@ def run(cfg, loggers=()) -> dict:
     module = build_module(opt, typed, model, tok, reward, k, reference)
     if g.use_vllm:
         module.rollout = VLLMRollout(model, g.vllm_gpu_memory_utilization, g.vllm_max_model_length, cfg.seed)
-    prompts = pair_items(records, template, opt, k) if opt.name == "dpo_clicks" else logged_prompts(records, template)
-    sim = build_simulator(OmegaConf.to_object(cfg.simulator))
-    monitor = build_monitor(cfg, sim, template)
+    # without the simulator the held-out conversations are never prompts: `val` picks checkpoints, `test` evaluates
+    trainable = training_records(cfg, records)
+    prompts = pair_items(trainable, template, opt, k) if opt.name == "dpo_clicks" else \
+        logged_prompts(trainable, template)
+    sim = build_simulator(OmegaConf.to_object(cfg.simulator)) if uses_simulator(cfg) else None
+    monitor = build_monitor(cfg, sim, template) if sim is not None else \
+        offline_monitor(g.monitor, estimator(cfg, inputs), contexts_of(log_split(cfg, records).val), template, cfg.seed)
 
     # 5. train; a killed run resumes from the work folder's last checkpoint
     train_start = time.time()
@@ -115,8 +124,11 @@ def run(cfg, loggers=()) -> dict:
               "compute": module.compute.totals(),
               "optimizer_steps": int(trainer.global_step), "train_seconds": train_seconds,
               "nonfinite_steps": module.nonfinite_total,
-              "eval": evaluate(cfg, module, sim, template, f"grpo:{key}", reference_id),
-              "monitor": monitor.detector.summary(), "selected": monitor.selection(),
+              "eval": evaluate(cfg, module, sim, template, f"grpo:{key}", reference_id) if sim is not None else
+              evaluate_offline(cfg, module, estimator(cfg, inputs), contexts_of(log_split(cfg, records).test),
+                               template),
+              "monitor": monitor.detector.summary() if sim is not None else monitor.summary(),
+              "selected": monitor.selection(),
               "inputs": {s: inputs[s]["key"] for s in inputs}}
 
     # 7. the artifact: adapters, sampled completions, a week of RL logs, and the result, written last
@@ -236,6 +248,34 @@ def fit(cfg, module, prompts: list[dict], monitor, work: Path, loggers, n_steps:
 # --- outputs -------------------------------------------------------------------------------------
 
 
+def estimator(cfg, inputs: dict):
+    """The click model the reward models learned, read as a CTR estimator (`eval.offline.estimator`)."""
+    estimators, primary = build_estimators(artifacts.rm_models(cfg, inputs), cfg.eval.offline.estimator,
+                                           cfg.paths.model_cache, cfg.reward_model.backbone.trust_remote_code)
+    return estimators[primary]
+
+
+def evaluate_offline(cfg, module, est, conversations: list, template) -> dict:
+    """No simulator: GRPO vs. the policy it started from on held-out logged conversations (`test`), by the click
+    model's estimated CTR (model-based), with the fields of `evaluate` (`estimated_ctr` for `oracle_ctr`)."""
+    ev = cfg.grpo.eval
+    conversations = conversations[:ev.max_contexts] if ev.max_contexts else conversations
+    if module.reference_model is not None:
+        reference = module.reference_model
+    else:  # the adapters disabled = the weights GRPO started from
+        merged = copy.deepcopy(module.model)
+        reference = merged.unload() if hasattr(merged, "unload") else merged
+    messages = [build_messages(template, c) for c in conversations]
+    outputs = {name: generate(model, module.tokenizer, messages, cfg.policy.generation, seed=cfg.seed,
+                              desc=f"offline: {name}") if messages else []
+               for name, model in (("sft", reference), ("grpo", module.model))}
+    out = compare_policies(est, conversations, outputs, "sft", ev.bootstrap_samples, ev.ci_level, cfg.seed,
+                           ev.gsb_margin, DiversityReward(cfg.rewards.embedder))
+    return {**out, "split": "logged (test)", "ci": f"{ev.ci_level:.0%}",
+            "examples": [{"context": c, "sft": outputs["sft"][i], "grpo": outputs["grpo"][i]}
+                         for i, c in enumerate(conversations[:4])]}
+
+
 def evaluate(cfg, module, sim, template, policy_id: str, reference_id: str) -> dict:
     """GRPO vs. its reference (the SFT policy) on held-out contexts: oracle CTR + CI, paired lift, GSB,
     format rate and diversity. The reference's evaluation is usually the one the sft stage already made."""
@@ -263,9 +303,10 @@ def evaluate(cfg, module, sim, template, policy_id: str, reference_id: str) -> d
 
 
 def rl_logs(cfg, model, tok, sim, template, folder: Path) -> Optional[str]:
-    """One week of impressions from the GRPO policy through the simulator (the OOD "Week 4-RFT" split)."""
+    """One week of impressions from the GRPO policy through the simulator (the OOD "Week 4-RFT" split); none
+    without the simulator."""
     rc = cfg.grpo.rl_logs
-    if not rc.enabled:
+    if not rc.enabled or sim is None:
         return None
     split = cfg.data.split
     train = context_splits(sim.world, split)["train"]
@@ -313,14 +354,16 @@ def publish(cfg, result: dict, samples: list, loggers, fresh: bool) -> dict:
 
 def markdown_report(result: dict) -> str:
     ev = result["eval"]
+    ctr = "oracle_ctr" if "oracle_ctr" in ev["sft"] else "estimated_ctr"  # no simulator: the click model's estimate
     lines = [f"{NAMES[result.get('optimizer', 'grpo')]} ({result['rewards']}: {result['reward']}) — {result['steps']} "
              f"steps in {result['train_seconds']:.0f}s; {ev['contexts']} held-out {ev['split']} contexts, {ev['ci']} CIs",
              *compute_line(result), "",
-             "| policy | oracle CTR | CI low | CI high | format rate | distinct-2 | mean cosine |",
+             f"| policy | {ctr.replace('_', ' ').replace('ctr', 'CTR')} | CI low | CI high | format rate | distinct-2 "
+             "| mean cosine |",
              "|---|---|---|---|---|---|---|"]
     for name in ("sft", "grpo"):
         m = ev[name]
-        lines.append(f"| {name} | {m['oracle_ctr']:.4f} | {m['ci_low']:.4f} | {m['ci_high']:.4f} | "
+        lines.append(f"| {name} | {m[ctr]:.4f} | {m['ci_low']:.4f} | {m['ci_high']:.4f} | "
                      f"{m['format_rate']:.3f} | {m['distinct_2']:.3f} | {m['mean_pairwise_cosine']:.3f} |")
     lift, g, monitor = ev["lift"], ev["gsb"], result["monitor"]
     flag = f"RAISED at steps {monitor['flagged_at']}" if monitor["flagged"] else "no"
@@ -344,7 +387,8 @@ def compute_line(result: dict) -> list[str]:
 
 def flat_metrics(result: dict) -> dict:
     ev = result["eval"]
-    out = {f"grpo/eval/{p}_{m}": ev[p][m] for p in ("grpo", "sft") for m in ("oracle_ctr", "ci_low", "ci_high",
+    ctr = "oracle_ctr" if "oracle_ctr" in ev["sft"] else "estimated_ctr"  # no simulator: the click model's estimate
+    out = {f"grpo/eval/{p}_{m}": ev[p][m] for p in ("grpo", "sft") for m in (ctr, "ci_low", "ci_high",
                                                                             "format_rate", "distinct_2")}
     out.update({"grpo/eval/ctr_diff": ev["lift"]["ctr_diff"], "grpo/eval/gsb": ev["gsb"]["gsb"],
                 "grpo/eval/hacking_flag": float(result["monitor"]["flagged"])})
