@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 ARGS ?=
 
-.PHONY: install run test test-full lint tables clean
+.PHONY: install run test test-full lint tables clean own-logs-demo
 
 $(STAMP): setup.cfg pyproject.toml
 	$(PY) -m venv $(VENV)
@@ -20,6 +20,11 @@ install: $(STAMP)
 
 run: $(STAMP)  ## the main job on the embedded default (SmolLM2 + click simulator)
 	$(BIN)/python -m clicks2pref $(ARGS)
+
+own-logs-demo: $(STAMP)  ## a team's own click logs end to end, no simulator, smoke size: make own-logs-demo LOGS='path/*.jsonl'
+	@test -n "$(LOGS)" || { echo "set LOGS to your click logs (JSONL/Parquet files or a glob), e.g. LOGS='logs/*.jsonl'"; exit 2; }
+	$(BIN)/python -m clicks2pref.validate $(LOGS)
+	$(BIN)/python -m clicks2pref data.logs='$(LOGS)' experiment=own_logs $(ARGS)
 
 test: $(STAMP)  ## the default test run (slow tests skipped)
 	$(BIN)/python -m pytest -q $(ARGS)

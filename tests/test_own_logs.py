@@ -14,7 +14,7 @@ from clicks2pref.data.log_splits import check_weeks, conversation_key, split_log
 from clicks2pref.data.offline_mode import foreign_impressions
 from clicks2pref.errors import ClickLogError
 from clicks2pref.eval.offline import ClickModelCTR, logged_anchor, sample_ctr
-from clicks2pref.eval.offline_report import best_of, offline_table, plan_rows, score_samples
+from clicks2pref.eval.offline_report import beside_oracle, best_of, offline_table, plan_rows, score_samples
 
 # --- foreign logs: conversations the packaged world has never seen ------------------------------------------
 
@@ -149,3 +149,17 @@ def test_offline_table_lifts_are_paired_against_the_logged_anchor_and_plan_the_a
     picked, bo = best_of(scored, np.array([[0.0, 1.0]] * len(conversations)), 2, "garm", 200, 0.95, 0)
     assert bo["vs_policy"] < 0 and picked["outputs"][0] == bad[0][0]  # a reward that prefers the bad panel
     assert sample_ctr(est["garm"], conversations, good)["ctr"].shape == (len(conversations), 2)
+
+
+
+def test_beside_the_oracle_the_estimated_lift_and_its_gap():
+    est = ClickModelCTR(FakeGaRM())
+    context = [{"role": "user", "content": "q"}, {"role": "assistant", "content": "a"}]
+    conversations = [context] * 4
+    good, bad = "1. What is the cost?\n2. b?\n3. c?", "1. a?\n2. b?\n3. c?"
+    results = {"sft": {"outputs": [bad] * 4, "per_context_ctr": [0.1] * 4},
+               "grpo": {"outputs": [good] * 4, "per_context_ctr": [0.2] * 4, "samples": [[good, good]] * 4,
+                        "samples_per_context": 2}}
+    out = beside_oracle(est, results, "sft", conversations, 100, 0.95, 0)
+    assert out["sft"]["est_lift"] == 0 and out["grpo"]["oracle_lift"] == pytest.approx(1.0)
+    assert out["grpo"]["est_lift"] > 0 and out["grpo"]["lift_gap"] == pytest.approx(out["grpo"]["est_lift"] - 1.0)
