@@ -57,7 +57,7 @@ def _logs(cfg) -> tuple[str, ...]:
 def _evaluated(cfg) -> tuple[str, ...]:
     named = [p for p in cfg.eval.policies if p in ("sft", "grpo")]
     reranks = bool(cfg.eval.best_of.n and set(cfg.eval.best_of.policies) & set(cfg.eval.policies))
-    rm = cfg.eval.calibration or reranks
+    rm = cfg.eval.calibration or reranks or not uses_simulator(cfg)  # without the simulator: the offline estimator
     composite = [] if not (reranks and cfg.eval.best_of.reward == "composite") else \
         ["sft", *(["fusion"] if cfg.rewards.weights == "fusion" else [])]  # its ppl reference; its weights and κ
     return tuple(dict.fromkeys([*_logs(cfg), *named, *(["rm"] if rm else []), *composite]))
