@@ -22,9 +22,7 @@ from torch import Tensor
 from clicks2pref.data.pairs import context_key
 from clicks2pref.eval.calibration import (
     accuracy_by_decile,
-    btrm_confidence,
     expected_calibration_error,
-    garm_confidence,
     reliability_bins,
 )
 from clicks2pref.models.placement import on_device
@@ -59,14 +57,13 @@ def pair_predictions(model, pairs: Sequence[dict], batch_size: int = 32, score: 
     index = {k: i for i, k in enumerate(keys)}
     c = torch.tensor([index[item_key(p["context"], p["chosen"])] for p in pairs], dtype=torch.long)
     r = torch.tensor([index[item_key(p["context"], p["rejected"])] for p in pairs], dtype=torch.long)
-    if model.kind == "garm":
-        mu, sigma = out["mu"].double(), out["sigma"].double()
-        conf, correct = garm_confidence(mu[c], sigma[c], mu[r], sigma[r])
-        p_chosen = torch.where(correct, conf, 1 - conf)
-        return {"confidence": conf, "correct": correct, "p_chosen": p_chosen, "sigma": (sigma[c] + sigma[r]) / 2}
-    reward = out["reward"].double()
-    conf, correct = btrm_confidence(reward[c], reward[r])
-    return {"confidence": conf, "correct": correct, "p_chosen": torch.where(correct, conf, 1 - conf)}
+    out = {k: v.double() for k, v in out.items()}
+    margin = model.head.pair_margin(out, c, r)  # the head's z (GaRM) or r_c − r_r (BTRM)
+    conf, correct = model.head.link(margin.abs()), margin > 0
+    result = {"confidence": conf, "correct": correct, "p_chosen": torch.where(correct, conf, 1 - conf)}
+    if "sigma" in out:
+        result["sigma"] = (out["sigma"][c] + out["sigma"][r]) / 2
+    return result
 
 
 @torch.no_grad()
