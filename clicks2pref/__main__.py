@@ -47,18 +47,17 @@ def run_stage(cfg: DictConfig):
 
 
 def headline(cfg: DictConfig, result: dict) -> float:
-    """The job's metric: `optimized_metric` (a dotted path into `result`, list items by index) or the stage's
-    headline in SPECS; NaN when the result lacks it (e.g. `sft.eval.enabled=false`)."""
+    """The job's metric: `optimized_metric` or the stage's headline in SPECS, each a dotted path into `result` (list
+    items by index); NaN when the result lacks it (e.g. `grpo.monitor.select=none`) or the stage has none."""
+    path = cfg.get("optimized_metric") or HEADLINE.get(cfg.stage.name)
     try:
-        if cfg.get("optimized_metric"):
-            value = result
-            for part in cfg.optimized_metric.split("."):
-                value = value[int(part)] if isinstance(value, list) else value[part]
-            return float(value)
-        return float(HEADLINE[cfg.stage.name](result))
-    except (KeyError, IndexError, TypeError, ValueError):
-        log.warning("no metric %s in the %s result; the job returns NaN", cfg.get("optimized_metric") or "headline",
-                    cfg.stage.name)
+        value = result
+        for part in path.split("."):
+            value = value[int(part)] if isinstance(value, list) else value[part]
+        return float(value)
+    except (AttributeError, KeyError, IndexError, TypeError, ValueError):
+        log.warning("no metric %s in the %s result; the job returns NaN", path or "(the stage has no headline: set "
+                    "optimized_metric)", cfg.stage.name)
         return math.nan
 
 

@@ -58,19 +58,43 @@ def test_run_returns_the_stage_result_and_the_job_its_headline(smoke_collect, tm
     assert headline(cfg, result) == best
 
 
-def test_every_stage_has_a_headline_metric_and_a_path_picks_another():
+def test_every_headline_is_a_validation_metric_and_a_path_picks_another():
+    """A job returns what a team could measure (validation contexts, sampled clicks, its own logs), so a sweeper never
+    climbs the oracle or the test contexts; the stages that only report have no headline."""
     from clicks2pref.__main__ import HEADLINE, headline
 
-    assert set(HEADLINE) == {p.stem for p in (CONF / "stage").glob("*.yaml")}
-    grpo = {"eval": {"grpo": {"oracle_ctr": 0.31}, "lift": {"ctr_diff": -0.01}}, "rows": [{"x": 2}]}
+    assert set(HEADLINE) == {p.stem for p in (CONF / "stage").glob("*.yaml")} - {"sft", "serve", "evaluate"}
+    assert all("oracle" not in path and "test" not in path and "eval." not in path for path in HEADLINE.values())
+    grpo = {"eval": {"grpo": {"oracle_ctr": 0.31}, "lift": {"ctr_diff": -0.01}}, "rows": [{"x": 2}],
+            "selected": {"step": 4, "sampled_ctr": 0.12}}
     cfg = OmegaConf.create({"stage": {"name": "grpo"}, "optimized_metric": None})
-    assert headline(cfg, grpo) == 0.31
+    assert headline(cfg, grpo) == 0.12
     cfg.optimized_metric = "eval.lift.ctr_diff"
     assert headline(cfg, grpo) == -0.01
     cfg.optimized_metric = "rows.-1.x"
     assert headline(cfg, grpo) == 2.0
     cfg.optimized_metric = "eval.sft.oracle_ctr"
     assert math.isnan(headline(cfg, grpo))
+    assert math.isnan(headline(OmegaConf.create({"stage": {"name": "evaluate"}, "optimized_metric": None}), grpo))
+
+
+VALIDATION_METRICS = ("selected.sampled_ctr", "stages.grpo.selected.sampled_ctr", "chosen.auc",
+                      "metrics.garm.iid.accuracy", "metrics.btrm.iid.accuracy")
+
+
+@pytest.mark.parametrize("preset", sorted(p.stem for p in (CONF / "hparams_search").glob("*.yaml"))
+                         + sorted(p.stem for p in (CONF / "experiment").glob("*.yaml")))
+def test_every_search_and_sweep_preset_optimises_a_validation_metric(preset, tmp_path):
+    group = "hparams_search" if (CONF / "hparams_search" / f"{preset}.yaml").exists() else "experiment"
+    cfg = clicks2pref.compose([f"{group}={preset}"], output_dir=tmp_path)
+    from clicks2pref.__main__ import HEADLINE
+
+    metric = cfg.get("optimized_metric") or HEADLINE.get(cfg.stage.name)
+    sweeper = str(cfg.hydra.sweeper.get("_target_", ""))
+    if "optuna" in sweeper or cfg.get("optimized_metric"):
+        assert metric in VALIDATION_METRICS, (preset, metric)
+    else:  # a grid sweep optimises nothing, but what each job returns is still never a test-set number
+        assert metric is None or metric in VALIDATION_METRICS, (preset, metric)
 
 
 @pytest.mark.skipif(not HAS_OPTUNA, reason=NO_OPTUNA)

@@ -33,7 +33,13 @@ def test_pipeline_runs_every_stage_and_prints_the_results_table(pipeline_run, ca
     assert set(result["seconds"]) == {"sft", "serve", "rm", "fusion", "grpo", "evaluate"}  # collect: data.logs given
     evaluation = json.loads((out / "evaluation.json").read_text())
     rows = {r["policy"]: r for r in evaluation["rows"]}
-    assert set(rows) == {"baseline", "sft", "grpo", "sft+bo4"} and evaluation["contexts"] == 3
+    assert set(rows) == {"baseline", "sft", "grpo", "sft+bo4", "canned", "ideal"} and evaluation["contexts"] == 3
+    # the floor and the ceiling beside the policies: the canned panel is its own nearest template panel, and the
+    # oracle's greedy panel of the world's questions is above it
+    canned, ideal = rows["canned"], rows["ideal"]
+    assert canned["canned_cosine"] == pytest.approx(1.0) and canned["format_rate"] == ideal["format_rate"] == 1.0
+    assert ideal["oracle_ctr"] > canned["oracle_ctr"] and ideal["oracle_ctr"] > 0
+    assert all(0.0 <= rows[p]["canned_cosine"] <= 1.0 + 1e-9 for p in ("baseline", "sft", "grpo", "sft+bo4"))
     # best-of-4 among SFT's own 4 samples per context: never below the worst sample, never above the best
     (best,) = evaluation["best_of"]
     assert best["policy"] == "sft+bo4" and best["reward"] == "garm" and best["contexts"] <= 3

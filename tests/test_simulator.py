@@ -30,8 +30,13 @@ def toy_world():
     return {"toy": Topic("toy", "test", "Toy", facets)}
 
 
+V1 = dict(discrimination=0.0, answered=AnsweredConfig(penalty=0.0), noise_std=0.0, satisfaction=1.0,
+          intents=IntentConfig(related_boost=1.0, derived_related=0, covered_weight=1.0, follow_up_share=0.0,
+                               abandonment=0.0))  # every switch of the contextual model off, as simulator=v1
+
+
 def toy_sim(**kw):
-    cfg = SimulatorConfig(examination=[0.9, 0.6], alpha=4.0, beta=0.5, similarity="lexical",
+    cfg = SimulatorConfig(examination=[0.9, 0.6], alpha=4.0, beta=0.5, similarity="lexical", **V1,
                           segments={"s1": SegmentConfig(3.0, {"cost": 2.0}), "s2": SegmentConfig(1.0, {"safety": 3.0})},
                           **kw)
     return ClickSimulator(cfg, LexicalSimilarity(), toy_world())
@@ -61,7 +66,7 @@ def test_quality_penalties_enter_the_logit():
     # A copy of the question just asked, and a duplicate within the panel.
     a = sim.attraction("toy", "a", ["alpha bravo charlie?", "delta echo foxtrot?", "delta echo foxtrot?"][:2])
     assert a[0, 0] == pytest.approx(sig(4 * (0 - 0.5) + q.copy_penalty))
-    sim3 = ClickSimulator(SimulatorConfig(examination=[0.9, 0.6, 0.4], alpha=4.0, beta=0.5), LexicalSimilarity(),
+    sim3 = ClickSimulator(SimulatorConfig(examination=[0.9, 0.6, 0.4], alpha=4.0, beta=0.5, **V1), LexicalSimilarity(),
                           toy_world())
     a = sim3.attraction("toy", "a", ["delta echo foxtrot?", "delta echo foxtrot?"])
     assert a[0, 1] == pytest.approx(sig(4 * 0.5 + q.duplicate_penalty))
@@ -129,7 +134,7 @@ def test_position_bias_recovered_from_sampled_logs(v1_simulator):
     # The click rate at k is e_k x E[a(target)]; the ratio to position 1 is e_k / e_1.
     np.testing.assert_allclose(np.array(rates) / rates[0], np.array(e) / e[0], atol=0.04)
     # And the absolute curve, with the expected attraction the simulator itself assigns.
-    it = intent_distribution(topic, current.id, sim.cfg.segments)
+    it = intent_distribution(topic, current.id, sim.cfg.segments, sim.cfg.intents)
     a_bar = float(it.segment_p @ it.intent_p @ sim.attraction(topic.id, current.id, [target.question])[:, 0])
     np.testing.assert_allclose(np.array(rates) / a_bar, e, atol=0.03)
 
@@ -181,9 +186,10 @@ def contextual_world():
 
 
 def contextual_sim(**kw):
-    intents = IntentConfig(related_boost=3.0, covered_weight=0.5, follow_up_share=0.4, abandonment=0.25)
+    intents = IntentConfig(related_boost=3.0, derived_related=0, covered_weight=0.5, follow_up_share=0.4,
+                           abandonment=0.25)
     args = dict(examination=[0.9, 0.6], alpha=4.0, beta=0.2, similarity="lexical", intents=intents,
-                discrimination=0.5)
+                discrimination=0.5, answered=AnsweredConfig(penalty=0.0), noise_std=0.0, satisfaction=1.0)
     return ClickSimulator(SimulatorConfig(**{**args, **kw}), LexicalSimilarity(), contextual_world())
 
 
@@ -247,7 +253,7 @@ def test_v1_settings_replay_the_v1_random_stream():
     sim = toy_sim()
     panel = ["delta echo foxtrot?", "golf hotel india?"]
     a_rng, b_rng = random.Random(3), random.Random(3)
-    it = intent_distribution(sim.world["toy"], "a", sim.cfg.segments)
+    it = intent_distribution(sim.world["toy"], "a", sim.cfg.segments, sim.cfg.intents)
     for _ in range(500):
         got = sim.sample("toy", "a", panel, a_rng)
         seg = b_rng.choices(range(2), weights=it.segment_p)[0]

@@ -25,7 +25,7 @@ def test_stage_runs_from_an_empty_artifact_folder(tmp_path, stage):
     built = {p.parent.name for p in Path(cfg.paths.artifacts_dir).glob("*/*") if not p.name.startswith(".")}
     assert BUILT[stage] <= built
     if stage == "evaluate":
-        assert {r["policy"] for r in result["rows"]} == {"baseline", "sft", "grpo", "sft+bo4"}
+        assert {r["policy"] for r in result["rows"]} == {"baseline", "sft", "grpo", "sft+bo4", "canned", "ideal"}
         assert (tmp_path / "results.md").exists()
     else:
         assert result["key"] and (Path(cfg.paths.artifacts_dir) / stage / result["key"]).is_dir()

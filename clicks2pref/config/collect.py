@@ -5,6 +5,7 @@ from dataclasses import dataclass, field
 from typing import List, Optional
 
 from clicks2pref.config.checks import at_least, fraction, one_of
+from clicks2pref.data.simulator.world import SPLIT_BY
 from clicks2pref.errors import ConfigError
 from clicks2pref.models.model_config import ModelConfig
 
@@ -46,9 +47,11 @@ class HeldOutConfig:
     samples_per_context: int = 1  # panels sampled per context; a context's CTR is their mean
     bootstrap_samples: int = 1000
     ci_level: float = 0.95
+    ci_clusters: str = "topic"  # topic: bootstrap whole topics (their contexts share intents) | context
 
     def __post_init__(self):
         one_of("split", self.split, SPLITS)
+        one_of("ci_clusters", self.ci_clusters, SPLIT_BY)
         at_least("max_contexts", self.max_contexts, 1)
         at_least("samples_per_context", self.samples_per_context, 1)
         at_least("bootstrap_samples", self.bootstrap_samples, 1)
@@ -59,9 +62,9 @@ class HeldOutConfig:
 class BestOfConfig:
     """Best-of-n reranking of sampled panels by a reward component (`clicks2pref.eval.best_of`)."""
 
-    n: int = 4  # panels per context to choose from (≤ samples_per_context); 0 = off
+    n: int = 16  # panels per context to choose from (≤ samples_per_context); 0 = off
     policies: List[str] = field(default_factory=lambda: ["sft"])  # whose samples are reranked (those evaluated)
-    reward: str = "garm"  # the `rewards` component that scores panels (garm | btrm | external | rule | diversity),
+    reward: str = "composite"  # the `rewards` component that scores panels (garm | btrm | external | rule | diversity),
     # or composite: the reward GRPO trains on (fused weights and κ, ppl against the SFT policy, rule constraint)
 
     def __post_init__(self):
@@ -86,14 +89,30 @@ class OfflineConfig:
 
 
 @dataclass
+class ReferencePanelsConfig:
+    """The table's floor and ceiling (`clicks2pref.eval.reference_panels`)."""
+
+    canned: List[str] = field(default_factory=lambda: [  # {title}: the topic's title; [] = no canned row
+        "What is the best way to get started with {title}?", "How much does {title} cost?",
+        "What are the most common mistakes with {title}?"])
+    ideal: bool = True  # the oracle's greedy best panel of the world's own questions (an upper bound)
+
+    def __post_init__(self):
+        for t in self.canned:
+            if "{title}" not in t:
+                raise ConfigError(f"template '{t}' has no {{title}} to fill", "reference_panels.canned")
+
+
+@dataclass
 class EvalConfig(HeldOutConfig):
-    samples_per_context: int = 4
+    samples_per_context: int = 16
     policies: List[str] = field(default_factory=lambda: ["baseline", "sft", "grpo"])
     reference: str = "baseline"
     gsb: GSBConfig = field(default_factory=GSBConfig)
     diversity_embedder: str = "minilm-l6"
     calibration: bool = True
     best_of: BestOfConfig = field(default_factory=BestOfConfig)
+    reference_panels: ReferencePanelsConfig = field(default_factory=ReferencePanelsConfig)
     offline: OfflineConfig = field(default_factory=OfflineConfig)
 
     def __post_init__(self):

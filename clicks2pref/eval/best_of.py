@@ -38,11 +38,11 @@ def best_of_n(result: dict, scores: np.ndarray, n: int, bootstrap_samples: int, 
     best = pick_best(scores, n)
     rows = np.arange(len(best))
     ctr = sample_ctr[rows, best]
-    est = bootstrap_mean(ctr, bootstrap_samples, ci_level, seed)
+    est = bootstrap_mean(ctr, bootstrap_samples, ci_level, seed, result.get("clusters"))
     outputs = [result["samples"][i][j] for i, j in enumerate(best)]
     agreement = within_context_spearman(np.asarray(scores)[:, :n], sample_ctr[:, :n])
     return {"oracle_ctr": est.mean, "ci_low": est.low, "ci_high": est.high, "n_contexts": est.n,
             "per_context_ctr": ctr.tolist(), "outputs": outputs, "samples_per_context": 1,
             "format_rate": result["format_rate"], "best_of": n, "chosen": best.tolist(),
             "reward_spearman": agreement["spearman"], "spearman_contexts": agreement["contexts"],
-            "oracle_max_ctr": float(sample_ctr[:, :n].max(axis=1).mean())}
+            "oracle_max_ctr": float(sample_ctr[:, :n].max(axis=1).mean()), "clusters": result.get("clusters")}

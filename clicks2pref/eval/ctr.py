@@ -12,6 +12,8 @@ from typing import Optional, Sequence
 import numpy as np
 from scipy.stats import bootstrap
 
+from clicks2pref.data.simulator.world import SPLIT_BY
+
 
 @dataclass(frozen=True)
 class Estimate:
@@ -22,6 +24,13 @@ class Estimate:
 
     def __str__(self) -> str:
         return f"{self.mean:.4f} [{self.low:.4f}, {self.high:.4f}]"
+
+
+def cluster_labels(contexts: Sequence, by: str) -> Optional[list]:
+    """The bootstrap's resampling unit for (topic, facet) contexts: their topic, or None (each context alone)."""
+    if by not in SPLIT_BY:
+        raise ValueError(f"ci_clusters '{by}' is not one of {', '.join(SPLIT_BY)}")
+    return [c[0] for c in contexts] if by == "topic" else None
 
 
 def bootstrap_mean(values, n_resamples: int = 1000, level: float = 0.95, seed: int = 0,

@@ -31,7 +31,7 @@ def score_policy(cfg, ev, sim, contexts: Sequence, policy_id: str, load: Callabl
     """Oracle CTR with CI, format rate, per-context CTR and outputs; distinct-2 and mean within-panel cosine
     when a diversity embedder is given. `load()` -> (model, tokenizer) runs only on a cache miss."""
     m = cached_evaluation(cfg, policy_id, load, template, sim, ev.split, contexts, ev.bootstrap_samples,
-                          ev.ci_level, ev.samples_per_context)
+                          ev.ci_level, ev.samples_per_context, ev.ci_clusters)
     if diversity is not None:
         panels = [parse_suggestions(o, len(cfg.simulator.examination)).suggestions for o in m["outputs"]]
         m["distinct_2"] = distinct_n(panels, 2)
@@ -41,9 +41,10 @@ def score_policy(cfg, ev, sim, contexts: Sequence, policy_id: str, load: Callabl
 
 def paired(policy: dict, reference: dict, ev, gsb_margin: float, seed: int) -> dict:
     """The policy against the reference on the same contexts: mean CTR difference with its bootstrap CI,
-    relative lift, and GSB (good / same / bad contexts at `gsb_margin`)."""
+    relative lift, and GSB (good / same / bad contexts at `gsb_margin`). The CI resamples the contexts' topics
+    when the policy's evaluation says so (`clusters`)."""
     diff = [a - b for a, b in zip(policy["per_context_ctr"], reference["per_context_ctr"])]
-    lift = bootstrap_mean(diff, ev.bootstrap_samples, ev.ci_level, seed)
+    lift = bootstrap_mean(diff, ev.bootstrap_samples, ev.ci_level, seed, policy.get("clusters"))
     ref = reference["oracle_ctr"]
     return {"ctr_diff": lift.mean, "ci_low": lift.low, "ci_high": lift.high,
             "relative": lift.mean / ref if ref else None,

@@ -12,7 +12,7 @@ from omegaconf import OmegaConf
 from clicks2pref.data.io import atomic_write_text, read_cached_json
 from clicks2pref.data.parsing import parse_suggestions
 from clicks2pref.data.prompts import PromptTemplate, build_messages
-from clicks2pref.eval.ctr import bootstrap_mean
+from clicks2pref.eval.ctr import bootstrap_mean, cluster_labels
 from clicks2pref.models.generate import GenerationConfig, generate
 
 EVALUATION_VERSION = 2  # raised when a cached evaluation's fields change (2: samples, sample_ctr, conversations)
@@ -20,10 +20,11 @@ EVALUATION_VERSION = 2  # raised when a cached evaluation's fields change (2: sa
 
 def evaluate_policy(model, tok, template: PromptTemplate, sim, contexts: Sequence[tuple[str, str]],
                     gen: GenerationConfig, seed: int, bootstrap_samples: int = 1000, ci_level: float = 0.95,
-                    samples_per_context: int = 1) -> dict:
+                    samples_per_context: int = 1, clusters: str = "context") -> dict:
     """Sample `samples_per_context` panels per (topic, facet) context and score each with the oracle (never
     seen in training). A context's CTR is the mean over its panels, so the bootstrap over contexts measures
-    the policy, not the luck of one draw. `outputs` holds each context's first panel, `samples` all of them."""
+    the policy, not the luck of one draw (`clusters="topic"`: over topics, whose contexts share intents).
+    `outputs` holds each context's first panel, `samples` all of them."""
     rng = random.Random(seed)
     conversations = [sim.context(t, f, rng) for t, f in contexts]
     k = samples_per_context
@@ -34,11 +35,12 @@ def evaluate_policy(model, tok, template: PromptTemplate, sim, contexts: Sequenc
     flat = sim.oracle_ctr_many([(*contexts[i // k], p.suggestions) for i, p in enumerate(parsed)])
     sample_ctr = flat.reshape(len(contexts), k)
     ctr = sample_ctr.mean(axis=1)
-    est = bootstrap_mean(ctr, bootstrap_samples, ci_level, seed)
+    labels = cluster_labels(contexts, clusters)
+    est = bootstrap_mean(ctr, bootstrap_samples, ci_level, seed, labels)
     return {"oracle_ctr": est.mean, "ci_low": est.low, "ci_high": est.high,
             "format_rate": sum(p.well_formed for p in parsed) / max(len(parsed), 1), "n_contexts": est.n,
             "samples_per_context": k, "per_context_ctr": ctr.tolist(), "outputs": [s[0] for s in samples],
-            "samples": samples, "sample_ctr": sample_ctr.tolist(), "conversations": conversations}
+            "samples": samples, "sample_ctr": sample_ctr.tolist(), "conversations": conversations, "clusters": labels}
 
 
 def baseline_id(cfg) -> str:
@@ -47,7 +49,8 @@ def baseline_id(cfg) -> str:
 
 
 def evaluation_key(cfg, policy_id: str, template: PromptTemplate, split: str, contexts: Sequence[tuple[str, str]],
-                   bootstrap_samples: int, ci_level: float, samples_per_context: int = 1) -> str:
+                   bootstrap_samples: int, ci_level: float, samples_per_context: int = 1,
+                   clusters: str = "context") -> str:
     """Hash of everything an evaluation depends on: the policy's identity (a stage artifact key, or the
     base model's config), the template, the held-out contexts, the simulator, generation and seed."""
     def plain(x):
@@ -59,22 +62,25 @@ def evaluation_key(cfg, policy_id: str, template: PromptTemplate, split: str, co
              "bootstrap_samples": bootstrap_samples, "ci_level": ci_level, "version": EVALUATION_VERSION}
     if samples_per_context != 1:
         parts["samples_per_context"] = samples_per_context
+    if clusters != "context":
+        parts["clusters"] = clusters
     return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:12]
 
 
 def cached_evaluation(cfg, policy_id: str, load_model, template: PromptTemplate, sim, split: str,
                       contexts: Sequence[tuple[str, str]], bootstrap_samples: int, ci_level: float,
-                      samples_per_context: int = 1) -> dict:
+                      samples_per_context: int = 1, clusters: str = "context") -> dict:
     """`evaluate_policy` once per (policy, contexts, settings): the result is kept in
     `artifacts/eval/<key>.json`, so the sft, grpo and evaluate stages (and every job of a sweep) score
     each policy once. `load_model()` -> (model, tokenizer) runs only on a miss; `cache=off` recomputes."""
-    key = evaluation_key(cfg, policy_id, template, split, contexts, bootstrap_samples, ci_level, samples_per_context)
+    key = evaluation_key(cfg, policy_id, template, split, contexts, bootstrap_samples, ci_level, samples_per_context,
+                         clusters)
     path = Path(cfg.paths.artifacts_dir) / "eval" / f"{key}.json"
     if cfg.cache and (cached := read_cached_json(path)) is not None:
         return cached
     model, tok = load_model()
     result = evaluate_policy(model, tok, template, sim, contexts, cfg.policy.generation, cfg.seed,
-                             bootstrap_samples, ci_level, samples_per_context)
+                             bootstrap_samples, ci_level, samples_per_context, clusters)
     result["policy_id"] = policy_id
     atomic_write_text(json.dumps(result), path)
     return result

@@ -11,6 +11,12 @@ from __future__ import annotations
 
 from typing import Sequence
 
+import numpy as np
+
+from clicks2pref.data.parsing import format_suggestions
+from clicks2pref.eval.ctr import bootstrap_mean, cluster_labels
+from clicks2pref.rewards.diversity import distinct_n
+
 
 def canned_panel(title: str, templates: Sequence[str]) -> list[str]:
     """The templates filled with the topic's title (first letter lowered: it sits inside a question)."""
@@ -41,3 +47,33 @@ def reference_panels(sim, contexts: Sequence[tuple[str, str]], templates: Sequen
     """The canned and ideal panel of each (topic, facet) context, in context order."""
     return {"canned": [canned_panel(sim.world[t].title, templates) for t, _ in contexts],
             "ideal": [ideal_panel(sim, t, f, size) for t, f in contexts]}
+
+
+def score_reference_panels(sim, contexts: Sequence[tuple[str, str]], templates: Sequence[str], ev, seed: int,
+                           diversity=None) -> dict[str, dict]:
+    """The canned and ideal rows of an evaluation, in the fields a policy's result has (CTR with its CI,
+    per-context CTR, outputs, format, diversity), so they sit in the same table and the same paired tests."""
+    panels = reference_panels(sim, contexts, templates, len(sim.cfg.examination))
+    labels = cluster_labels(contexts, ev.ci_clusters)
+    out = {}
+    for name, rows in panels.items():
+        ctr = sim.oracle_ctr_many([(t, f, p) for (t, f), p in zip(contexts, rows)])
+        est = bootstrap_mean(ctr, ev.bootstrap_samples, ev.ci_level, seed, labels)
+        m = {"oracle_ctr": est.mean, "ci_low": est.low, "ci_high": est.high, "n_contexts": est.n,
+             "per_context_ctr": ctr.tolist(), "outputs": [format_suggestions(p) for p in rows], "panels": rows,
+             "format_rate": 1.0, "clusters": labels, "samples_per_context": 1}
+        if diversity is not None:
+            m["distinct_2"], m["mean_pairwise_cosine"] = distinct_n(rows, 2), diversity.mean_pairwise_cosine(rows)
+        out[name] = m
+    return out
+
+
+def nearness_to_canned(panels: Sequence[Sequence[str]], canned: Sequence[Sequence[str]], similarity) -> float:
+    """Mean over suggestions of their largest cosine to the same context's canned panel: how far a policy has
+    drifted toward "be broadly about the topic" (a method that rises here learned the floor's trick)."""
+    values = []
+    for panel, ref in zip(panels, canned):
+        if panel:
+            sims = similarity.matrix([*panel, *ref])[: len(panel), len(panel):]
+            values.extend(sims.max(axis=1).tolist())
+    return float(np.mean(values)) if values else float("nan")

@@ -98,7 +98,9 @@ def run(cfg, loggers=()) -> dict:
             ctr = sum(any(r["clicks"]) for r in records) / max(len(records), 1)
             weeks.append({"week": week, "impressions": len(records), "empty_panels": empty, "ctr": ctr})
             log.info("collect: week %d: %d impressions, %d empty panels, CTR %.3f", week, len(records), empty, ctr)
+        chosen = next(r for r in rows if r["template"] == best)
         result = {"best_template": best, "policy": policy, "templates": rows, "weeks": weeks, "key": key,
+                  "selected": {"template": best, "sampled_ctr": chosen["sampled_ctr"]},
                   "logs": str(final / f"week*.{cfg.data.format}"), "seconds": time.time() - start}
         (tmp / "templates.md").write_text(markdown_table(rows, COLUMNS))
         (tmp / "templates.json").write_text(json.dumps(result, indent=2))

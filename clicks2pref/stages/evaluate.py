@@ -28,6 +28,7 @@ from clicks2pref.eval.best_of import best_of_n
 from clicks2pref.eval.calibration_report import calibrate, markdown_report, reference_ppl, write_report
 from clicks2pref.eval.heldout import heldout_contexts, markdown_table, paired, score_policy
 from clicks2pref.eval.policy import baseline_id
+from clicks2pref.eval.reference_panels import nearness_to_canned, score_reference_panels
 from clicks2pref.loggers import log_metrics, log_table
 from clicks2pref.manifest import verify_given
 from clicks2pref.models.registry import load_causal_lm
@@ -40,7 +41,11 @@ from clicks2pref.rewards.build import build_reward
 from clicks2pref.stages import artifacts
 
 log = logging.getLogger(__name__)
-COLUMNS = ["policy", "oracle_ctr", "ci_low", "ci_high", "lift", "gsb", "format_rate", "distinct_2", "mean_cosine"]
+COLUMNS = ["policy", "oracle_ctr", "ci_low", "ci_high", "lift", "gsb", "format_rate", "distinct_2", "mean_cosine",
+           "canned_cosine"]
+REFERENCE_NOTE = ("canned: the same template questions for every context of a topic, no model (the floor); ideal: "
+                  "the oracle's best panel of the world's own questions (an upper bound no policy can see); "
+                  "canned_cosine: mean largest cosine (eval.diversity_embedder) of a policy's suggestions to the canned panel.")
 BEST_OF_COLUMNS = ["policy", "reward", "oracle_ctr", "vs_policy", "vs_ci_low", "vs_ci_high", "reward_spearman",
                    "oracle_best", "contexts"]
 
@@ -72,9 +77,13 @@ def run(cfg, loggers=()) -> dict:
         log.info("evaluate: %-10s oracle CTR %.4f [%.4f, %.4f] format %.2f", name, m["oracle_ctr"], m["ci_low"],
                  m["ci_high"], m["format_rate"])
 
-    # 3. best-of-n: the reward's pick among each policy's samples; each against the reference: lift, CI, GSB
+    # 3. best-of-n: the reward's pick among each policy's samples
     reranked = [p for p in ev.best_of.policies if p in results] if ev.best_of.n else []
     best_rows = rerank(cfg, ev, inputs, results, reranked, diversity) if reranked else []
+
+    # 4. the floor and the ceiling (canned and ideal panels on the same contexts), how near each policy is the
+    # floor, and every row against the reference: lift, CI, GSB
+    results.update(reference_rows(cfg, ev, sim, contexts, diversity, results))
     rows = compare(results, ev.reference, ev, cfg.seed)
     report = {"split": ev.split, "contexts": len(contexts), "reference": ev.reference, "ci": f"{ev.ci_level:.0%}",
               "rows": rows, "best_of": best_rows,
@@ -82,7 +91,7 @@ def run(cfg, loggers=()) -> dict:
                                          for i in range(min(5, len(contexts)))],
               "per_context_ctr": {n: results[n]["per_context_ctr"] for n in results}}
 
-    # 4. the reward models' calibration on the IID week and the GRPO policy's logs (OOD)
+    # 5. the reward models' calibration on the IID week and the GRPO policy's logs (OOD)
     if ev.calibration:
         ood = results["grpo"].get("rl_logs") if "grpo" in results else None
         report["calibration"] = calibration_section(cfg, inputs["rm"], out_dir, ood)
@@ -123,6 +132,23 @@ def rerank(cfg, ev, inputs: dict, results: dict, policies: list[str], diversity)
                  "reward ρ with the oracle within contexts %.3f", label, best["oracle_ctr"], lift["ctr_diff"],
                  lift["ci_low"], lift["ci_high"], name, best["reward_spearman"])
     return rows
+
+
+def reference_rows(cfg, ev, sim, contexts: list, diversity, results: dict) -> dict:
+    """The canned and ideal rows (`clicks2pref.eval.reference_panels`), and each policy's nearness to canned."""
+    rp = ev.reference_panels
+    if not rp.canned and not rp.ideal:
+        return {}
+    refs = score_reference_panels(sim, contexts, list(rp.canned or ["{title}"]), ev, cfg.seed, diversity)
+    k = len(cfg.simulator.examination)
+    for name, m in [*results.items(), *refs.items()]:
+        panels = m.get("panels") or [parse_suggestions(o, k).suggestions for o in m["outputs"]]
+        m["canned_cosine"] = nearness_to_canned(panels, refs["canned"]["panels"], diversity.similarity) \
+            if rp.canned else float("nan")
+    for name, m in refs.items():
+        log.info("evaluate: %-10s oracle CTR %.4f [%.4f, %.4f] (reference panel)", name, m["oracle_ctr"],
+                 m["ci_low"], m["ci_high"])
+    return {n: m for n, m in refs.items() if (n == "canned" and rp.canned) or (n == "ideal" and rp.ideal)}
 
 
 def reward_component(cfg, name: str, inputs: dict):
@@ -202,7 +228,7 @@ def compare(results: dict, reference: str, ev, seed: int) -> list[dict]:
                      "lift": lift["relative"] if lift["relative"] is not None else float("nan"),
                      "diff_ci_low": lift["ci_low"], "diff_ci_high": lift["ci_high"], "gsb": lift["gsb"]["gsb"],
                      "format_rate": m["format_rate"], "distinct_2": m["distinct_2"],
-                     "mean_cosine": m["mean_pairwise_cosine"]})
+                     "mean_cosine": m["mean_pairwise_cosine"], "canned_cosine": m.get("canned_cosine", float("nan"))})
     return rows
 
 
@@ -239,15 +265,17 @@ def publish(cfg, report: dict, loggers) -> dict:
         flat.update({f"eval/{r['policy']}/{c}": float(r[c]) for r in best for c in ("vs_policy", "reward_spearman")})
     (out_dir / "results.md").write_text(f"Held-out {ev.split} contexts: {report['contexts']}, "
                                         f"{ev.samples_per_context} panel(s) each; lift and GSB vs. {ev.reference}; "
-                                        f"{ci} bootstrap CIs.\n\n" + table + (
+                                        f"{ci} bootstrap CIs over {ev.ci_clusters}s.\n{REFERENCE_NOTE}\n\n"
+                                        + table + (
                                             "\nBest-of-n (vs. a random one of the same samples, paired; reward ρ: "
                                             f"within-context Spearman with the oracle):\n\n{best_table}"
                                             if best else ""))
     plot_ctr(rows, out_dir / "ctr.png", ci)
     log_table(loggers, "eval/results", [{c: r[c] for c in COLUMNS} for r in rows])
     log_metrics(loggers, flat)
-    print(f"\nResults on {report['contexts']} held-out contexts (lift, GSB vs. {ev.reference}; {ci} CIs):\n")
-    print(table)
+    print(f"\nResults on {report['contexts']} held-out contexts (lift, GSB vs. {ev.reference}; {ci} CIs over "
+          f"{ev.ci_clusters}s):\n")
+    print(table + REFERENCE_NOTE + "\n")
     if best:
         print("Best-of-n (vs. a random one of the same n samples; reward ρ = within-context Spearman with the "
               "oracle):\n")
@@ -273,7 +301,8 @@ def calibration_section(cfg, trained: dict, out_dir: Path, ood_logs: Optional[st
         return report
     splits = {"iid": read_jsonl(folder / "pairs" / "iid.jsonl")}
     pcfg = cfg.reward_model.pairs
-    notes = [f"IID: week(s) {list(pcfg.test_weeks)} of the training logs ({pcfg.position_filter} pairs)"]
+    iid = f"week(s) {list(pcfg.test_weeks)}" if pcfg.test_weeks else "the last week (or held-out conversations)"
+    notes = [f"IID: {iid} of the training logs ({pcfg.position_filter} pairs)"]
     if source:
         ood = build_pairs(load_impressions(source, cfg.data.on_invalid), pcfg.position_filter)
         splits["ood"] = [p for p in ood if pcfg.ood_weeks is None or p["week"] in set(pcfg.ood_weeks)]

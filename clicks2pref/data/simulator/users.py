@@ -29,11 +29,11 @@ class SegmentConfig:
 
 @dataclass
 class IntentConfig:
-    related_boost: float = 1.0     # weight × this for the facets the current one leads to (1 = v1: no effect)
-    derived_related: int = 0       # a facet without `related` in the world: its answer's k nearest facets
-    covered_weight: float = 1.0    # weight × this for facets the current answer already answers
-    follow_up_share: float = 0.0   # probability mass of the conversation's own follow-ups (0 = v1: none)
-    abandonment: float = 0.0       # share of users with no next intent, who click nothing
+    related_boost: float = 3.0     # weight × this for the facets the current one leads to (1 = v1: no effect)
+    derived_related: int = 2       # a facet without `related` in the world: its answer's k nearest facets (0 = v1)
+    covered_weight: float = 0.2    # weight × this for facets the current answer already answers (1 = v1)
+    follow_up_share: float = 0.7   # probability mass of the conversation's own follow-ups (0 = v1: none)
+    abandonment: float = 0.3       # share of users with no next intent, who click nothing (0 = v1)
 
 
 @dataclass(frozen=True)
@@ -52,13 +52,12 @@ def intent_id(current: Facet, intent: Intent) -> str:
 
 
 def intent_distribution(topic: Topic, current: str, segments: dict[str, SegmentConfig],
-                        cfg: Optional[IntentConfig] = None, related: Optional[tuple[str, ...]] = None) -> Intents:
+                        cfg: IntentConfig, related: Optional[tuple[str, ...]] = None) -> Intents:
     """The intents a user of each segment may have after the conversation about facet `current`.
 
     `related` overrides the facet's own list (the simulator passes derived neighbours for a world that
     has none).
     """
-    cfg = cfg or IntentConfig()
     segments = segments or {"everyone": SegmentConfig()}
     names = list(segments)
     seg_p = np.array([segments[n].weight for n in names], dtype=float)
