@@ -2,7 +2,11 @@
 offline monitor, and (further down) the whole pipeline at smoke size on foreign logs."""
 from __future__ import annotations
 
+import contextlib
+import io
+import json
 import math
+from pathlib import Path
 import random
 
 import numpy as np
@@ -163,3 +167,67 @@ def test_beside_the_oracle_the_estimated_lift_and_its_gap():
     out = beside_oracle(est, results, "sft", conversations, 100, 0.95, 0)
     assert out["sft"]["est_lift"] == 0 and out["grpo"]["oracle_lift"] == pytest.approx(1.0)
     assert out["grpo"]["est_lift"] > 0 and out["grpo"]["lift_gap"] == pytest.approx(out["grpo"]["est_lift"] - 1.0)
+
+
+# --- the whole pipeline on a team's logs, no simulator ---------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def own_logs_run(tmp_path_factory):
+    """`python -m clicks2pref data.logs=... experiment=own_logs` on two weeks of foreign logs, with every way of
+    building the simulator made to fail."""
+    import sys
+
+    import clicks2pref.data.simulator.click_model as click_model
+    from clicks2pref.__main__ import run_stage
+    from tests.conftest import compose_config
+
+    def no_simulator(*args, **kwargs):
+        raise AssertionError("the click simulator was built")
+
+    out = tmp_path_factory.mktemp("own_logs")
+    records = foreign_logs(seed=1, per_week=120)
+    for week in (1, 2):
+        write_impressions([r for r in records if r["week"] == week], out / "logs" / f"week{week}.jsonl")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(click_model.ClickSimulator, "__init__", no_simulator)
+        for name, module in list(sys.modules.items()):
+            if name.startswith("clicks2pref") and hasattr(module, "build_simulator"):
+                mp.setattr(module, "build_simulator", no_simulator)
+        cfg = compose_config([f"data.logs={out}/logs/*.jsonl", "experiment=own_logs",
+                              "reward_model.optim.epochs=1"], out / "run")  # the test's one speed-up
+        printed = io.StringIO()
+        with contextlib.redirect_stdout(printed):
+            result = run_stage(cfg)
+        return cfg, result, out / "run", printed.getvalue()
+
+
+def test_a_teams_logs_run_end_to_end_without_the_simulator(own_logs_run):
+    cfg, result, out, printed = own_logs_run
+    assert set(result["seconds"]) == {"sft", "serve", "rm", "fusion", "grpo", "evaluate"}
+    evaluation = json.loads((out / "evaluation.json").read_text())
+    assert evaluation["basis"] == "model-based"
+    rows = {r["policy"]: r for r in evaluation["rows"]}
+    assert {"logged", "sft", "grpo"} <= set(rows) and all(r["basis"] == "model-based" for r in rows.values())
+    logged = rows["logged"]
+    assert 0 <= logged["observed_low"] <= logged["observed_ctr"] <= logged["observed_high"] <= 1
+    assert all(0 <= r["ci_low"] <= r["est_ctr"] <= r["ci_high"] <= 1 for r in rows.values())
+    plan = (out / "ab_plan.md").read_text()
+    assert "A/B plan" in plan and "| grpo |" in plan and "model-based" in plan
+    assert "Offline evaluation (model-based)" in (out / "results.md").read_text()
+    # evaluate prints the offline table and the A/B plan
+    assert "Offline evaluation (model-based)" in printed and "| logged | model-based |" in printed
+    assert "# A/B plan" in printed and "impressions per arm" in printed
+
+
+def test_the_split_and_the_stages_use_the_logs_own_weeks(own_logs_run):
+    cfg, result, out, _ = own_logs_run
+    fusion = json.loads((out / "fusion_weights.json").read_text())
+    assert fusion["data"]["logs"] == "clicks" and fusion["data"]["weeks"] == [2]  # held-out conversations of week 2
+    grpo = json.loads((out / "grpo.json").read_text())
+    assert grpo["eval"]["basis"] == "model-based" and "estimated_ctr" in grpo["eval"]["grpo"]
+    assert grpo["monitor"]["basis"] == "model-based" and grpo["rl_logs"] is None
+    (rm_report,) = Path(cfg.paths.artifacts_dir).glob("rm/*/calibration.json")
+    notes = json.loads(rm_report.read_text())["notes"]
+    assert any("train weeks [1]" in n and "IID test weeks [2]" in n for n in notes)
+    assert any("no simulator, so no oracle" in n for n in notes)

@@ -22,10 +22,15 @@ import numpy as np
 from clicks2pref.data.io import atomic_write_text, expand_sources, load_impressions, read_cached_json, read_jsonl
 from clicks2pref.data.parsing import parse_suggestions
 from clicks2pref.data.pairs import build_pairs
+from clicks2pref.data.offline_mode import log_split, uses_simulator
 from clicks2pref.data.simulator import build_simulator
-from clicks2pref.errors import Clicks2PrefError, ConfigError, ModelNotFoundError
+from clicks2pref.errors import ClickLogError, Clicks2PrefError, ConfigError, ModelNotFoundError
 from clicks2pref.eval.best_of import best_of_n
 from clicks2pref.eval.calibration_report import calibrate, markdown_report, reference_ppl, write_report
+from clicks2pref.eval.offline import BASIS, build_estimators
+from clicks2pref.eval.offline_report import COLUMNS as OFFLINE_COLUMNS
+from clicks2pref.eval.offline_report import ab_section, beside_oracle, evaluate_offline
+from clicks2pref.eval.offline_report import markdown_report as offline_markdown
 from clicks2pref.eval.heldout import heldout_contexts, markdown_table, paired, score_policy
 from clicks2pref.eval.policy import baseline_id
 from clicks2pref.eval.reference_panels import nearness_to_canned, score_reference_panels
@@ -48,6 +53,9 @@ REFERENCE_NOTE = ("canned: the same template questions for every context of a to
                   "canned_cosine: mean largest cosine (eval.diversity_embedder) of a policy's suggestions to the canned panel.")
 BEST_OF_COLUMNS = ["policy", "reward", "oracle_ctr", "vs_policy", "vs_ci_low", "vs_ci_high", "reward_spearman",
                    "oracle_best", "contexts"]
+ESTIMATED_COLUMNS = ["policy", "est_ctr", "est_lift", "est_lift_low", "est_lift_high", "oracle_lift", "lift_gap"]
+ESTIMATED_NOTE = ("Estimated (model-based: the reward models' click model, as without a simulator) beside the oracle; "
+                  "lifts relative to the reference, gap = estimated − oracle lift:")
 
 
 def run(cfg, loggers=()) -> dict:
@@ -62,6 +70,9 @@ def run(cfg, loggers=()) -> dict:
         if report.get("calibration"):
             write_report(report["calibration"], out_dir)
         return publish(cfg, report, loggers)
+
+    if not uses_simulator(cfg):  # a team's own logs: click-model estimates on held-out logged conversations
+        return run_offline(cfg, inputs, sources, key, out_dir, loggers)
 
     # 2. every policy on the same held-out contexts (cached evaluations), with the diversity of its panels
     start = time.time()
@@ -91,6 +102,11 @@ def run(cfg, loggers=()) -> dict:
                                          for i in range(min(5, len(contexts)))],
               "per_context_ctr": {n: results[n]["per_context_ctr"] for n in results}}
 
+    # the offline estimator (the reward models' click model) beside the oracle: its bias, measured per method
+    if "rm" in inputs and results:
+        report["estimated"] = estimated_beside_oracle(cfg, inputs, results, [*ev.policies, *(r["policy"]
+                                                                                         for r in best_rows)])
+
     # 5. the reward models' calibration on the IID week and the GRPO policy's logs (OOD)
     if ev.calibration:
         ood = results["grpo"].get("rl_logs") if "grpo" in results else None
@@ -99,6 +115,42 @@ def run(cfg, loggers=()) -> dict:
     with artifacts.atomic_dir(artifacts.artifact_path(cfg, "evaluate", key)) as tmp:
         (tmp / "evaluation.json").write_text(json.dumps(report, indent=2))
     return publish(cfg, report, loggers)
+
+
+def run_offline(cfg, inputs: dict, sources: dict, key: str, out_dir: Path, loggers) -> dict:
+    """No simulator: every policy on the held-out logged conversations (`data.holdout`, the `test` share), by the
+    click model the reward models learned, against the logged policy's own panels there; the A/B plan."""
+    ev, start = cfg.eval, time.time()
+    estimators, primary = build_estimators(artifacts.rm_models(cfg, inputs), ev.offline.estimator,
+                                           cfg.paths.model_cache, cfg.reward_model.backbone.trust_remote_code)
+    split = log_split(cfg, load_impressions(artifacts.logs_source(cfg), cfg.data.on_invalid))
+    if not split.test:
+        raise ClickLogError(f"no held-out logged conversation to evaluate on ({split.describe()}); raise "
+                            "data.holdout.fraction or lower data.holdout.val_fraction", field="data.holdout")
+    policies = {name: (load, cfg.prompt[template]) for name, (_, load, template, _) in sources.items()}
+    reranks = ev.best_of.n and set(ev.best_of.policies) & set(policies)
+    report = evaluate_offline(cfg, estimators, primary, split.test, policies,
+                              reward_component(cfg, ev.best_of.reward, inputs) if reranks else None,
+                              DiversityReward(ev.diversity_embedder))
+    report["split"] = split.describe()
+    if ev.calibration:
+        report["calibration"] = calibration_section(cfg, inputs["rm"], out_dir, None)
+    report["seconds"] = time.time() - start
+    with artifacts.atomic_dir(artifacts.artifact_path(cfg, "evaluate", key)) as tmp:
+        (tmp / "evaluation.json").write_text(json.dumps(report, indent=2))
+    return publish(cfg, report, loggers)
+
+
+def estimated_beside_oracle(cfg, inputs: dict, results: dict, names: list[str]) -> dict:
+    """Each evaluated policy's estimated CTR and lift over the reference (the reward models' click model,
+    model-based) next to the oracle's lift, and the gap between the two lifts."""
+    ev = cfg.eval
+    estimators, primary = build_estimators(artifacts.rm_models(cfg, inputs), ev.offline.estimator,
+                                           cfg.paths.model_cache, cfg.reward_model.backbone.trust_remote_code)
+    shown = {n: results[n] for n in dict.fromkeys(names) if n in results}
+    conversations = results[ev.reference]["conversations"]
+    return beside_oracle(estimators[primary], shown, ev.reference, conversations, ev.bootstrap_samples,
+                         ev.ci_level, cfg.seed)
 
 
 def rerank(cfg, ev, inputs: dict, results: dict, policies: list[str], diversity) -> list[dict]:
@@ -252,8 +304,28 @@ def plot_ctr(rows: list[dict], path: Path, ci: str) -> None:
     fig.savefig(path, dpi=120)
 
 
+def publish_offline(cfg, report: dict, loggers) -> dict:
+    """results.md (the offline table), ab_plan.md, evaluation.json and metrics.json; both on the console."""
+    out_dir = Path(cfg.paths.output_dir)
+    text, plan = offline_markdown(report, markdown_table), ab_section(report)
+    (out_dir / "results.md").write_text(text + "\n" + plan)
+    (out_dir / "ab_plan.md").write_text(plan)
+    (out_dir / "evaluation.json").write_text(json.dumps(report, indent=2))
+    flat = {f"eval/{r['policy']}/{c}": float(r[c]) for r in report["rows"]
+            for c in ("est_ctr", "ci_low", "ci_high", "lift_vs_logged")}
+    (out_dir / "metrics.json").write_text(json.dumps(flat, indent=2))
+    log_table(loggers, "eval/offline", [{c: r[c] for c in OFFLINE_COLUMNS} for r in report["rows"]])
+    log_metrics(loggers, flat)
+    print("\n" + text)
+    print(plan)
+    print(f"metrics: {out_dir / 'evaluation.json'}\nA/B plan: {out_dir / 'ab_plan.md'}")
+    return report
+
+
 def publish(cfg, report: dict, loggers) -> dict:
     """results.md, evaluation.json, metrics.json and ctr.png in the run folder; the table on the console."""
+    if report.get("basis") == BASIS:
+        return publish_offline(cfg, report, loggers)
     ev, out_dir, rows, ci = cfg.eval, Path(cfg.paths.output_dir), report["rows"], report["ci"]
     table = markdown_table(rows, COLUMNS)
     flat = {f"eval/{r['policy']}/{c}": float(r[c]) for r in rows for c in COLUMNS[1:]}
@@ -280,6 +352,14 @@ def publish(cfg, report: dict, loggers) -> dict:
         print("Best-of-n (vs. a random one of the same n samples; reward ρ = within-context Spearman with the "
               "oracle):\n")
         print(best_table)
+    if report.get("estimated"):  # the offline estimator's lift beside the oracle's: how far off it is, per method
+        est = [{"policy": n, **v} for n, v in report["estimated"].items()]
+        est_table = markdown_table(est, ESTIMATED_COLUMNS)
+        with open(out_dir / "results.md", "a") as f:
+            f.write(f"\n{ESTIMATED_NOTE}\n\n{est_table}")
+        flat.update({f"eval/{r['policy']}/{c}": float(r[c]) for r in est for c in ("est_ctr", "est_lift", "lift_gap")})
+        print(f"{ESTIMATED_NOTE}\n")
+        print(est_table)
     print(f"metrics: {out_dir / 'evaluation.json'}\nplots:   {out_dir / 'ctr.png'}")
     return report
 
