@@ -357,7 +357,8 @@ def publish(cfg, report: dict, loggers) -> dict:
         est_table = markdown_table(est, ESTIMATED_COLUMNS)
         with open(out_dir / "results.md", "a") as f:
             f.write(f"\n{ESTIMATED_NOTE}\n\n{est_table}")
-        flat.update({f"eval/{r['policy']}/{c}": float(r[c]) for r in est for c in ("est_ctr", "est_lift", "lift_gap")})
+        log_metrics(loggers, {f"eval/{r['policy']}/{c}": float(r[c]) for r in est
+                              for c in ("est_ctr", "est_lift", "lift_gap")})
         print(f"{ESTIMATED_NOTE}\n")
         print(est_table)
     print(f"metrics: {out_dir / 'evaluation.json'}\nplots:   {out_dir / 'ctr.png'}")
