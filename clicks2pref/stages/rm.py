@@ -19,33 +19,30 @@ import json
 import logging
 import shutil
 import time
-from functools import partial
 from pathlib import Path
 from typing import Optional
 
 import pytorch_lightning as pl
-import torch
 from hydra.utils import instantiate
 from omegaconf import OmegaConf
 from pytorch_lightning.callbacks import ModelCheckpoint
 
-from clicks2pref.data.impressions import impression_examples, impression_splits, indexed
+from clicks2pref.data.impressions import impression_examples, impression_splits
 from clicks2pref.data.io import load_impressions, write_jsonl
 from clicks2pref.data.log_splits import position_order, week_roles
 from clicks2pref.data.offline_mode import check_configured_weeks, log_split, uses_simulator
 from clicks2pref.data.pairs import build_pairs, pair_splits
 from clicks2pref.data.simulator import build_simulator
 from clicks2pref.data.traffic import served as served_week
-from clicks2pref.errors import ClickLogError, ConfigError, ModelNotFoundError
+from clicks2pref.errors import ClickLogError
 from clicks2pref.eval.calibration_report import calibrate, markdown_report, reference_ppl, write_report
 from clicks2pref.lit.checkpoints import resume_checkpoint
 from clicks2pref.eval.oracle_agreement import reward_oracle_agreement
-from clicks2pref.lit.reward_module import ClickRewardModule, RewardData, RewardModule, impression_loader, pair_loader
+from clicks2pref.lit.reward_module import reward_training, similarity_above_examples  # noqa: F401 (its old home)
 from clicks2pref.loggers import log_metrics, log_table
 from clicks2pref.models.reward_heads import build_reward_model, load_reward_model, save_reward_model
-from clicks2pref.objectives.click_model import fit_item_examination, redundancy_discount, similarity_above
+from clicks2pref.objectives import objective_reads
 from clicks2pref.report import write_job_metrics
-from clicks2pref.models.similarity import PanelSimilarity
 from clicks2pref.models.shared_prefix import cached_outputs
 from clicks2pref.stages import artifacts
 
@@ -142,7 +139,7 @@ def load_splits(cfg, served: Optional[dict] = None) -> tuple[dict[str, list[dict
         splits["iid"] = build_pairs(held, pcfg.position_filter)
         examples["iid"] = impression_examples(held)
     weeks = sorted({r["week"] for r in records})
-    if cfg.reward_model.objective == "click_model":
+    if objective_reads(cfg.reward_model.objective) == "impressions":
         if not examples["train"]:
             raise ClickLogError(f"no impressions in weeks {list(pcfg.train_weeks)} of the logs (weeks present: "
                                 f"{weeks}); set reward_model.pairs.train_weeks", str(source),
@@ -186,39 +183,7 @@ def train_one(cfg, kind: str, splits: dict, examples: dict, work: Path, loggers)
     backbone = OmegaConf.to_object(rm.backbone)
     model = build_reward_model(kind, backbone, OmegaConf.to_object(rm.head), cfg.paths.model_cache, cfg.seed)
     model.train()  # from_pretrained returns eval mode, which Lightning keeps (no LoRA / BERT dropout)
-    if rm.objective == "click_model":
-        positions = max(len(e["suggestions"]) for e in examples["train"])
-        cm = rm.click_model
-        fixed = redundancy = None
-        if cm.examination == "item_fit" or cm.redundancy:
-            similarity = PanelSimilarity(cm.redundancy) if cm.redundancy else None  # one embedding cache, train and val
-            above = similarity_above_examples(examples["train"], positions, similarity) if similarity else None
-            fitted, redundancy = fit_item_examination(
-                *indexed(examples["train"], positions), anchor=cm.anchor, model=cm.model, steps=cm.item_fit_steps,
-                sim_above=above, threshold_init=cm.redundancy_threshold_init, weight_init=cm.redundancy_weight_init)
-            if cm.examination == "item_fit":
-                fixed = fitted
-                log.info("rm: examination from the per-suggestion click model: %s",
-                         ", ".join(f"{e:.3f}" for e in fixed))
-            if redundancy:
-                redundancy = {"embedder": cm.redundancy, **redundancy}
-                log.info("rm: redundancy term g = 1 − sigmoid(%.2f·(sim − %.3f)) (%s similarity)",
-                         redundancy["weight"], redundancy["threshold"], cm.redundancy)
-                if cm.redundancy_in_training:
-                    examples = {**examples, "train": with_discounts(examples["train"], above, redundancy),
-                                "val": with_discounts(examples["val"], similarity_above_examples(
-                                    examples["val"], positions, similarity) if examples["val"] else None,
-                                    redundancy)}
-        module = ClickRewardModule(model, rm.loss, rm.optim, cm, positions, rm.max_nonfinite_steps,
-                                   rm.calibration.n_bins, fixed)
-        data = RewardData(partial(impression_loader, model, positions=positions, shared_prefix=rm.shared_prefix,
-                                  by_context=rm.optim.batch_by_context),
-                          examples["train"], examples["val"], rm.optim.groups_per_batch, cfg.seed)
-    else:
-        module = RewardModule(model, rm.loss, rm.optim, rm.max_nonfinite_steps, rm.calibration.n_bins)
-        data = RewardData(partial(pair_loader, model, shared_prefix=rm.shared_prefix,
-                                  by_context=rm.optim.batch_by_context), splits["train"],
-                          splits["val"], rm.optim.groups_per_batch, cfg.seed)
+    module, data = reward_training(model, rm, splits, examples, cfg.seed)  # its objective's module and data
     checkpoint = ModelCheckpoint(dirpath=work / "ckpt", save_last=True, save_top_k=0,
                                  every_n_train_steps=rm.checkpoint_every_n_steps)
     trainer = instantiate(cfg.trainer, logger=list(loggers) or False, callbacks=[checkpoint],
@@ -227,31 +192,10 @@ def train_one(cfg, kind: str, splits: dict, examples: dict, work: Path, loggers)
     stats = {"train_seconds": time.time() - start, "steps": int(trainer.global_step),
              "max_grad_norm": module.max_grad_norm, "nonfinite_steps": module.nonfinite_steps,
              "val": {k.split("/")[-1]: float(v) for k, v in trainer.callback_metrics.items() if "/val_" in k}}
-    if isinstance(module, ClickRewardModule):
-        model.examination = stats["examination"] = module.learned_examination()
-        model.redundancy = stats["redundancy"] = redundancy
+    stats.update(module.fitted())  # e.g. the click model's examination, stored with the model
     save_reward_model(model, work / "model", backbone, cfg.seed, extra={"stats": stats})
     (work / "train.json").write_text(json.dumps(stats, indent=2))
     return model, stats
-
-
-def with_discounts(examples: list[dict], sim_above: Optional[torch.Tensor], redundancy: dict) -> list[dict]:
-    """Copies of impression examples carrying each shown position's fitted discount g (`discount`)."""
-    if not examples:
-        return examples
-    g = redundancy_discount(sim_above, redundancy["weight"], redundancy["threshold"])
-    return [{**e, "discount": row.tolist()} for e, row in zip(examples, g)]
-
-
-def similarity_above_examples(examples: list[dict], positions: int, similarity: PanelSimilarity) -> torch.Tensor:
-    """[N, K] each shown position's largest similarity to the positions above it in that impression."""
-    try:
-        similarity.prefetch(s for e in examples for s in e["suggestions"])
-    except ModelNotFoundError as e:
-        raise ConfigError(f"{similarity.embedder!r}: {e}; name a registry sentence embedder or lexical",
-                          "reward_model.click_model.redundancy") from None
-    return torch.stack([similarity_above(torch.as_tensor(similarity.matrix(e["suggestions"][:positions]),
-                                                         dtype=torch.float64), positions) for e in examples])
 
 
 def flat_metrics(result: dict) -> dict:
