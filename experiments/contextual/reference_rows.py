@@ -95,7 +95,8 @@ def main() -> None:
     results["tables"]["reference_rows"] = {
         "columns": ["user model", "test contexts", "topics", "canned", "three likeliest intents", "ideal",
                     "canned / ideal"],
-        "fmt": {"canned": "{:.3f}", "three likeliest intents": "{:.3f}", "ideal": "{:.3f}", "canned / ideal": "{:.2f}"},
+        "fmt": {"test contexts": "{:.0f}", "topics": "{:.0f}", "canned": "{:.3f}", "three likeliest intents": "{:.3f}",
+                "ideal": "{:.3f}", "canned / ideal": "{:.2f}"},
         "rows": [[r[0], r[1], r[2], {"v": r[3]["v"], "ci": r[3]["ci"]}, {"v": r[4]["v"], "ci": r[4]["ci"]},
                   {"v": r[5]["v"], "ci": r[5]["ci"]}, r[6]] for r in rows],
         "run": run}
