@@ -15,6 +15,7 @@ def keys(tmp_path, monkeypatch):
 
     cfg = compose_config(["experiment=smoke", "stage=pipeline", "data.logs=x.jsonl"], tmp_path)
     monkeypatch.setattr(artifacts, "_files_digest", lambda source: "logs")
+    monkeypatch.setattr(artifacts, "uses_simulator", lambda cfg: True)  # x.jsonl stands for the simulator's own logs
     real = type(artifacts._PACKAGE).read_bytes
 
     def compute(edited: tuple[str, ...] = ()) -> dict:
