@@ -4,6 +4,7 @@ reuses every artifact, the calibration notebook on the run folder and a W&B offl
 from __future__ import annotations
 
 import json
+import math
 import os
 from pathlib import Path
 
@@ -39,7 +40,9 @@ def test_pipeline_runs_every_stage_and_prints_the_results_table(pipeline_run, ca
     canned, ideal = rows["canned"], rows["ideal"]
     assert canned["canned_cosine"] == pytest.approx(1.0) and canned["format_rate"] == ideal["format_rate"] == 1.0
     assert ideal["oracle_ctr"] > canned["oracle_ctr"] and ideal["oracle_ctr"] > 0
-    assert all(0.0 <= rows[p]["canned_cosine"] <= 1.0 + 1e-9 for p in ("baseline", "sft", "grpo", "sft+bo4"))
+    # nearness to the canned panel: a policy with no parseable suggestion (a random tiny model) has none
+    assert all(math.isnan(c) or 0.0 <= c <= 1.0 + 1e-9
+               for c in (rows[p]["canned_cosine"] for p in ("baseline", "sft", "grpo", "sft+bo4")))
     # best-of-4 among SFT's own 4 samples per context: never below the worst sample, never above the best
     (best,) = evaluation["best_of"]
     assert best["policy"] == "sft+bo4" and best["reward"] == "garm" and best["contexts"] <= 3

@@ -10,7 +10,7 @@ def impression(week: int, name: str) -> dict:
     return {"impression_id": f"{name}-i", "week": week, "policy": "pi", "panel_id": f"{name}-p",
             "suggestions": [f"{name} first?", f"{name} second?", f"{name} third?"], "clicks": [0, 1, 0],
             "context": [{"role": "user", "content": f"about {name}"}, {"role": "assistant", "content": "ok"}],
-            "topic": "t", "facet": "f"}
+            "topic": "japan_travel", "facet": "best_season"}  # a conversation of the packaged world
 
 
 def test_a_served_week_logs_the_policys_own_panels_with_sampled_clicks(tmp_path):

@@ -41,7 +41,7 @@ from clicks2pref.rewards.composite import needed_reward_models
 
 log = logging.getLogger(__name__)
 _locks: dict[Path, FileLock] = {}  # artifact folder -> its lock, held by this process while it builds it
-_announced: set[Path] = set()  # artifacts this process has said it reuses
+_announced: set[Path] = set()  # artifacts this job has said it reuses (`release_locks` ends a job)
 
 # the Trainer keys that change what a fit trains (the accelerator and loggers do not)
 TRAIN_KEYS = ("trainer.accumulate_grad_batches", "trainer.gradient_clip_val", "trainer.precision",
@@ -285,9 +285,11 @@ def move_aside(path: Path, why: str) -> Path:
 
 
 def release_locks() -> None:
-    """Release every artifact lock this process holds (a stage that failed keeps none)."""
+    """End of a job: release every artifact lock this process holds (a stage that failed keeps none), and let the
+    next job (a sweep's, a notebook's second run) say once more which artifacts it reuses."""
     for lock in _locks.values():
         lock.release(force=True)
+    _announced.clear()
 
 
 def work_dir(cfg, stage: str, key: str) -> Path:
