@@ -26,12 +26,11 @@ from clicks2pref.config.reward_model import RewardModelConfig
 from clicks2pref.config.serve import ServeConfig
 from clicks2pref.config.sft import SFTConfig, TeacherConfig
 from clicks2pref.data.prompts import PromptTemplate
-from clicks2pref.data.simulator.click_model import SimulatorConfig
+from clicks2pref.data.simulator.config import SimulatorConfig
 from clicks2pref.errors import ConfigError
 from clicks2pref.models.generation_config import GenerationConfig
 from clicks2pref.models.model_config import ModelConfig
-from clicks2pref.rewards.composite import RewardsConfig, needed_reward_models
-from clicks2pref.rewards.fusion import FusionConfig
+from clicks2pref.rewards.configs import FusionConfig, RewardsConfig, needed_reward_models
 
 
 @dataclass

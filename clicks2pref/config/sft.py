@@ -1,4 +1,8 @@
-"""`sft` and `teacher`: fine-tuning a causal LM on click-derived targets (the policy, and its teacher)."""
+"""`sft` and `teacher`: fine-tuning a causal LM on click-derived targets (the policy, and its teacher).
+
+`sft.assembly` (`AssemblyConfig`) is read by `clicks2pref.data.assembly`, which imports it from here: that module
+loads the sentence embedder, and checking a config loads no torch.
+"""
 from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
@@ -8,12 +12,26 @@ from omegaconf import OmegaConf
 
 from clicks2pref.config.checks import at_least, one_of, optimizer_lr
 from clicks2pref.config.collect import HeldOutConfig
-from clicks2pref.data.assembly import AssemblyConfig
 from clicks2pref.data.sft_data import SFTDataConfig
 from clicks2pref.models.generation_config import GenerationConfig
 from clicks2pref.models.model_config import SMOLLM2, LoraConfig, ModelConfig
 
 METHODS = ("full", "lora", "qlora")
+
+
+@dataclass
+class AssemblyConfig:
+    enabled: bool = True  # false = the first k distinct candidates, no filter (Table 3 "assembly off")
+    k: int = 3  # suggestions per target (the policy format)
+    max_cosine: float = 0.85  # reject a candidate closer than this to a chosen one (MiniLM cosine)
+    max_ngram_overlap: float = 0.5  # reject when this share of the shorter one's word n-grams is shared
+    ngram: int = 2  # n of the word n-grams
+    similarity: str = "minilm"  # minilm (sentence embeddings) | lexical (bag-of-words cosine, fast tests)
+    embedder: str = "minilm-l6"  # registry name of the sentence embedder
+    min_words: int = 3  # rules: shorter candidates are rejected
+    max_words: int = 15  # rules: longer candidates are rejected
+    require_question: bool = True  # rules: must end with '?' or start with a question word
+    max_context_cosine: float = 0.9  # rules: reject near-copies of the user's last question
 
 
 def _cosine_warmup(steps_key: str) -> Dict[str, Any]:

@@ -5,17 +5,17 @@ question form, a near-copy of the question just asked) or is too close to one al
 cosine above `max_cosine` or word n-gram overlap above `max_ngram_overlap`. A context whose walk
 ends with fewer than `k` suggestions yields no example, and the report says why. With
 `enabled: false` the first `k` distinct candidates are taken as they come (the "assembly off" row of
-Table 3).
+Table 3). Its config, `AssemblyConfig` (`sft.assembly`), lives in `clicks2pref.config.sft`.
 """
 from __future__ import annotations
 
 import re
 from collections import Counter
-from dataclasses import dataclass
 from typing import Protocol, Sequence
 
 import numpy as np
 
+from clicks2pref.config.sft import AssemblyConfig
 from clicks2pref.data.parsing import format_suggestions
 from clicks2pref.data.sft_data import normalize
 from clicks2pref.models.registry import load_sentence_embedder
@@ -24,21 +24,6 @@ _WORD = re.compile(r"[a-z0-9']+")
 QUESTION_WORDS = frozenset("what how why when where which who whose is are can could should would will do does did "
                            "was were has have may might".split())
 SHORT_REASONS = ("no_candidates", "fewer_than_k_candidates", "rejected_by_rules", "rejected_as_similar")
-
-
-@dataclass
-class AssemblyConfig:
-    enabled: bool = True  # false = the first k distinct candidates, no filter (Table 3 "assembly off")
-    k: int = 3  # suggestions per target (the policy format)
-    max_cosine: float = 0.85  # reject a candidate closer than this to a chosen one (MiniLM cosine)
-    max_ngram_overlap: float = 0.5  # reject when this share of the shorter one's word n-grams is shared
-    ngram: int = 2  # n of the word n-grams
-    similarity: str = "minilm"  # minilm (sentence embeddings) | lexical (bag-of-words cosine, fast tests)
-    embedder: str = "minilm-l6"  # registry name of the sentence embedder
-    min_words: int = 3  # rules: shorter candidates are rejected
-    max_words: int = 15  # rules: longer candidates are rejected
-    require_question: bool = True  # rules: must end with '?' or start with a question word
-    max_context_cosine: float = 0.9  # rules: reject near-copies of the user's last question
 
 
 class Embedder(Protocol):

@@ -5,4 +5,7 @@ call on a `RewardBatch` (contexts + completion texts) returning one score per co
 `garm` (μ − κσ), `btrm`, `external` (any HF sequence-classification RM), `rule`, `ppl` (OOD term),
 `diversity`. `composite.CompositeReward` sums them with weights; `fusion` fits those weights on
 held-out clicks. Nothing here imports the simulator: rewards see texts and trained models only.
+
+Their configs (`rewards`, `fusion`, each component's `_target_` spec) are all in `configs`, which imports
+no torch, so `clicks2pref.config` can check a config without loading a model library.
 """

@@ -20,6 +20,7 @@ from clicks2pref.errors import ConfigError, ModelNotFoundError
 from clicks2pref.manifest import verify_given
 from clicks2pref.models.reward_heads import load_reward_model
 from clicks2pref.models.score_cache import SuggestionScorer, context_key  # noqa: F401 (context_key: re-exported)
+from clicks2pref.rewards.configs import PANELS  # noqa: F401 (re-exported)
 
 # Part of the fusion and grpo artifact keys: raised when the scores of the same configuration change
 # (a fix in a component), so that cached fusion weights and GRPO policies are recomputed.
@@ -51,9 +52,6 @@ class RewardBatch:
 
 def last_user_turn(context: list[dict]) -> str:
     return next((t["content"] for t in reversed(context) if t["role"] == "user"), "")
-
-
-PANELS = ("click", "mean")
 
 
 def panel_scores(values: Sequence[Sequence[float]], examination: Sequence[float],

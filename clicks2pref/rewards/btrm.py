@@ -1,25 +1,15 @@
 """The BTRM reward: the Bradley-Terry model's scalar r per suggestion, examination-weighted over the panel.
 
 The `btrm_instead_of_garm` ablation swaps this in for `garm`: same panel scoring, no uncertainty.
+
+Its `_target_` config, `BTRMRewardConfig`, lives in `clicks2pref.rewards.configs` (re-exported here).
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import List, Optional
+from typing import Optional
 
+from clicks2pref.rewards.configs import BTRMRewardConfig  # noqa: F401 (re-exported)
 from clicks2pref.rewards.garm import GaRMReward
-
-
-@dataclass
-class BTRMRewardConfig:
-    _target_: str = "clicks2pref.rewards.btrm.BTRMReward"
-    weight: float = 1.0  # weight in the composite when rewards.weights=config
-    examination: Optional[List[float]] = None  # null = rewards.examination
-    panel: Optional[str] = None  # click (P(any click), a = sigmoid(r)) | mean; null = rewards.panel
-    missing_score: float = -1.0  # panel=mean: score of an empty position (reward units)
-    redundancy: Optional[bool] = None  # the model's learned redundancy term (panel=click); null = rewards.redundancy
-    path: Optional[str] = None  # trained model folder; null = this config's stage=rm output
-    batch_size: int = 32
 
 
 class BTRMReward(GaRMReward):

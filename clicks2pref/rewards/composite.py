@@ -1,15 +1,15 @@
-"""The composite reward r = Σ_k w_k · r_k over the enabled components (SPEC 5.5), and its config.
+"""The composite reward r = Σ_k w_k · r_k over the enabled components (SPEC 5.5).
 
 `rewards` in the config names each component (null = off) and where the weights come from:
 `fusion` (the fusion stage's `fusion_weights.json`), `equal` (1/K each: the `no_fusion` ablation) or
 `config` (each component's own `weight`). Components are built from their `_target_` specs, then
-`setup(resources)` gives them trained models and the reference scorer.
+`setup(resources)` gives them trained models and the reference scorer. The config, `RewardsConfig`,
+lives in `clicks2pref.rewards.configs` with every component's, torch-free (re-exported here).
 """
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass, field
-from typing import Dict, List, Mapping, Optional
+from typing import Dict, Mapping, Optional
 
 import torch
 from hydra.utils import instantiate
@@ -17,63 +17,11 @@ from omegaconf import OmegaConf
 from torch import Tensor
 
 from clicks2pref.errors import ConfigError
-from clicks2pref.rewards.base import PANELS, RewardBatch, RewardResources, context_key
-from clicks2pref.rewards.btrm import BTRMRewardConfig
-from clicks2pref.rewards.diversity import DiversityRewardConfig
-from clicks2pref.rewards.external import ExternalRewardConfig
-from clicks2pref.rewards.garm import GaRMRewardConfig
-from clicks2pref.rewards.ppl import PerplexityRewardConfig
-from clicks2pref.rewards.rule import RuleRewardConfig
+from clicks2pref.rewards.base import RewardBatch, RewardResources, context_key
+from clicks2pref.rewards.configs import (COMPONENTS, NEEDS_RM, RULE_FAILING, WEIGHT_SOURCES,  # noqa: F401 (re-exported)
+                                         RewardsConfig, enabled, needed_reward_models)
 
 log = logging.getLogger(__name__)
-
-COMPONENTS = ("garm", "btrm", "external", "rule", "ppl", "diversity")
-WEIGHT_SOURCES = ("fusion", "equal", "config")
-RULE_FAILING = ("below", "min")
-NEEDS_RM = {"garm": "garm", "btrm": "btrm"}  # component -> reward-model kind it reads
-
-
-@dataclass
-class RewardsConfig:
-    name: str = "full"  # preset name, for reports
-    weights: str = "fusion"  # fusion | equal | config
-    examination: Optional[List[float]] = None  # null = each reward model's learned e_k
-    panel: str = "click"  # click | mean: how suggestion scores make a panel score (clicks2pref.rewards.base)
-    rule_constraint: bool = True  # a panel failing a rule ranks at the bottom of its group (same context)
-    rule_failing: str = "below"  # below: under every passing panel, in its own order | min: at the group's minimum
-    redundancy: bool = True  # apply each reward model's learned redundancy term (panel=click) when it has one
-    fit_kappa: bool = True  # stage fusion picks garm.kappa from fusion.kappa_grid | false keeps it (mean_only)
-    embedder: str = "minilm-l6"  # sentence embedder of the diversity term | lexical
-    # the defaults are conf/rewards/full.yaml's: every component but btrm
-    garm: Optional[GaRMRewardConfig] = field(default_factory=GaRMRewardConfig)
-    btrm: Optional[BTRMRewardConfig] = None
-    external: Optional[ExternalRewardConfig] = field(default_factory=lambda: ExternalRewardConfig(batch_size=32))
-    rule: Optional[RuleRewardConfig] = field(default_factory=RuleRewardConfig)
-    ppl: Optional[PerplexityRewardConfig] = field(default_factory=PerplexityRewardConfig)
-    diversity: Optional[DiversityRewardConfig] = field(default_factory=DiversityRewardConfig)
-
-    def __post_init__(self):
-        if self.weights not in WEIGHT_SOURCES:
-            raise ConfigError(f"unknown {self.weights!r}; accepted: {', '.join(WEIGHT_SOURCES)}", "weights")
-        if self.panel not in PANELS:
-            raise ConfigError(f"unknown {self.panel!r}; accepted: {', '.join(PANELS)}", "panel")
-        if self.rule_failing not in RULE_FAILING:
-            raise ConfigError(f"unknown {self.rule_failing!r}; accepted: {', '.join(RULE_FAILING)}", "rule_failing")
-        if not enabled(self):
-            raise ConfigError("every component is null; enable at least one (e.g. rewards=full)", "name")
-
-
-def enabled(rewards) -> list[str]:
-    return [name for name in COMPONENTS if getattr(rewards, name, None) is not None]
-
-
-def needed_reward_models(rewards) -> list[str]:
-    """Reward-model kinds stage=rm must provide for these components (a dict config or the typed one)."""
-    kinds = [NEEDS_RM[n] for n in enabled(rewards) if n in NEEDS_RM and getattr(rewards, n).path is None]
-    ext = getattr(rewards, "external", None)
-    if ext is not None and ext.name_or_path is None:
-        kinds.append("btrm")
-    return list(dict.fromkeys(kinds))
 
 
 def build_components(rewards, resources: RewardResources) -> dict:

@@ -3,10 +3,11 @@
 Embeddings come from a sentence embedder in the model registry (MiniLM by default); `lexical` uses
 word-overlap (Jaccard of content words) instead, for fast tests. A panel with fewer than two
 suggestions has nothing to be diverse about and scores `single_score`.
+
+Its `_target_` config, `DiversityRewardConfig`, lives in `clicks2pref.rewards.configs` (re-exported here).
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Sequence
 
 import numpy as np
@@ -15,14 +16,7 @@ from torch import Tensor
 
 from clicks2pref.models.similarity import PanelSimilarity
 from clicks2pref.rewards.base import RewardBatch
-
-
-@dataclass
-class DiversityRewardConfig:
-    _target_: str = "clicks2pref.rewards.diversity.DiversityReward"
-    weight: float = 1.0  # weight in the composite when rewards.weights=config
-    embedder: str = "minilm-l6"  # registry sentence embedder | lexical (word overlap, fast tests)
-    single_score: float = 0.0  # score of a panel with fewer than two suggestions
+from clicks2pref.rewards.configs import DiversityRewardConfig  # noqa: F401 (re-exported)
 
 
 def max_pairwise(sim: np.ndarray) -> float:

@@ -5,11 +5,12 @@ folder (`AutoModelForSequenceClassification`, logit 0 read as the reward, `trust
 unless set); each suggestion is scored as the assistant's reply to the logged conversation, through
 the model's chat template when it has one, and the panel score is the examination-weighted mean.
 Left null (the embedded default, offline) it is the BTRM trained by stage=rm.
+
+Its `_target_` config, `ExternalRewardConfig`, lives in `clicks2pref.rewards.configs` (re-exported here).
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import List, Optional
+from typing import Optional
 
 import torch
 from torch import Tensor
@@ -18,23 +19,10 @@ from transformers import AutoModelForSequenceClassification, AutoTokenizer
 from clicks2pref.errors import ModelNotFoundError
 from clicks2pref.models.registry import resolve
 from clicks2pref.models.reward_heads import scalar_rewards
+from clicks2pref.rewards.configs import ExternalRewardConfig  # noqa: F401 (re-exported)
 from clicks2pref.rewards.base import RewardBatch, map_panels, panel_scores, resolve_examination
 from clicks2pref.rewards.redundancy import redundancy_discounts, resolve_redundancy
 from clicks2pref.models.shared_prefix import rm_outputs
-
-
-@dataclass
-class ExternalRewardConfig:
-    _target_: str = "clicks2pref.rewards.external.ExternalReward"
-    weight: float = 1.0  # weight in the composite when rewards.weights=config
-    name_or_path: Optional[str] = None  # HF hub id or folder of a sequence-classification RM; null = trained BTRM
-    examination: Optional[List[float]] = None  # null = rewards.examination (an HF RM needs a list somewhere)
-    panel: Optional[str] = None  # click (P(any click), a = sigmoid(score)) | mean; null = rewards.panel
-    missing_score: float = -1.0  # panel=mean: score of an empty position (reward units)
-    redundancy: Optional[bool] = None  # the trained BTRM's redundancy term (panel=click); null = rewards.redundancy
-    batch_size: int = 16
-    max_length: int = 256  # tokens per (conversation, suggestion); the conversation is cut from the left
-    trust_remote_code: bool = False
 
 
 class HFSequenceRewardModel:

@@ -14,50 +14,23 @@ the reference policy, the rule-pass rate and in-distribution rate (log-PPL ≤ �
 composite would pick in each context (best-of-N, a cheap stand-in for where RL will push). The chosen
 point is the Pareto-optimal one with the highest AUC among those meeting `min_rule_pass` and
 `min_in_distribution`; if none meets them, the one closest to meeting them.
+
+The `fusion` config, `FusionConfig`, lives in `clicks2pref.rewards.configs` (re-exported here), so that
+checking a config loads no scikit-learn.
 """
 from __future__ import annotations
 
 import itertools
 import logging
-from dataclasses import dataclass, field
-from typing import List, Optional, Sequence
+from typing import Optional, Sequence
 
 import numpy as np
 from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import roc_auc_score
 
-from clicks2pref.errors import ConfigError
+from clicks2pref.rewards.configs import LOG_SOURCES, FusionConfig, FusionGridConfig  # noqa: F401 (re-exported)
 
 log = logging.getLogger(__name__)
-
-
-@dataclass
-class FusionGridConfig:
-    factors: List[float] = field(default_factory=lambda: [0.5, 1.0, 2.0, 4.0])  # per-weight multipliers (|factors|^K)
-    floor: float = 0.1  # a weight below this starts the grid from it
-
-
-LOG_SOURCES = ("policy", "clicks")
-
-
-@dataclass
-class FusionConfig:
-    logs: str = "policy"  # policy: the SFT policy's served week (stage serve) | clicks: `weeks` of the click logs
-    within_context: bool = True  # centre scores within each context before fitting (GRPO compares within one)
-    kappa_grid: List[float] = field(default_factory=lambda: [0.0, 0.5, 1.0])  # GaRM κ candidates; [] = keep κ
-    weeks: Optional[List[int]] = None  # logs=clicks: weeks of the logs fitted on; null = the last (see conf)
-    C: float = 100.0  # inverse L2 strength of the logistic regression (large = nearly unregularised)
-    candidate_contexts: int = 16  # held-out contexts the reference policy samples candidate panels for
-    samples_per_context: int = 4  # candidate panels per context
-    min_rule_pass: float = 0.8  # constraint: share of picked candidates passing every rule
-    min_in_distribution: float = 0.8  # constraint: share of picked candidates with log-PPL ≤ τ
-    grid: FusionGridConfig = field(default_factory=FusionGridConfig)
-
-    def __post_init__(self):
-        if self.logs not in LOG_SOURCES:
-            raise ConfigError(f"unknown {self.logs!r}; accepted: {', '.join(LOG_SOURCES)}", "logs")
-        if any(kappa < 0 for kappa in self.kappa_grid):
-            raise ConfigError(f"{list(self.kappa_grid)}: every κ must be at least 0", "kappa_grid")
 
 
 def normalise(w: np.ndarray) -> np.ndarray:

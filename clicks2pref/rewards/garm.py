@@ -9,32 +9,21 @@ own (learned from the logs by `objective=click_model`) unless `examination` sets
 values are never read. With `redundancy` (and panel=click), a suggestion close to one above it keeps only
 the share g of its click probability that the reward model's redundancy term, fitted on the same logs,
 gives it: the per-suggestion network cannot see the rest of the panel.
+
+Its `_target_` config, `GaRMRewardConfig`, lives in `clicks2pref.rewards.configs` (re-exported here).
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import List, Optional
+from typing import Optional
 
 from torch import Tensor
 
 from clicks2pref.errors import ConfigError
+from clicks2pref.rewards.configs import GaRMRewardConfig  # noqa: F401 (re-exported)
 from clicks2pref.models.reward_heads import scalar_rewards
 from clicks2pref.rewards.base import RewardBatch, map_panels, panel_scores, resolve_examination
 from clicks2pref.rewards.redundancy import redundancy_discounts, resolve_redundancy
 from clicks2pref.models.shared_prefix import rm_outputs
-
-
-@dataclass
-class GaRMRewardConfig:
-    _target_: str = "clicks2pref.rewards.garm.GaRMReward"
-    weight: float = 1.0  # weight in the composite when rewards.weights=config
-    kappa: float = 1.0  # μ − κσ; 0 = mean only
-    examination: Optional[List[float]] = None  # null = rewards.examination
-    panel: Optional[str] = None  # click (P(any click)) | mean (examination-weighted mean); null = rewards.panel
-    missing_score: float = -1.0  # panel=mean: score of an empty position (μ units)
-    redundancy: Optional[bool] = None  # the model's learned redundancy term (panel=click); null = rewards.redundancy
-    path: Optional[str] = None  # trained model folder; null = this config's stage=rm output
-    batch_size: int = 32
 
 
 class GaRMReward:

@@ -7,12 +7,13 @@ likely than `quantile` of them is out of the reward models' distribution and its
 τ is calibrated once from logged panels (`calibrate`), or fixed with `tau`. GRPO passes
 `RewardBatch.ref_log_ppl` from the reference log-probs it computes for the KL term, so scoring costs
 no extra forward pass there; elsewhere the component asks the reference scorer.
+
+Its `_target_` config, `PerplexityRewardConfig`, lives in `clicks2pref.rewards.configs` (re-exported here).
 """
 from __future__ import annotations
 
 import contextlib
 import random
-from dataclasses import dataclass
 from typing import Callable, Optional, Sequence
 
 import numpy as np
@@ -24,16 +25,8 @@ from clicks2pref.data.prompts import PromptTemplate, build_messages
 from clicks2pref.models.generate import chat_inputs
 from clicks2pref.models.placement import on_device
 from clicks2pref.rewards.base import RewardBatch, context_key
+from clicks2pref.rewards.configs import PerplexityRewardConfig  # noqa: F401 (re-exported)
 from clicks2pref.models.logprobs import completion_logps, mean_nll, pad_prompt_completion
-
-
-@dataclass
-class PerplexityRewardConfig:
-    _target_: str = "clicks2pref.rewards.ppl.PerplexityReward"
-    weight: float = 1.0  # weight in the composite when rewards.weights=config
-    quantile: float = 0.95  # τ = this quantile of the logged panels' reference log-perplexity
-    tau: Optional[float] = None  # fixed τ (nats per token); null = calibrate on the click logs
-    calibration_panels: int = 64  # distinct logged panels τ is calibrated on
 
 
 class ReferenceScorer:

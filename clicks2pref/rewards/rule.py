@@ -12,11 +12,12 @@ checks passed) − 1; output with no parseable suggestion at all gets the hard f
 A panel *passes* the rules when every check passes (the fusion stage's rule-pass constraint).
 The overlap is Jaccard over content words, computed here: the rule must not borrow the simulator's
 similarity, or it would leak the oracle's notion of a duplicate.
+
+Its `_target_` config, `RuleRewardConfig`, lives in `clicks2pref.rewards.configs` (re-exported here).
 """
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass, field
 from typing import Dict
 
 import torch
@@ -24,22 +25,11 @@ from torch import Tensor
 
 from clicks2pref.models.similarity import overlap
 from clicks2pref.rewards.base import RewardBatch, last_user_turn
+from clicks2pref.rewards.configs import RuleRewardConfig
 
 CHECKS = ("format", "length", "question", "duplicate", "copy", "clean")
 QUESTION_WORDS = frozenset("what how why when where which who whom whose is are can could should would will do "
                            "does did was were has have may might".split())
-@dataclass
-class RuleRewardConfig:
-    _target_: str = "clicks2pref.rewards.rule.RuleReward"
-    weight: float = 1.0  # weight in the composite when rewards.weights=config
-    min_words: int = 3
-    max_words: int = 15
-    duplicate_threshold: float = 0.7  # Jaccard of content words above which a later suggestion duplicates
-    copy_threshold: float = 0.7  # Jaccard with the user's last question above which a suggestion copies it
-    min_letter_ratio: float = 0.6
-    unparseable_score: float = -1.0  # hard floor for output with no suggestion at all
-    check_weights: Dict[str, float] = field(default_factory=lambda: {
-        "format": 2.0, "length": 1.0, "question": 1.0, "duplicate": 1.0, "copy": 1.0, "clean": 1.0})
 
 
 def is_question(text: str) -> bool:
