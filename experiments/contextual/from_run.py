@@ -49,6 +49,17 @@ def main(artifacts: str, commit: str, command: str = "make run") -> None:
             [e["sft"]["ci_low"], e["sft"]["ci_high"]], fmt="{:.4f}")
         put("sft_minus_canned", e["sft"]["oracle_ctr"] - canned, "SFT − canned panel, oracle CTR")
         put("ideal_over_sft", ideal / e["sft"]["oracle_ctr"], "ideal panel / SFT", fmt="{:.2f}×")
+        ref = {n: {"v": val[f"contextual_{n}"]["v"], "ci": val[f"contextual_{n}"]["ci"]} for n in ("canned", "ideal")}
+        results["tables"]["sft_stage"] = {
+            "columns": ["panel", f"oracle CTR on {e['contexts']} test contexts [95 % CI, topics resampled]"],
+            "fmt": {f"oracle CTR on {e['contexts']} test contexts [95 % CI, topics resampled]": "{:.4f}"},
+            "rows": [[LABELS["canned"], ref["canned"]],
+                     ["prompted baseline (1 panel per context)",
+                      {"v": e["baseline"]["oracle_ctr"], "ci": [e["baseline"]["ci_low"], e["baseline"]["ci_high"]]}],
+                     ["SFT (1 panel per context)", {"v": e["sft"]["oracle_ctr"], "ci": [e["sft"]["ci_low"],
+                                                                                           e["sft"]["ci_high"]]}],
+                     [LABELS["ideal"], ref["ideal"]]],
+            "run": run}
     if rm:
         for kind in ("garm", "btrm"):
             m = rm["metrics"][kind]["iid"]
