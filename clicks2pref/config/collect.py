@@ -17,7 +17,7 @@ class CollectConfig:
     contexts_per_template: int = 40
     weeks: int = 4
     sessions_per_week: int = 60
-    users_per_panel: int = 24
+    users_per_panel: int = 192
     shuffle_positions: bool = True  # each user sees the panel in a random order (exploration for the click model)
     bootstrap_samples: int = 1000
     ci_level: float = 0.95

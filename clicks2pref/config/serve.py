@@ -10,7 +10,7 @@ from clicks2pref.config.checks import at_least
 class ServeConfig:
     contexts: int = 64  # training contexts served per week (a fresh sample each week)
     panels_per_context: int = 4  # panels sampled per context, as GRPO samples a group
-    users_per_panel: int = 24  # simulated users each panel is shown to (sampled clicks)
+    users_per_panel: int = 192  # simulated users each panel is shown to (sampled clicks)
     rm_weeks: int = 1  # weeks the reward models train on beside the click logs; one more week is fusion's
 
     def __post_init__(self):
