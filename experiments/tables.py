@@ -144,14 +144,23 @@ def render_claims(root: Path) -> str:
 
 
 def claim_cell(entry: dict | None, root: Path) -> str:
+    """A value, then its note and the values named in ``with`` ([[label, ref], ...]) in parentheses."""
     if entry is None:
         return NOT_MEASURED
-    folder, _, name = entry["ref"].partition("/")
+    text = claim_value(entry["ref"], root)
+    if text == NOT_MEASURED:
+        return text
+    beside = [entry["note"]] if entry.get("note") else []
+    beside += [f"{label} {claim_value(ref, root)}" for label, ref in entry.get("with", [])]
+    return text + (f" ({'; '.join(beside)})" if beside else "")
+
+
+def claim_value(ref: str, root: Path) -> str:
+    folder, _, name = ref.partition("/")
     value = load(root / "experiments" / folder).get("values", {}).get(name)
     if value is None:
         return NOT_MEASURED
-    text = cell({k: v for k, v in value.items() if k in ("v", "ci", "fmt")}, "{}", {})
-    return text + (f" ({entry['note']})" if entry.get("note") else "")
+    return cell({k: v for k, v in value.items() if k in ("v", "ci", "fmt")}, "{}", {})
 
 
 def render_block(name: str, readme: Path, root: Path) -> str:

@@ -72,6 +72,17 @@ def test_a_missing_value_reads_not_yet_measured(copy):
     assert "0.553" in row                           # the v1 cell still reads its own file
 
 
+def test_a_claim_cell_shows_the_values_it_names_beside_its_own(copy):
+    path = copy / "experiments" / "contextual" / "results.json"
+    results = json.loads(path.read_text())
+    for name, v in (("grpo_over_sft_estimated", 0.25), ("grpo_over_sft_oracle", 0.1)):
+        results["values"][name] = {"v": v, "fmt": "{:+.1%}", "run": "r", "what": name}
+    path.write_text(json.dumps(results))
+    row = next(line for line in tables.render_claims(copy).splitlines()
+               if line.startswith("| offline evaluation (no oracle): GRPO"))
+    assert "| +25.0% (oracle +10.0%; gap not yet measured) |" in row
+
+
 def test_a_block_naming_no_table_is_an_error(copy, capsys):
     readme = copy / "README.md"
     readme.write_text(readme.read_text() + "\n<!-- table:default_run/nothing -->\n<!-- /table:default_run/nothing -->\n")

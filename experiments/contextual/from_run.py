@@ -84,6 +84,26 @@ def main(artifacts: str, commit: str, command: str = "make run") -> None:
             put("grpo_minus_sft_canned_cosine", rows["grpo"]["canned_cosine"] - rows["sft"]["canned_cosine"],
                 "GRPO − SFT: mean largest cosine of a suggestion to the canned panel (positive: nearer the floor)",
                 fmt="{:+.3f}")
+        est = ev.get("estimated") or {}
+        for label, name, minus in (("grpo", "grpo", "sft"), ("best_of_16", "sft+bo16", "sft")):
+            if name in est and minus in est:  # a lift over SFT, by the offline estimator and by the oracle
+                # both lifts are relative to the baseline: (1 + lift_x) / (1 + lift_sft) − 1 is x's over SFT
+                e, o = ((1 + est[name][k]) / (1 + est[minus][k]) - 1 for k in ("est_lift", "oracle_lift"))
+                what = f"{LABELS.get(name, name)} over SFT on the test contexts, relative lift"
+                put(f"{label}_over_sft_estimated", e, f"{what}, estimated offline (GaRM's click model, no oracle)",
+                    fmt="{:+.1%}")
+                put(f"{label}_over_sft_oracle", o, f"{what}, oracle", fmt="{:+.1%}")
+                put(f"{label}_over_sft_estimate_gap", e - o, f"{what}: estimated − oracle", fmt="{:+.1%}")
+        if est:
+            results["tables"]["estimated"] = {
+                "columns": ["policy", "estimated CTR", "estimated lift over the baseline [95 % CI]", "oracle lift",
+                            "gap (estimated − oracle)"],
+                "fmt": {"estimated CTR": "{:.4f}", "estimated lift over the baseline [95 % CI]": "{:+.1%}",
+                        "oracle lift": "{:+.1%}", "gap (estimated − oracle)": "{:+.1%}"},
+                "rows": [[LABELS.get(n, n), r["est_ctr"], {"v": r["est_lift"], "ci": [r["est_lift_low"],
+                                                                                       r["est_lift_high"]]},
+                          r["oracle_lift"], r["lift_gap"]] for n, r in est.items()],
+                "run": run}
         results["tables"]["default_run"] = {
             "columns": ["policy", "oracle CTR [95 % CI]", "vs. prompted baseline, paired", "GSB", "format rate",
                         "distinct-2", "nearness to canned"],
