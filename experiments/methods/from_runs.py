@@ -1,0 +1,135 @@
+"""Record an `experiment=methods` sweep into experiments/methods/results.json and draw methods.png.
+
+    python experiments/methods/from_runs.py ARTIFACTS_DIR COMMIT [COMMAND]
+
+Reads every `grpo/*/grpo.json` the sweep's jobs wrote (one per optimizer × budget; the newest wins where a
+pair ran twice) and, for the best-of-16 reference, the newest `evaluate/*/evaluation.json` of the same
+artifacts. Each job's held-out evaluation is paired against the same SFT policy on the same test contexts, so
+the lifts compare. Compute is read as token-passes: every position through a forward pass (sampling, the
+loss's log-probs, the reference, the reward models) counts 1, and a back-propagated one 2 more (backward costs
+about twice a forward); the policy and the reward models are the same size here, so the counts add.
+"""
+from __future__ import annotations
+
+import json
+import sys
+from datetime import date
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+NAMES = {"grpo": "GRPO", "rft": "rejection-sampling fine-tuning", "dpo_clicks": "DPO on logged click pairs",
+         "online_dpo": "online DPO (own samples, best vs worst)"}
+
+
+def token_passes(compute: dict) -> float:
+    """Forward positions count 1, back-propagated ones 2 more."""
+    return (compute["sampling_tokens"] + compute["forward_tokens"] + 2 * compute["backward_tokens"]
+            + compute["reward_tokens"])
+
+
+def jobs(root: Path) -> list[dict]:
+    """One grpo.json per (optimizer, policy samples), the newest where a pair ran twice."""
+    found: dict = {}
+    for path in sorted(root.glob("grpo/*/grpo.json"), key=lambda p: p.stat().st_mtime):
+        job = json.loads(path.read_text())
+        if "optimizer" in job and "compute" in job and "eval" in job:
+            found[(job["optimizer"], job["policy_samples"])] = job
+    return [found[k] for k in sorted(found, key=lambda k: (list(NAMES).index(k[0]) if k[0] in NAMES else 99, k[1]))]
+
+
+def verdict(rows: list[dict], target: str = "grpo") -> str:
+    """The cheapest job whose lift over SFT reaches the largest-budget GRPO job's lift (point estimates)."""
+    anchors = [r for r in rows if r["optimizer"] == target]
+    if not anchors:
+        return f"no {NAMES[target]} job to compare with"
+    anchor = max(anchors, key=lambda r: r["policy_samples"])
+    reach = [r for r in rows if r is not anchor and r["lift"] >= anchor["lift"]]
+    label = f"{NAMES[target]}@{anchor['policy_samples']:,}"
+    if not reach:
+        return f"none reaches {label}'s lift ({anchor['lift']:+.4f})"
+    best = min(reach, key=lambda r: r["compute"])
+    share = best["compute"] / anchor["compute"]
+    return (f"{NAMES[best['optimizer']]}@{best['policy_samples']:,} reaches {label}'s lift ({best['lift']:+.4f} "
+            f"against {anchor['lift']:+.4f}) at {share:.0%} of its compute")
+
+
+def summarise(job: dict) -> dict:
+    e = job["eval"]
+    return {"optimizer": job["optimizer"], "policy_samples": job["policy_samples"],
+            "ctr": e["grpo"]["oracle_ctr"], "ctr_ci": [e["grpo"]["ci_low"], e["grpo"]["ci_high"]],
+            "lift": e["lift"]["ctr_diff"], "lift_ci": [e["lift"]["ci_low"], e["lift"]["ci_high"]],
+            "sft": e["sft"]["oracle_ctr"], "contexts": e["contexts"], "compute": token_passes(job["compute"]),
+            "generated": job["compute"]["generated_tokens"], "reward_tokens": job["compute"]["reward_tokens"],
+            "seconds": job["compute"]["seconds"], "kept_step": job["selected"]["step"]}
+
+
+def best_of_16(root: Path) -> float | None:
+    found = sorted(root.glob("evaluate/*/evaluation.json"), key=lambda p: p.stat().st_mtime)
+    for path in reversed(found):
+        for row in json.loads(path.read_text()).get("best_of", []):
+            if row["policy"] == "sft+bo16":
+                return row["oracle_ctr"]
+    return None
+
+
+def figure(rows: list[dict], sft: float, bo16: float | None, path: Path) -> None:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6.4, 4.2))
+    for name in dict.fromkeys(r["optimizer"] for r in rows):
+        mine = [r for r in rows if r["optimizer"] == name]
+        x = [r["compute"] for r in mine]
+        y = [r["ctr"] for r in mine]
+        err = [[r["ctr"] - r["ctr_ci"][0] for r in mine], [r["ctr_ci"][1] - r["ctr"] for r in mine]]
+        ax.errorbar(x, y, yerr=err, marker="o", capsize=3, label=NAMES.get(name, name))
+    ax.axhline(sft, color="grey", linestyle="--", label="SFT")
+    if bo16 is not None:
+        ax.axhline(bo16, color="black", linestyle=":", label="SFT, best of 16 (inference time)")
+    ax.set_xscale("log")
+    ax.set_xlabel("training compute (token-passes: forward 1, backward 2)")
+    ax.set_ylabel("oracle CTR, held-out topics")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def main(artifacts: str, commit: str, command: str = "python -m clicks2pref -m experiment=methods") -> dict:
+    root = Path(artifacts)
+    rows = [summarise(j) for j in jobs(root)]
+    if not rows:
+        raise SystemExit(f"{root}: no grpo/*/grpo.json with an optimizer's compute; run the sweep first")
+    run = "methods"
+    sft, bo16 = rows[0]["sft"], best_of_16(root)
+    results = {"runs": {run: {"date": date.today().isoformat(), "commit": commit, "machine": "2-core CPU, fp32",
+                              "command": command, "note": f"{rows[0]['contexts']} test contexts of held-out topics, "
+                                                          "16 panels each; CIs resample topics"}},
+               "values": {"sft_ctr": {"v": sft, "fmt": "{:.4f}", "run": run, "what": "SFT oracle CTR"}},
+               "tables": {}}
+    if bo16 is not None:
+        results["values"]["best_of_16_ctr"] = {"v": bo16, "fmt": "{:.4f}", "run": run,
+                                               "what": "SFT, best of 16 by the composite reward (evaluate)"}
+    results["tables"]["methods"] = {
+        "columns": ["method", "policy samples", "oracle CTR [95 % CI]", "− SFT, paired [95 % CI]",
+                    "compute (M token-passes)", "generated tokens", "reward-model tokens", "train seconds",
+                    "kept step"],
+        "fmt": {"policy samples": "{:,}", "oracle CTR [95 % CI]": "{:.4f}", "− SFT, paired [95 % CI]": "{:+.4f}",
+                "compute (M token-passes)": "{:.1f}", "generated tokens": "{:,}", "reward-model tokens": "{:,}",
+                "train seconds": "{:,.0f}", "kept step": "{:d}"},
+        "rows": [[NAMES.get(r["optimizer"], r["optimizer"]), r["policy_samples"], {"v": r["ctr"], "ci": r["ctr_ci"]},
+                  {"v": r["lift"], "ci": r["lift_ci"]}, r["compute"] / 1e6, r["generated"], r["reward_tokens"],
+                  r["seconds"], r["kept_step"]] for r in rows],
+        "run": run}
+    results["tables"]["verdict"] = {"columns": ["question", "answer"],
+                                    "rows": [["cheapest method reaching GRPO's largest-budget lift", verdict(rows)]],
+                                    "run": run}
+    (HERE / "results.json").write_text(json.dumps(results, indent=1, ensure_ascii=False) + "\n")
+    figure(rows, sft, bo16, HERE / "methods.png")
+    print(results["tables"]["verdict"]["rows"][0][1])
+    return results
+
+
+if __name__ == "__main__":
+    main(*sys.argv[1:4])
