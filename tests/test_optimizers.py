@@ -15,7 +15,7 @@ from clicks2pref.data.parsing import format_suggestions
 from clicks2pref.errors import ConfigError
 from clicks2pref.lit.compute import ComputeMeter
 from clicks2pref.lit.dpo_module import ClickDPOModule, OnlineDPOModule, best_worst
-from clicks2pref.lit.grpo_module import GRPOModule, prompt_loader
+from clicks2pref.lit.grpo_module import prompt_loader
 from clicks2pref.lit.rft import RFTModule, keep_best
 from clicks2pref.models.generate import chat_inputs
 from clicks2pref.models.logprobs import completion_logps, pad_prompt_completion
