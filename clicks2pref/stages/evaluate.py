@@ -7,37 +7,31 @@ artifact cache) as needed, so `stage=evaluate` alone reproduces the paper's comp
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import time
 from dataclasses import replace
 from pathlib import Path
-from typing import Optional
 
 from omegaconf import OmegaConf
 
 import numpy as np
 
-from clicks2pref.data.io import atomic_write_text, expand_sources, load_impressions, read_cached_json, read_jsonl
+from clicks2pref.data.io import load_impressions
 from clicks2pref.data.parsing import parse_suggestions
-from clicks2pref.data.pairs import build_pairs
 from clicks2pref.data.offline_mode import log_split, uses_simulator
 from clicks2pref.data.simulator import build_simulator
 from clicks2pref.errors import ClickLogError, Clicks2PrefError, ConfigError, ModelNotFoundError
 from clicks2pref.eval.best_of import best_of_n
-from clicks2pref.eval.calibration_report import calibrate, markdown_report, reference_ppl, write_report
-from clicks2pref.eval.offline import BASIS, build_estimators
-from clicks2pref.eval.offline_report import COLUMNS as OFFLINE_COLUMNS
-from clicks2pref.eval.offline_report import ab_section, beside_oracle, evaluate_offline
-from clicks2pref.eval.offline_report import markdown_report as offline_markdown
-from clicks2pref.eval.heldout import heldout_contexts, markdown_table, paired, score_policy
+from clicks2pref.eval.calibration_report import write_report
+from clicks2pref.eval.offline import build_estimators
+from clicks2pref.eval.offline_report import beside_oracle, evaluate_offline
+from clicks2pref.eval.heldout import heldout_contexts, paired, score_policy
 from clicks2pref.eval.policy import baseline_id
+from clicks2pref.eval.results_report import calibration_section, compare, publish
 from clicks2pref.eval.reference_panels import nearness_to_canned, score_reference_panels
-from clicks2pref.loggers import log_metrics, log_table
 from clicks2pref.manifest import verify_given
 from clicks2pref.models.registry import load_causal_lm
-from clicks2pref.models.reward_heads import load_reward_model
 from clicks2pref.rewards.base import RewardBatch, RewardResources
 from clicks2pref.rewards.composite import build_component
 from clicks2pref.rewards.diversity import DiversityReward, distinct_n
@@ -46,16 +40,6 @@ from clicks2pref.rewards.build import build_reward
 from clicks2pref.stages import artifacts
 
 log = logging.getLogger(__name__)
-COLUMNS = ["policy", "oracle_ctr", "ci_low", "ci_high", "lift", "gsb", "format_rate", "distinct_2", "mean_cosine",
-           "canned_cosine"]
-REFERENCE_NOTE = ("canned: the same template questions for every context of a topic, no model (the floor); ideal: "
-                  "the oracle's best panel of the world's own questions (an upper bound no policy can see); "
-                  "canned_cosine: mean largest cosine (eval.diversity_embedder) of a policy's suggestions to the canned panel.")
-BEST_OF_COLUMNS = ["policy", "reward", "oracle_ctr", "vs_policy", "vs_ci_low", "vs_ci_high", "reward_spearman",
-                   "oracle_best", "contexts"]
-ESTIMATED_COLUMNS = ["policy", "est_ctr", "est_lift", "est_lift_low", "est_lift_high", "oracle_lift", "lift_gap"]
-ESTIMATED_NOTE = ("Estimated (model-based: the reward models' click model, as without a simulator) beside the oracle; "
-                  "lifts relative to the reference, gap = estimated − oracle lift:")
 
 
 def run(cfg, loggers=()) -> dict:
@@ -110,7 +94,8 @@ def run(cfg, loggers=()) -> dict:
     # 5. the reward models' calibration on the IID week and the GRPO policy's logs (OOD)
     if ev.calibration:
         ood = results["grpo"].get("rl_logs") if "grpo" in results else None
-        report["calibration"] = calibration_section(cfg, inputs["rm"], out_dir, ood)
+        report["calibration"] = calibration_section(cfg, artifacts.artifact_path(cfg, "rm", inputs["rm"]["key"]),
+                                                    inputs["rm"], out_dir, ood)
     report["seconds"] = time.time() - start
     with artifacts.atomic_dir(artifacts.artifact_path(cfg, "evaluate", key)) as tmp:
         (tmp / "evaluation.json").write_text(json.dumps(report, indent=2))
@@ -134,7 +119,8 @@ def run_offline(cfg, inputs: dict, sources: dict, key: str, out_dir: Path, logge
                               DiversityReward(ev.diversity_embedder))
     report["split"] = split.describe()
     if ev.calibration:
-        report["calibration"] = calibration_section(cfg, inputs["rm"], out_dir, None)
+        report["calibration"] = calibration_section(cfg, artifacts.artifact_path(cfg, "rm", inputs["rm"]["key"]),
+                                                    inputs["rm"], out_dir, None)
     report["seconds"] = time.time() - start
     with artifacts.atomic_dir(artifacts.artifact_path(cfg, "evaluate", key)) as tmp:
         (tmp / "evaluation.json").write_text(json.dumps(report, indent=2))
@@ -270,134 +256,3 @@ def loads(folder: Path, load):
     return checked
 
 
-def compare(results: dict, reference: str, ev, seed: int) -> list[dict]:
-    """One row per policy: CTR and CI, paired lift over the reference with its CI, GSB, format, diversity."""
-    ref = results[reference]
-    rows = []
-    for name, m in results.items():
-        lift = paired(m, ref, ev, ev.gsb.margin, seed)
-        rows.append({"policy": name, "oracle_ctr": m["oracle_ctr"], "ci_low": m["ci_low"], "ci_high": m["ci_high"],
-                     "lift": lift["relative"] if lift["relative"] is not None else float("nan"),
-                     "diff_ci_low": lift["ci_low"], "diff_ci_high": lift["ci_high"], "gsb": lift["gsb"]["gsb"],
-                     "format_rate": m["format_rate"], "distinct_2": m["distinct_2"],
-                     "mean_cosine": m["mean_pairwise_cosine"], "canned_cosine": m.get("canned_cosine", float("nan"))})
-    return rows
-
-
-def plot_ctr(rows: list[dict], path: Path, ci: str) -> None:
-    from matplotlib.figure import Figure  # the plotting extra, loaded only when a plot is drawn
-
-    fig = Figure(figsize=(1.6 + 1.3 * len(rows), 3.2))
-    ax = fig.subplots()
-    x = range(len(rows))
-    ctr = [r["oracle_ctr"] for r in rows]
-    err = [[r["oracle_ctr"] - r["ci_low"] for r in rows], [r["ci_high"] - r["oracle_ctr"] for r in rows]]
-    ax.bar(x, ctr, yerr=err, capsize=4, color="#4c72b0")
-    # a policy given as a folder is named by its last two parts (e.g. grpo/<key>), so labels do not overlap
-    labels = ["/".join(Path(r["policy"]).parts[-2:]) if "/" in r["policy"] else r["policy"] for r in rows]
-    folders = any("/" in name for name in labels)
-    ax.set_xticks(list(x), labels, rotation=20 if folders else 0, ha="right" if folders else "center",
-                  fontsize="small")
-    ax.set_ylabel(f"oracle CTR ({ci} CI)")
-    ax.set_title("held-out contexts")
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-
-
-def publish_offline(cfg, report: dict, loggers) -> dict:
-    """results.md (the offline table), ab_plan.md, evaluation.json and metrics.json; both on the console."""
-    out_dir = Path(cfg.paths.output_dir)
-    text, plan = offline_markdown(report, markdown_table), ab_section(report)
-    (out_dir / "results.md").write_text(text + "\n" + plan)
-    (out_dir / "ab_plan.md").write_text(plan)
-    (out_dir / "evaluation.json").write_text(json.dumps(report, indent=2))
-    flat = {f"eval/{r['policy']}/{c}": float(r[c]) for r in report["rows"]
-            for c in ("est_ctr", "ci_low", "ci_high", "lift_vs_logged")}
-    (out_dir / "metrics.json").write_text(json.dumps(flat, indent=2))
-    log_table(loggers, "eval/offline", [{c: r[c] for c in OFFLINE_COLUMNS} for r in report["rows"]])
-    log_metrics(loggers, flat)
-    print("\n" + text)
-    print(plan)
-    print(f"metrics: {out_dir / 'evaluation.json'}\nA/B plan: {out_dir / 'ab_plan.md'}")
-    return report
-
-
-def publish(cfg, report: dict, loggers) -> dict:
-    """results.md, evaluation.json, metrics.json and ctr.png in the run folder; the table on the console."""
-    if report.get("basis") == BASIS:
-        return publish_offline(cfg, report, loggers)
-    ev, out_dir, rows, ci = cfg.eval, Path(cfg.paths.output_dir), report["rows"], report["ci"]
-    table = markdown_table(rows, COLUMNS)
-    flat = {f"eval/{r['policy']}/{c}": float(r[c]) for r in rows for c in COLUMNS[1:]}
-    (out_dir / "evaluation.json").write_text(json.dumps(report, indent=2))
-    (out_dir / "metrics.json").write_text(json.dumps(flat, indent=2))
-    best = report.get("best_of") or []
-    best_table = markdown_table(best, BEST_OF_COLUMNS) if best else ""
-    if best:
-        flat.update({f"eval/{r['policy']}/{c}": float(r[c]) for r in best for c in ("vs_policy", "reward_spearman")})
-    (out_dir / "results.md").write_text(f"Held-out {ev.split} contexts: {report['contexts']}, "
-                                        f"{ev.samples_per_context} panel(s) each; lift and GSB vs. {ev.reference}; "
-                                        f"{ci} bootstrap CIs over {ev.ci_clusters}s.\n{REFERENCE_NOTE}\n\n"
-                                        + table + (
-                                            "\nBest-of-n (vs. a random one of the same samples, paired; reward ρ: "
-                                            f"within-context Spearman with the oracle):\n\n{best_table}"
-                                            if best else ""))
-    plot_ctr(rows, out_dir / "ctr.png", ci)
-    log_table(loggers, "eval/results", [{c: r[c] for c in COLUMNS} for r in rows])
-    log_metrics(loggers, flat)
-    print(f"\nResults on {report['contexts']} held-out contexts (lift, GSB vs. {ev.reference}; {ci} CIs over "
-          f"{ev.ci_clusters}s):\n")
-    print(table + REFERENCE_NOTE + "\n")
-    if best:
-        print("Best-of-n (vs. a random one of the same n samples; reward ρ = within-context Spearman with the "
-              "oracle):\n")
-        print(best_table)
-    if report.get("estimated"):  # the offline estimator's lift beside the oracle's: how far off it is, per method
-        est = [{"policy": n, **v} for n, v in report["estimated"].items()]
-        est_table = markdown_table(est, ESTIMATED_COLUMNS)
-        with open(out_dir / "results.md", "a") as f:
-            f.write(f"\n{ESTIMATED_NOTE}\n\n{est_table}")
-        log_metrics(loggers, {f"eval/{r['policy']}/{c}": float(r[c]) for r in est
-                              for c in ("est_ctr", "est_lift", "lift_gap")})
-        print(f"{ESTIMATED_NOTE}\n")
-        print(est_table)
-    print(f"metrics: {out_dir / 'evaluation.json'}\nplots:   {out_dir / 'ctr.png'}")
-    return report
-
-
-def calibration_section(cfg, trained: dict, out_dir: Path, ood_logs: Optional[str]) -> dict:
-    """The trained reward models' calibration report on the IID test week and, when there are logs from
-    another policy (`data.ood_logs`, else the GRPO policy's week of RL logs), on that OOD split."""
-    folder = artifacts.artifact_path(cfg, "rm", trained["key"])
-    source = cfg.data.ood_logs or ood_logs
-    # cached by the reward models' key, the OOD files' bytes and the report settings
-    digest = hashlib.sha256(f"{trained['key']}|{json.dumps(OmegaConf.to_container(cfg.reward_model.calibration))}|"
-                            f"{cfg.policy.model.name}".encode())
-    for path in expand_sources(source) if source else []:
-        digest.update(path.read_bytes())
-    cached = Path(cfg.paths.artifacts_dir) / "eval" / f"calibration-{digest.hexdigest()[:12]}.json"
-    if cfg.cache and (report := read_cached_json(cached)) is not None:
-        write_report(report, out_dir)
-        print("\n" + markdown_report(report))
-        return report
-    splits = {"iid": read_jsonl(folder / "pairs" / "iid.jsonl")}
-    pcfg = cfg.reward_model.pairs
-    iid = f"week(s) {list(pcfg.test_weeks)}" if pcfg.test_weeks else "the last week (or held-out conversations)"
-    notes = [f"IID: {iid} of the training logs ({pcfg.position_filter} pairs)"]
-    if source:
-        ood = build_pairs(load_impressions(source, cfg.data.on_invalid), pcfg.position_filter)
-        splits["ood"] = [p for p in ood if pcfg.ood_weeks is None or p["week"] in set(pcfg.ood_weeks)]
-        notes.append(f"OOD: {source} (policies {sorted({p.get('policy', '?') for p in splits['ood']}) or '-'})")
-    else:
-        notes.append("no OOD split: no data.ood_logs and no RL logs from the GRPO stage")
-    ppl = reference_ppl(cfg, splits) if cfg.reward_model.calibration.reference_ppl else {}
-    report = {"key": trained["key"], "pairs": {k: len(v) for k, v in splits.items()}, "notes": notes, "kinds": {}}
-    for kind in cfg.reward_model.kinds:
-        model = load_reward_model(folder / kind, cfg.paths.model_cache,
-                                  trust_remote_code=cfg.reward_model.backbone.trust_remote_code)
-        report["kinds"][kind] = {"train_seconds": trained["train_seconds"][kind],
-                                 "splits": calibrate(cfg, model, splits, ppl)}
-    atomic_write_text(json.dumps(report), cached)
-    write_report(report, out_dir)
-    print("\n" + markdown_report(report))
-    return report
