@@ -1,6 +1,7 @@
 """Record a default run on the contextual user model into experiments/contextual/results.json.
 
     python experiments/contextual/from_run.py ARTIFACTS_DIR COMMIT [COMMAND]
+    python experiments/contextual/from_run.py --log-volume ARTIFACTS_DIR:USERS:COMMIT ...
 
 Reads the stage artifacts a `make run` wrote (sft, rm, grpo and, once it finished, evaluate), so a run cut short
 still records what it measured; every number the READMEs show about the run comes from here. The floor and the
@@ -43,8 +44,9 @@ def main(artifacts: str, commit: str, command: str = "make run") -> None:
     canned, ideal = val["contextual_canned"]["v"], val["contextual_ideal"]["v"]  # same test contexts
     if sft:
         e = sft["eval"]
-        put("sft_minus_baseline", e["lift"]["ctr_diff"], f"SFT − prompted baseline, paired over {e['contexts']} test "
-            "contexts, 1 panel each (the sft stage's comparison)", [e["lift"]["ci_low"], e["lift"]["ci_high"]])
+        put("sft_minus_baseline_1_panel", e["lift"]["ctr_diff"], f"SFT − prompted baseline, paired over "
+            f"{e['contexts']} test contexts, 1 panel each (the sft stage's comparison)",
+            [e["lift"]["ci_low"], e["lift"]["ci_high"]])
         put("sft_ctr", e["sft"]["oracle_ctr"], "SFT oracle CTR, 1 panel per test context",
             [e["sft"]["ci_low"], e["sft"]["ci_high"]], fmt="{:.4f}")
         put("sft_minus_canned", e["sft"]["oracle_ctr"] - canned, "SFT − canned panel, oracle CTR")
@@ -66,6 +68,12 @@ def main(artifacts: str, commit: str, command: str = "make run") -> None:
             put(f"{kind}_oracle_rho", m["oracle_spearman"], f"{kind.upper()}'s Spearman ρ with the oracle's "
                 "per-suggestion click probability on the IID week", fmt="{:.3f}")
             put(f"{kind}_iid_accuracy", m["accuracy"], f"{kind.upper()} pair accuracy, IID week", fmt="{:.3f}")
+        results["tables"]["reward_models"] = {
+            "columns": ["reward model", "IID pairs", "pair accuracy", "oracle ρ (per suggestion)"],
+            "fmt": {"IID pairs": "{:,}", "pair accuracy": "{:.3f}", "oracle ρ (per suggestion)": "{:.3f}"},
+            "rows": [[kind.upper(), rm["metrics"][kind]["iid"]["n_pairs"], rm["metrics"][kind]["iid"]["accuracy"],
+                      rm["metrics"][kind]["iid"]["oracle_spearman"]] for kind in ("garm", "btrm")],
+            "run": run}
     if grpo:
         e = grpo["eval"]
         put("grpo_minus_sft", e["lift"]["ctr_diff"], f"GRPO ({grpo['policy_samples']} samples, kept step "
@@ -74,6 +82,15 @@ def main(artifacts: str, commit: str, command: str = "make run") -> None:
     if ev:
         rows = {r["policy"]: r for r in ev["rows"]}
         base = rows["baseline"]
+        samples = ev.get("samples_per_context", 16)
+        put("sft_minus_baseline", rows["sft"]["oracle_ctr"] - base["oracle_ctr"], f"SFT − prompted baseline, paired "
+            f"over {ev['contexts']} test contexts, {samples} panels each (evaluate)",
+            [rows["sft"]["diff_ci_low"], rows["sft"]["diff_ci_high"]])
+        sft_ctr = rows["sft"]["oracle_ctr"]  # the floor and the ceiling against SFT's panels of the same evaluation
+        put("sft_ctr", sft_ctr, f"SFT oracle CTR, {samples} panels per test context",
+            [rows["sft"]["ci_low"], rows["sft"]["ci_high"]], fmt="{:.4f}")
+        put("sft_minus_canned", sft_ctr - canned, "SFT − canned panel, oracle CTR")
+        put("ideal_over_sft", ideal / sft_ctr, "ideal panel / SFT", fmt="{:.2f}×")
         for b in ev["best_of"]:
             if b["policy"] == "sft+bo16":
                 put("best_of_16_composite", b["vs_policy"], "best-of-16 by the composite reward − a random one of "
@@ -118,5 +135,34 @@ def main(artifacts: str, commit: str, command: str = "make run") -> None:
     print(json.dumps({k: v["v"] for k, v in val.items() if v.get("run") == run}, indent=1))
 
 
+def log_volume(runs: list[str]) -> None:
+    """The `log_volume` table: per default run (ARTIFACTS_DIR:USERS:COMMIT), what its logs held and what the
+    reward models and the fused reward made of them."""
+    path = HERE / "results.json"
+    results = json.loads(path.read_text())
+    rows = []
+    for spec in runs:
+        folder, users, commit = spec.rsplit(":", 2)
+        root = Path(folder)
+        sft, rm, fused = (artifact(root, s, f) for s, f in (("sft", "sft.json"), ("rm", "rm.json"),
+                                                             ("fusion", "fusion_weights.json")))
+        weights = fused["chosen"]["weights"]
+        rows.append([f"{int(users)} users per panel ({commit})", sft["data"]["impressions"],
+                     sft["data"]["clicked_suggestions"], rm["metrics"]["garm"]["iid"]["n_pairs"],
+                     rm["metrics"]["garm"]["iid"]["oracle_spearman"], rm["metrics"]["btrm"]["iid"]["oracle_spearman"],
+                     weights.get("garm", 0.0) + weights.get("external", 0.0), weights.get("rule", 0.0)])
+    results["tables"]["log_volume"] = {
+        "columns": ["logs", "impressions (4 weeks)", "clicked suggestions", "IID pairs", "GaRM oracle ρ",
+                    "BTRM oracle ρ", "fused weight on the reward models", "fused weight on the rule"],
+        "fmt": {"impressions (4 weeks)": "{:,}", "clicked suggestions": "{:,}", "IID pairs": "{:,}",
+                "GaRM oracle ρ": "{:.3f}", "BTRM oracle ρ": "{:.3f}", "fused weight on the reward models": "{:.2f}",
+                "fused weight on the rule": "{:.2f}"},
+        "rows": rows, "run": "default_contextual"}
+    path.write_text(json.dumps(results, indent=1, ensure_ascii=False) + "\n")
+
+
 if __name__ == "__main__":
-    main(*sys.argv[1:4])
+    if sys.argv[1:2] == ["--log-volume"]:
+        log_volume(sys.argv[2:])
+    else:
+        main(*sys.argv[1:4])
