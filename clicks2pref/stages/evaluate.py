@@ -80,7 +80,8 @@ def run(cfg, loggers=()) -> dict:
     # floor, and every row against the reference: lift, CI, GSB
     results.update(reference_rows(cfg, ev, sim, contexts, diversity, results))
     rows = compare(results, ev.reference, ev, cfg.seed)
-    report = {"split": ev.split, "contexts": len(contexts), "samples_per_context": ev.samples_per_context,
+    report = {"policies": {name: src[0] for name, src in sources.items()},  # what was evaluated: cache identities
+              "split": ev.split, "contexts": len(contexts), "samples_per_context": ev.samples_per_context,
               "reference": ev.reference, "ci": f"{ev.ci_level:.0%}",
               "rows": rows, "best_of": best_rows,
               "examples": [{"context": contexts[i], **{n: results[n]["outputs"][i] for n in results}}

@@ -2,6 +2,7 @@
 
     python experiments/contextual/from_run.py ARTIFACTS_DIR COMMIT [COMMAND]
     python experiments/contextual/from_run.py --log-volume ARTIFACTS_DIR:USERS:COMMIT ...
+    python experiments/contextual/from_run.py --rl-scale ARTIFACTS_DIR EVALUATE_RUN_DIR COMMIT
 
 Reads the stage artifacts a `make run` wrote (sft, rm, grpo and, once it finished, evaluate), so a run cut short
 still records what it measured; every number the READMEs show about the run comes from here. The floor and the
@@ -20,9 +21,17 @@ LABELS = {"baseline": "prompted baseline", "sft": "SFT", "grpo": "GRPO (192 samp
           "ideal": "ideal panel (upper bound)"}
 
 
-def artifact(root: Path, stage: str, name: str):
-    found = sorted(root.glob(f"{stage}/*/{name}"), key=lambda p: p.stat().st_mtime)
-    return json.loads(found[-1].read_text()) if found else None
+def artifact(root: Path, stage: str, name: str, pick=None):
+    """The newest `stage/*/name` of `root` (among those `pick` accepts)."""
+    found = [json.loads(p.read_text()) for p in sorted(root.glob(f"{stage}/*/{name}"), key=lambda p: p.stat().st_mtime)]
+    found = [f for f in found if pick is None or pick(f)]
+    return found[-1] if found else None
+
+
+def default_budget(root: Path):
+    """The GRPO artifact of the default budget: the fewest policy samples (experiment=rl_scale shares the folder)."""
+    budgets = [json.loads(p.read_text()).get("policy_samples") for p in root.glob("grpo/*/grpo.json")]
+    return lambda job: job.get("policy_samples") == min((b for b in budgets if b), default=None)
 
 
 def main(artifacts: str, commit: str, command: str = "make run") -> None:
@@ -31,8 +40,9 @@ def main(artifacts: str, commit: str, command: str = "make run") -> None:
     results = json.loads(path.read_text())
     val = results["values"]
     run = "default_contextual"
-    sft, rm, grpo, ev = (artifact(root, s, f) for s, f in (("sft", "sft.json"), ("rm", "rm.json"),
-                                                             ("grpo", "grpo.json"), ("evaluate", "evaluation.json")))
+    sft, rm = artifact(root, "sft", "sft.json"), artifact(root, "rm", "rm.json")
+    grpo = artifact(root, "grpo", "grpo.json", default_budget(root))
+    ev = artifact(root, "evaluate", "evaluation.json", lambda e: e.get("best_of"))  # the pipeline's, with best-of
     done = [s for s, r in (("sft", sft), ("rm", rm), ("grpo", grpo), ("evaluate", ev)) if r]
     results["runs"][run] = {"date": date.today().isoformat(), "commit": commit, "machine": "2-core CPU, fp32",
                             "command": command, "note": f"stages measured: {', '.join(done)}; whole test topics held "
@@ -135,6 +145,37 @@ def main(artifacts: str, commit: str, command: str = "make run") -> None:
     print(json.dumps({k: v["v"] for k, v in val.items() if v.get("run") == run}, indent=1))
 
 
+def rl_scale(artifacts: str, evaluation: str, commit: str,
+             command: str = "python -m clicks2pref experiment=rl_scale stage=grpo grpo.rl_logs.enabled=false, then "
+                            "stage=evaluate eval.best_of.n=0 eval.calibration=false") -> None:
+    """GRPO at experiment=rl_scale (the most policy samples in ARTIFACTS_DIR) and its evaluation (the folder of
+    its evaluation.json): the lift over SFT and the nearness to the canned panel."""
+    path = HERE / "results.json"
+    results = json.loads(path.read_text())
+    val, run = results["values"], "rl_scale_contextual"
+    jobs = Path(artifacts).glob("grpo/*/grpo.json")
+    samples = max(json.loads(p.read_text()).get("policy_samples") or 0 for p in jobs)
+    grpo = artifact(Path(artifacts), "grpo", "grpo.json", lambda j: j.get("policy_samples") == samples)
+    e = grpo["eval"]
+    results["runs"][run] = {"date": date.today().isoformat(), "commit": commit, "machine": "2-core CPU, fp32",
+                            "command": command, "note": f"the default run's reward; {samples:,} samples"}
+    val["grpo_minus_sft_rl_scale"] = {"v": e["lift"]["ctr_diff"], "fmt": "{:+.4f}", "run": run,
+                                      "ci": [e["lift"]["ci_low"], e["lift"]["ci_high"]],
+                                      "what": f"GRPO ({samples:,} samples, kept step {grpo['selected']['step']}) "
+                                              f"− SFT, paired over {e['contexts']} test contexts, 16 panels each"}
+    ev_path = Path(evaluation) / "evaluation.json"
+    if ev_path.exists():
+        rows = {r["policy"]: r for r in json.loads(ev_path.read_text())["rows"]}
+        val["grpo_minus_sft_canned_cosine_rl_scale"] = {
+            "v": rows["grpo"]["canned_cosine"] - rows["sft"]["canned_cosine"], "fmt": "{:+.3f}", "run": run,
+            "what": "GRPO at rl_scale − SFT: mean largest cosine of a suggestion to the canned panel"}
+        val["grpo_rl_scale_ctr"] = {"v": rows["grpo"]["oracle_ctr"], "ci": [rows["grpo"]["ci_low"],
+                                                                           rows["grpo"]["ci_high"]],
+                                    "fmt": "{:.4f}", "run": run, "what": "GRPO at rl_scale, oracle CTR (evaluate)"}
+    path.write_text(json.dumps(results, indent=1, ensure_ascii=False) + "\n")
+    print(json.dumps({k: v["v"] for k, v in val.items() if v.get("run") == run}, indent=1))
+
+
 def log_volume(runs: list[str]) -> None:
     """The `log_volume` table: per default run (ARTIFACTS_DIR:USERS:COMMIT), what its logs held and what the
     reward models and the fused reward made of them."""
@@ -164,5 +205,7 @@ def log_volume(runs: list[str]) -> None:
 if __name__ == "__main__":
     if sys.argv[1:2] == ["--log-volume"]:
         log_volume(sys.argv[2:])
+    elif sys.argv[1:2] == ["--rl-scale"]:
+        rl_scale(*sys.argv[2:6])
     else:
         main(*sys.argv[1:4])
