@@ -28,10 +28,12 @@ def artifact(root: Path, stage: str, name: str, pick=None):
     return found[-1] if found else None
 
 
-def default_budget(root: Path):
-    """The GRPO artifact of the default budget: the fewest policy samples (experiment=rl_scale shares the folder)."""
+def budget(root: Path, choose=min):
+    """Accepts the GRPO artifact with `choose` (min: the default budget; max: experiment=rl_scale, which shares
+    the folder) of the policy samples present."""
     budgets = [json.loads(p.read_text()).get("policy_samples") for p in root.glob("grpo/*/grpo.json")]
-    return lambda job: job.get("policy_samples") == min((b for b in budgets if b), default=None)
+    wanted = choose((b for b in budgets if b), default=None)
+    return lambda job: job.get("policy_samples") == wanted
 
 
 def main(artifacts: str, commit: str, command: str = "make run") -> None:
@@ -41,7 +43,8 @@ def main(artifacts: str, commit: str, command: str = "make run") -> None:
     val = results["values"]
     run = "default_contextual"
     sft, rm = artifact(root, "sft", "sft.json"), artifact(root, "rm", "rm.json")
-    grpo = artifact(root, "grpo", "grpo.json", default_budget(root))
+    default = budget(root)  # experiment=table4 may share the folder: the default run's reward preset is `full`
+    grpo = artifact(root, "grpo", "grpo.json", lambda job: default(job) and job.get("rewards") == "full")
     ev = artifact(root, "evaluate", "evaluation.json", lambda e: e.get("best_of"))  # the pipeline's, with best-of
     done = [s for s, r in (("sft", sft), ("rm", rm), ("grpo", grpo), ("evaluate", ev)) if r]
     results["runs"][run] = {"date": date.today().isoformat(), "commit": commit, "machine": "2-core CPU, fp32",
@@ -153,9 +156,8 @@ def rl_scale(artifacts: str, evaluation: str, commit: str,
     path = HERE / "results.json"
     results = json.loads(path.read_text())
     val, run = results["values"], "rl_scale_contextual"
-    jobs = Path(artifacts).glob("grpo/*/grpo.json")
-    samples = max(json.loads(p.read_text()).get("policy_samples") or 0 for p in jobs)
-    grpo = artifact(Path(artifacts), "grpo", "grpo.json", lambda j: j.get("policy_samples") == samples)
+    grpo = artifact(Path(artifacts), "grpo", "grpo.json", budget(Path(artifacts), max))
+    samples = grpo["policy_samples"]
     e = grpo["eval"]
     results["runs"][run] = {"date": date.today().isoformat(), "commit": commit, "machine": "2-core CPU, fp32",
                             "command": command, "note": f"the default run's reward; {samples:,} samples"}
