@@ -27,12 +27,13 @@ def token_passes(compute: dict) -> float:
             + compute["reward_tokens"])
 
 
-def jobs(root: Path) -> list[dict]:
-    """One grpo.json per (optimizer, policy samples), the newest where a pair ran twice."""
+def jobs(root: Path, rewards: str = "full") -> list[dict]:
+    """One grpo.json per (optimizer, policy samples) trained on the `rewards` preset, the newest where a pair ran
+    twice (a Table 4 sweep sharing the folder trains the same optimizer on other presets)."""
     found: dict = {}
     for path in sorted(root.glob("grpo/*/grpo.json"), key=lambda p: p.stat().st_mtime):
         job = json.loads(path.read_text())
-        if "optimizer" in job and "compute" in job and "eval" in job:
+        if "optimizer" in job and "compute" in job and "eval" in job and job.get("rewards", rewards) == rewards:
             found[(job["optimizer"], job["policy_samples"])] = job
     return [found[k] for k in sorted(found, key=lambda k: (list(NAMES).index(k[0]) if k[0] in NAMES else 99, k[1]))]
 
@@ -102,7 +103,8 @@ def main(artifacts: str, commit: str, command: str = "python -m clicks2pref -m e
     if not rows:
         raise SystemExit(f"{root}: no grpo/*/grpo.json with an optimizer's compute; run the sweep first")
     run = "methods"
-    sft, bo16 = rows[0]["sft"], best_of_16(root)
+    # SFT's CTR as the largest job's evaluation measured it (16 panels per context; a smaller job may use fewer)
+    sft, bo16 = max(rows, key=lambda r: r["policy_samples"])["sft"], best_of_16(root)
     results = {"runs": {run: {"date": date.today().isoformat(), "commit": commit, "machine": "2-core CPU, fp32",
                               "command": command, "note": f"{rows[0]['contexts']} test contexts of held-out topics, "
                                                           "16 panels each; CIs resample topics"}},
