@@ -46,6 +46,22 @@ def test_clusters(evaluation: dict) -> list[str] | None:
     return cluster_labels(contexts, cfg.eval.ci_clusters)
 
 
+def dumps(results: dict) -> str:
+    """results.json as this folder writes it by hand: a run or a value per line, a table's rows one per line."""
+    line = lambda x: json.dumps(x, ensure_ascii=False)  # noqa: E731
+
+    def table(t: dict) -> str:
+        keys = [f'      "{k}": ' + ("[\n" + ",\n".join("        " + line(r) for r in v) + "\n      ]" if k == "rows"
+                                    else line(v)) for k, v in t.items()]
+        return "{\n" + ",\n".join(keys) + "\n    }"
+
+    parts = []
+    for section, entries in results.items():
+        body = [f'    "{k}": ' + (table(v) if section == "tables" else line(v)) for k, v in entries.items()]
+        parts.append(f'  "{section}": ' + ("{\n" + ",\n".join(body) + "\n  }" if body else "{}"))
+    return "{\n" + ",\n".join(parts) + "\n}\n"
+
+
 def main(evaluation_dir: str, commit: str, name: str = "presets_contextual") -> None:
     evaluation = json.loads((Path(evaluation_dir) / "evaluation.json").read_text())
     rows = {r["policy"]: r for r in evaluation["rows"]}
@@ -108,7 +124,7 @@ def main(evaluation_dir: str, commit: str, name: str = "presets_contextual") -> 
         "run": run, "columns": ["paired difference (same contexts)", "oracle CTR difference [95 % CI]",
                                 "what it asks"],
         "fmt": {"oracle CTR difference [95 % CI]": "{:+.4f}"}, "rows": paired}
-    path.write_text(json.dumps(results, indent=1, ensure_ascii=False) + "\n")
+    path.write_text(dumps(results))
     print(json.dumps({r[0]: r[1] for r in paired}, indent=1))
 
 
