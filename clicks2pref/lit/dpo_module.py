@@ -48,8 +48,8 @@ class DPOModule(GRPOModule):
     def update(self, prompts: list, chosen: list, rejected: list) -> dict:
         """One DPO optimiser step on pairs (prompt ids, chosen completion ids, rejected completion ids)."""
         n = len(prompts)
-        ids, attention, mask = (t.to(self.device) for t in
-                                pad_prompt_completion(prompts + prompts, chosen + rejected, self.tokenizer.pad_token_id))
+        padded = pad_prompt_completion(prompts + prompts, chosen + rejected, self.tokenizer.pad_token_id)
+        ids, attention, mask = (t.to(self.device) for t in padded)
         with torch.no_grad():
             if self.has_reference:
                 with self.reference_context():

@@ -356,7 +356,8 @@ def markdown_report(result: dict) -> str:
     ev = result["eval"]
     ctr = "oracle_ctr" if "oracle_ctr" in ev["sft"] else "estimated_ctr"  # no simulator: the click model's estimate
     lines = [f"{NAMES[result.get('optimizer', 'grpo')]} ({result['rewards']}: {result['reward']}) — {result['steps']} "
-             f"steps in {result['train_seconds']:.0f}s; {ev['contexts']} held-out {ev['split']} contexts, {ev['ci']} CIs",
+             f"steps in {result['train_seconds']:.0f}s; {ev['contexts']} held-out {ev['split']} contexts, "
+             f"{ev['ci']} CIs",
              *compute_line(result), "",
              f"| policy | {ctr.replace('_', ' ').replace('ctr', 'CTR')} | CI low | CI high | format rate | distinct-2 "
              "| mean cosine |",
