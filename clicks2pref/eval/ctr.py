@@ -12,7 +12,7 @@ from typing import Optional, Sequence
 import numpy as np
 from scipy.stats import bootstrap
 
-from clicks2pref.data.simulator.world import SPLIT_BY
+from clicks2pref.data.simulator.world import SPLIT_BY, context_splits, load_world
 
 
 @dataclass(frozen=True)
@@ -31,6 +31,13 @@ def cluster_labels(contexts: Sequence, by: str) -> Optional[list]:
     if by not in SPLIT_BY:
         raise ValueError(f"ci_clusters '{by}' is not one of {', '.join(SPLIT_BY)}")
     return [c[0] for c in contexts] if by == "topic" else None
+
+
+def split_clusters(cfg, split: str, n: Optional[int] = None) -> Optional[list]:
+    """The bootstrap unit of each context of `split` in the order every evaluation uses (its first `n`), so a
+    recorded per-context CTR can be resampled again, paired with another policy's."""
+    contexts = context_splits(load_world(cfg.simulator.world, cfg.simulator.domains), cfg.data.split)[split][:n]
+    return cluster_labels(contexts, cfg.eval.ci_clusters)
 
 
 def bootstrap_mean(values, n_resamples: int = 1000, level: float = 0.95, seed: int = 0,

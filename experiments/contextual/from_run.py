@@ -15,6 +15,12 @@ import sys
 from datetime import date
 from pathlib import Path
 
+import numpy as np
+from hydra import compose, initialize_config_dir
+
+from clicks2pref.config import register_configs
+from clicks2pref.eval.ctr import bootstrap_mean, split_clusters
+
 HERE = Path(__file__).resolve().parent
 LABELS = {"baseline": "prompted baseline", "sft": "SFT", "grpo": "GRPO (192 samples)",
           "sft+bo16": "SFT, best of 16 by the composite reward", "canned": "canned panel (floor, no model)",
@@ -34,6 +40,16 @@ def budget(root: Path, choose=min):
     budgets = [json.loads(p.read_text()).get("policy_samples") for p in root.glob("grpo/*/grpo.json")]
     wanted = choose((b for b in budgets if b), default=None)
     return lambda job: job.get("policy_samples") == wanted
+
+
+def paired(evaluation: dict, policy: str, reference: str):
+    """policy − reference on the evaluation's own contexts and panels, resampled as its CIs are (whole topics)."""
+    register_configs()
+    with initialize_config_dir(str(HERE.parent.parent / "conf"), version_base="1.3"):
+        cfg = compose("config")
+    per_context = evaluation["per_context_ctr"]
+    return bootstrap_mean(np.asarray(per_context[policy]) - np.asarray(per_context[reference]),
+                          clusters=split_clusters(cfg, evaluation["split"], evaluation["contexts"]))
 
 
 def main(artifacts: str, commit: str, command: str = "make run") -> None:
@@ -111,6 +127,10 @@ def main(artifacts: str, commit: str, command: str = "make run") -> None:
                 put("composite_rho", b["reward_spearman"], "within-context Spearman ρ of the composite reward with "
                     "the oracle over SFT's 16 samples", fmt="{:.3f}")
         if "grpo" in rows:
+            est = paired(ev, "grpo", "sft")
+            put("grpo_minus_sft_16", est.mean, f"GRPO ({grpo['policy_samples'] if grpo else '?'} samples) − SFT, "
+                f"paired over {ev['contexts']} test contexts, {samples} panels each (evaluate), topics resampled",
+                [est.low, est.high])
             put("grpo_minus_sft_canned_cosine", rows["grpo"]["canned_cosine"] - rows["sft"]["canned_cosine"],
                 "GRPO − SFT: mean largest cosine of a suggestion to the canned panel (positive: nearer the floor)",
                 fmt="{:+.3f}")

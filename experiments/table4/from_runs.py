@@ -19,8 +19,7 @@ import numpy as np
 from hydra import compose, initialize_config_dir
 
 from clicks2pref.config import register_configs
-from clicks2pref.data.simulator.world import context_splits, load_world
-from clicks2pref.eval.ctr import bootstrap_mean, cluster_labels
+from clicks2pref.eval.ctr import bootstrap_mean, split_clusters
 
 HERE = Path(__file__).resolve().parent
 CONF = HERE.parent.parent / "conf"
@@ -34,16 +33,15 @@ PAIRS = [("`full` − `no_fusion`", "full", "no_fusion", "fusion's weights again
 
 def test_clusters(evaluation: dict) -> list[str] | None:
     """The bootstrap's unit of each evaluated context (its topic, as `eval.ci_clusters` says), in the evaluation's
-    order (the sorted test split of the config); None: contexts resampled alone."""
+    order; None: contexts resampled alone. Checked against the contexts the evaluation shows."""
     register_configs()
     with initialize_config_dir(str(CONF), version_base="1.3"):
         cfg = compose("config")
-    world = load_world(cfg.simulator.world, cfg.simulator.domains)
-    contexts = context_splits(world, cfg.data.split)[evaluation["split"]][:evaluation["contexts"]]
-    first = [tuple(e["context"]) for e in evaluation["examples"]]
-    if [tuple(c) for c in contexts[:len(first)]] != first:
+    clusters = split_clusters(cfg, evaluation["split"], evaluation["contexts"])
+    first = [e["context"][0] for e in evaluation["examples"]]
+    if clusters is not None and clusters[:len(first)] != first:
         raise SystemExit("the config's test split is not the evaluation's contexts: record with the sweep's config")
-    return cluster_labels(contexts, cfg.eval.ci_clusters)
+    return clusters
 
 
 def dumps(results: dict) -> str:
