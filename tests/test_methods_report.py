@@ -56,7 +56,10 @@ def test_the_verdict_names_the_cheapest_method_reaching_grpos_largest_budget(rep
 
 
 def test_the_sweep_becomes_a_table_a_verdict_and_a_figure(report, tmp_path, monkeypatch):
-    write(tmp_path / "art", [job("grpo", 800, 0.01, 100), job("rft", 800, 0.02, 50), job("grpo", 3200, 0.015, 400)])
+    other_preset = dict(job("grpo", 800, 0.09, 100), rewards="no_ppl")  # a Table 4 job sharing the folder
+    default_budget = job("grpo", 192, 0.09, 10)  # the default run's GRPO: not a budget of the sweep
+    write(tmp_path / "art", [job("grpo", 800, 0.01, 100), job("rft", 800, 0.02, 50), job("grpo", 3200, 0.015, 400),
+                             other_preset, default_budget])
     monkeypatch.setattr(report, "HERE", tmp_path)
     results = report.main(str(tmp_path / "art"), "abc1234")
     table = results["tables"]["methods"]

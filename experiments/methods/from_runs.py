@@ -16,7 +16,10 @@ import sys
 from datetime import date
 from pathlib import Path
 
+import yaml
+
 HERE = Path(__file__).resolve().parent
+CONF = HERE.parent.parent / "conf" / "experiment" / "methods.yaml"
 NAMES = {"grpo": "GRPO", "rft": "rejection-sampling fine-tuning", "dpo_clicks": "DPO on logged click pairs",
          "online_dpo": "online DPO (own samples, best vs worst)"}
 
@@ -27,13 +30,23 @@ def token_passes(compute: dict) -> float:
             + compute["reward_tokens"])
 
 
-def jobs(root: Path, rewards: str = "full") -> list[dict]:
-    """One grpo.json per (optimizer, policy samples) trained on the `rewards` preset, the newest where a pair ran
-    twice (a Table 4 sweep sharing the folder trains the same optimizer on other presets)."""
+def sweep_budgets() -> list[int]:
+    """The policy-sample budgets `experiment=methods` sweeps (its evaluation settings; the default run's GRPO at
+    another budget is evaluated otherwise and stays out)."""
+    params = yaml.safe_load(CONF.read_text())["hydra"]["sweeper"]["params"]
+    return [int(b) for b in str(params["optimizer.policy_samples"]).split(",")]
+
+
+def jobs(root: Path, rewards: str = "full", budgets: list[int] | None = None) -> list[dict]:
+    """One grpo.json per (optimizer, policy samples) trained on the `rewards` preset at one of `budgets` (default:
+    the sweep's), the newest where a pair ran twice (a Table 4 sweep sharing the folder trains the same
+    optimizer on other presets)."""
+    budgets = sweep_budgets() if budgets is None else budgets
     found: dict = {}
     for path in sorted(root.glob("grpo/*/grpo.json"), key=lambda p: p.stat().st_mtime):
         job = json.loads(path.read_text())
-        if "optimizer" in job and "compute" in job and "eval" in job and job.get("rewards", rewards) == rewards:
+        if ("optimizer" in job and "compute" in job and "eval" in job and job.get("rewards", rewards) == rewards
+                and job.get("policy_samples") in budgets):
             found[(job["optimizer"], job["policy_samples"])] = job
     return [found[k] for k in sorted(found, key=lambda k: (list(NAMES).index(k[0]) if k[0] in NAMES else 99, k[1]))]
 
@@ -58,7 +71,9 @@ def summarise(job: dict) -> dict:
     e = job["eval"]
     return {"optimizer": job["optimizer"], "policy_samples": job["policy_samples"],
             "ctr": e["grpo"]["oracle_ctr"], "ctr_ci": [e["grpo"]["ci_low"], e["grpo"]["ci_high"]],
-            "lift": e["lift"]["ctr_diff"], "lift_ci": [e["lift"]["ci_low"], e["lift"]["ci_high"]],
+            # a job that kept the SFT policy differs from it by float noise: rounded, it reads 0 rather than −0
+            "lift": round(e["lift"]["ctr_diff"], 8) + 0.0,
+            "lift_ci": [round(e["lift"]["ci_low"], 8) + 0.0, round(e["lift"]["ci_high"], 8) + 0.0],
             "sft": e["sft"]["oracle_ctr"], "contexts": e["contexts"], "compute": token_passes(job["compute"]),
             "generated": job["compute"]["generated_tokens"], "reward_tokens": job["compute"]["reward_tokens"],
             "seconds": job["compute"]["seconds"], "kept_step": job["selected"]["step"]}
@@ -118,7 +133,7 @@ def main(artifacts: str, commit: str, command: str = "python -m clicks2pref -m e
                     "compute (M token-passes)", "generated tokens", "reward-model tokens", "train seconds",
                     "kept step"],
         "fmt": {"policy samples": "{:,}", "oracle CTR [95 % CI]": "{:.4f}", "− SFT, paired [95 % CI]": "{:+.4f}",
-                "compute (M token-passes)": "{:.1f}", "generated tokens": "{:,}", "reward-model tokens": "{:,}",
+                "compute (M token-passes)": "{:.2f}", "generated tokens": "{:,}", "reward-model tokens": "{:,}",
                 "train seconds": "{:,.0f}", "kept step": "{:d}"},
         "rows": [[NAMES.get(r["optimizer"], r["optimizer"]), r["policy_samples"], {"v": r["ctr"], "ci": r["ctr_ci"]},
                   {"v": r["lift"], "ci": r["lift_ci"]}, r["compute"] / 1e6, r["generated"], r["reward_tokens"],
