@@ -8,11 +8,7 @@ from __future__ import annotations
 
 import logging
 import re
-import sys
 import warnings
-
-from hydra.core.hydra_config import HydraConfig
-from hydra.types import RunMode
 
 # (logger name prefix, message pattern, why it is harmless here)
 NOISE = [
@@ -62,9 +58,3 @@ def _quiet_progress_bars() -> None:
     from transformers.utils import logging as hf_logging  # here: checking a config imports this module, not torch
 
     hf_logging.disable_progress_bar()
-
-
-def interactive() -> bool:
-    """Progress bars only for a person at a terminal: not in pipes, CI logs or a sweep's jobs."""
-    sweep = HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN
-    return sys.stderr.isatty() and not sweep

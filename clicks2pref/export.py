@@ -33,7 +33,8 @@ from safetensors.torch import save_file
 
 from clicks2pref import compose
 from clicks2pref.config import validate
-from clicks2pref.data.prompts import PromptTemplate, build_messages
+from clicks2pref.config.prompt import PromptTemplate
+from clicks2pref.data.prompts import build_messages
 from clicks2pref.errors import Clicks2PrefError
 from clicks2pref.manifest import MANIFEST, verify_given, write_manifest
 from clicks2pref.models.reward_heads import load_reward_model

@@ -25,13 +25,15 @@ from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
+from clicks2pref.config.model import GenerationConfig
+from clicks2pref.config.prompt import PromptTemplate
 from clicks2pref.data.parsing import parse_suggestions
-from clicks2pref.data.prompts import PromptTemplate, build_messages
+from clicks2pref.data.prompts import build_messages
 from clicks2pref.data.schema import _check_context  # the one rule of what a logged context is
 from clicks2pref.errors import Clicks2PrefError
 from clicks2pref.export import (PROMPT_FILE, check_folder, compose_for, first_line, folder_kind,
                                 load_artifact_policy, one_line, read_json, template_of)
-from clicks2pref.models.generate import GenerationConfig, generate
+from clicks2pref.models.generate import generate
 from clicks2pref.models.placement import use_accelerator
 from clicks2pref.rewards.base import load_checked
 

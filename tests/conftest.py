@@ -44,7 +44,8 @@ def world():
 @pytest.fixture(scope="session")
 def minilm_simulator():
     """The default simulator (MiniLM similarity), built once."""
-    from clicks2pref.data.simulator import SimulatorConfig, build_simulator
+    from clicks2pref.config.simulator import SimulatorConfig
+    from clicks2pref.data.simulator import build_simulator
     from omegaconf import OmegaConf
 
     GlobalHydra.instance().clear()

@@ -9,8 +9,8 @@ import pytest
 import torch
 from scipy.stats import spearmanr
 
+from clicks2pref.config.pairs import PairConfig
 from clicks2pref.data.impressions import impression_examples, impression_splits, indexed
-from clicks2pref.data.pairs import PairConfig
 from clicks2pref.data.simulator.click_model import sample_cascade
 from clicks2pref.eval.best_of import best_of_n, pick_best, within_context_spearman
 from clicks2pref.eval.oracle_agreement import oracle_agreement
@@ -150,18 +150,18 @@ def test_panel_click_score_is_the_probability_of_any_click_and_ignores_empty_pos
 
 def test_best_of_n_serves_the_panel_the_reward_ranks_first():
     result = {"sample_ctr": [[0.1, 0.5, 0.3], [0.2, 0.2, 0.4]], "samples": [["a", "b", "c"], ["d", "e", "f"]],
-              "format_rate": 1.0}
+              "format_rate": 1.0, "contexts": [["t", "f1"], ["t", "f2"]]}
     scores = np.array([[0.0, 2.0, 1.0], [5.0, 0.0, 1.0]])
     assert pick_best(scores, 3).tolist() == [1, 0]
     assert pick_best(scores, 1).tolist() == [0, 0]
-    best = best_of_n(result, scores, 3, 200, 0.95, 0)
+    best = best_of_n(result, scores, 3)
     assert best["per_context_ctr"] == [0.5, 0.2] and best["outputs"] == ["b", "d"]
-    assert best["oracle_ctr"] == pytest.approx(0.35) and best["oracle_max_ctr"] == pytest.approx(0.45)
+    assert np.mean(best["per_context_ctr"]) == pytest.approx(0.35) and best["oracle_max_ctr"] == pytest.approx(0.45)
     # context 1 ranks like the oracle (ρ = 1); context 2: scores (5, 0, 1) vs oracle (.2, .2, .4)
     rho2 = spearmanr([5.0, 0.0, 1.0], [0.2, 0.2, 0.4]).statistic
     assert best["reward_spearman"] == pytest.approx((1.0 + rho2) / 2)
     with pytest.raises(ValueError, match="needs 4 samples"):
-        best_of_n(result, scores, 4, 200, 0.95, 0)
+        best_of_n(result, scores, 4)
     assert within_context_spearman(np.ones((2, 3)), np.asarray(result["sample_ctr"]))["contexts"] == 0
 
 

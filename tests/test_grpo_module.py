@@ -9,7 +9,8 @@ import pytest
 import pytorch_lightning as pl
 import torch
 
-from clicks2pref.data.prompts import PromptTemplate, build_messages
+from clicks2pref.config.prompt import PromptTemplate
+from clicks2pref.data.prompts import build_messages
 from clicks2pref.lit.grpo_module import GRPOModule, prompt_loader
 from clicks2pref.models.registry import LoraConfig, ModelConfig, apply_training_options, load_causal_lm
 from clicks2pref.objectives.grpo import grpo_loss

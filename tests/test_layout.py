@@ -75,3 +75,33 @@ def test_stages_hold_no_config_dataclass_and_imports_sit_at_the_top():
                  if isinstance(fn, (ast.FunctionDef, ast.AsyncFunctionDef))
                  for node in ast.walk(fn) if isinstance(node, (ast.Import, ast.ImportFrom)))
     assert nested < 40, nested
+
+
+def _absolute(module: str, node: ast.ImportFrom) -> str:
+    """The absolute name of an ImportFrom's module (relative imports resolved against `module`'s package)."""
+    if not node.level:
+        return node.module or ""
+    is_package = (PACKAGE.parent / module.replace(".", "/") / "__init__.py").is_file()
+    parts = module.split(".")[: len(module.split(".")) - node.level + is_package]
+    return ".".join(parts + ([node.module] if node.module else []))
+
+
+def test_config_imports_nothing_of_the_library_above_it():
+    """The schema package is the bottom layer: its modules import only each other and `clicks2pref.errors`."""
+    allowed = ("clicks2pref.config", "clicks2pref.errors")
+    offenders = {}
+    for name, tree in MODULES.items():
+        if name.split(".")[:2] != ["clicks2pref", "config"]:
+            continue
+        found = set()
+        for node in ast.walk(tree):  # top-level and nested imports alike
+            if isinstance(node, ast.Import):
+                found |= {a.name for a in node.names}
+            elif isinstance(node, ast.ImportFrom):
+                base = _absolute(name, node)
+                found |= {f"{base}.{a.name}" if base == "clicks2pref" else base for a in node.names}
+        bad = sorted(m for m in found if m.split(".")[0] == "clicks2pref"
+                     and not any(m == a or m.startswith(a + ".") for a in allowed))
+        if bad:
+            offenders[name] = bad
+    assert not offenders, f"clicks2pref.config modules import the library above them (move the name down): {offenders}"

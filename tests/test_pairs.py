@@ -2,7 +2,8 @@
 
 import pytest
 
-from clicks2pref.data.pairs import PairConfig, build_pairs, group_pairs, pair_splits, split_by_group
+from clicks2pref.config.pairs import PairConfig
+from clicks2pref.data.pairs import build_pairs, group_pairs, pair_splits, split_by_group
 
 CTX = [{"role": "user", "content": "How do I store basil?"}, {"role": "assistant", "content": "In water, on the counter."}]
 OTHER = [{"role": "user", "content": "How do I boil an egg?"}, {"role": "assistant", "content": "Nine minutes."}]

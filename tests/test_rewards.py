@@ -114,7 +114,8 @@ def test_ppl_reward_penalises_only_beyond_tau_and_calibrates_through_the_referen
 
 
 def test_reference_scorer_is_the_mean_token_nll_of_the_completion(tmp_path):
-    from clicks2pref.data.prompts import PromptTemplate, build_messages
+    from clicks2pref.config.prompt import PromptTemplate
+    from clicks2pref.data.prompts import build_messages
     from clicks2pref.models.generate import chat_inputs
     from clicks2pref.models.registry import ModelConfig, load_causal_lm
     from clicks2pref.rewards.ppl import ReferenceScorer

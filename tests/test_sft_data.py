@@ -4,8 +4,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from clicks2pref.data.sft_data import SFTDataConfig, click_groups, group_key, normalize, single_suggestion_examples, \
-    split_groups
+from clicks2pref.config.sft import SFTDataConfig
+from clicks2pref.data.sft_data import click_groups, group_key, normalize, single_suggestion_examples, split_groups
 from clicks2pref.objectives.sft import IGNORE_INDEX, masked_lm_loss, mean_masked_lm_loss
 
 CTX_A = [{"role": "user", "content": "How do I store basil?"}, {"role": "assistant", "content": "In water."}]

@@ -7,12 +7,11 @@ import random
 import numpy as np
 import pytest
 
-from clicks2pref.data.simulator import ClickSimulator, SimulatorConfig, split_contexts
-from clicks2pref.data.simulator.quality import QualityConfig
+from clicks2pref.config.simulator import AnsweredConfig, IntentConfig, QualityConfig, SegmentConfig, SimulatorConfig
+from clicks2pref.data.simulator import ClickSimulator, split_contexts
 from clicks2pref.data.simulator.similarity import LexicalSimilarity
 from clicks2pref.data.simulator.click_model import ctr_given_logits, sample_cascade, sigmoid
-from clicks2pref.data.simulator.config import AnsweredConfig
-from clicks2pref.data.simulator.users import IntentConfig, SegmentConfig, intent_distribution
+from clicks2pref.data.simulator.users import intent_distribution
 from clicks2pref.data.simulator.world import Facet, FollowUp, Topic, WorldError, load_world
 
 

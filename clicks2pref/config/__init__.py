@@ -2,12 +2,12 @@
 
 Composition merges every group file onto these dataclasses, so a misspelled key or a wrong type fails
 with Hydra's own message; `validate` then builds the typed config once, which runs every schema's
-`__post_init__` range check, and names the full key of the first bad value. The package imports no
-stage and no Lightning module: library code reads its settings from here.
+`__post_init__` range check, and names the full key of the first bad value. Every schema and every name table a
+check accepts lives in this package, which imports nothing of the library above it (only `clicks2pref.errors`):
+library code reads its settings from here.
 """
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass, field
 from typing import Any, Dict, List, Optional, Sequence
 
@@ -17,20 +17,20 @@ from hydra.core.global_hydra import GlobalHydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf, open_dict
 
-from clicks2pref.console import interactive
 from clicks2pref.config.collect import CollectConfig, EvalConfig
 from clicks2pref.config.data import DataConfig
+from clicks2pref.config.fusion import FusionConfig
 from clicks2pref.config.grpo import GRPOStageConfig, move_trl_aliases
+from clicks2pref.config.model import GenerationConfig, ModelConfig
 from clicks2pref.config.optimizer import OptimizerConfig
+from clicks2pref.config.prompt import PromptTemplate
+from clicks2pref.config.resolvers import register_resolvers
 from clicks2pref.config.reward_model import RewardModelConfig
+from clicks2pref.config.rewards import RewardsConfig, needed_reward_models
 from clicks2pref.config.serve import ServeConfig
 from clicks2pref.config.sft import SFTConfig, TeacherConfig
-from clicks2pref.data.prompts import PromptTemplate
-from clicks2pref.data.simulator.config import SimulatorConfig
+from clicks2pref.config.simulator import SimulatorConfig
 from clicks2pref.errors import ConfigError
-from clicks2pref.models.generation_config import GenerationConfig
-from clicks2pref.models.model_config import ModelConfig
-from clicks2pref.rewards.configs import FusionConfig, RewardsConfig, needed_reward_models
 
 
 @dataclass
@@ -178,7 +178,4 @@ def compose_job(conf_dir: str, overrides: Sequence[str] = (), output_dir: Option
 
 def register_configs() -> None:
     ConfigStore.instance().store(name="c2p_schema", node=Config)
-    # the process id, so two runs started in the same second get their own run folders
-    OmegaConf.register_new_resolver("c2p.pid", os.getpid, replace=True)
-    # progress bars for a person at a terminal only (trainer.enable_progress_bar)
-    OmegaConf.register_new_resolver("c2p.interactive", interactive, replace=True)
+    register_resolvers()

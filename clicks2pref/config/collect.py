@@ -5,9 +5,9 @@ from dataclasses import dataclass, field
 from typing import List, Optional
 
 from clicks2pref.config.checks import at_least, fraction, one_of
-from clicks2pref.data.simulator.world import SPLIT_BY
+from clicks2pref.config.data import SPLIT_BY
+from clicks2pref.config.model import ModelConfig
 from clicks2pref.errors import ConfigError
-from clicks2pref.models.model_config import ModelConfig
 
 SPLITS = ("test", "val")  # held-out context splits of the simulator (never in any log)
 

@@ -6,10 +6,10 @@ from dataclasses import dataclass, field
 from typing import Optional
 
 from clicks2pref.config.checks import fraction, one_of
-from clicks2pref.data.io import ON_INVALID
-from clicks2pref.data.simulator.world import SPLIT_BY
 
 FORMATS = ("jsonl", "parquet")
+ON_INVALID = ("error", "skip")  # a record that breaks a rule fails the load | is skipped and counted (`data.io`)
+SPLIT_BY = ("context", "topic")  # what the simulator's context split holds out whole (`data.simulator.world`)
 
 
 @dataclass

@@ -6,9 +6,9 @@ from typing import Collection, Optional
 
 from clicks2pref.config.checks import at_least, fraction, one_of, positive
 from clicks2pref.config.collect import HeldOutConfig
+from clicks2pref.config.model import LoraConfig
+from clicks2pref.config.objectives import GRPO_LOSS_TYPES as LOSS_TYPES, GRPO_SCALE_REWARDS as SCALE_REWARDS
 from clicks2pref.errors import ConfigError
-from clicks2pref.models.model_config import LoraConfig
-from clicks2pref.objectives.names import GRPO_LOSS_TYPES as LOSS_TYPES, GRPO_SCALE_REWARDS as SCALE_REWARDS
 
 INITS = ("sft", "base")
 LR_SCHEDULERS = ("constant", "linear")

@@ -15,8 +15,8 @@ from dataclasses import dataclass, field, replace
 from typing import List, Optional
 
 from clicks2pref.config.checks import at_least, one_of, positive
+from clicks2pref.config.objectives import DPO_LABEL_SMOOTHED as LABEL_SMOOTHED, DPO_LOSS_TYPES as LOSS_TYPES
 from clicks2pref.errors import ConfigError
-from clicks2pref.objectives.names import DPO_LABEL_SMOOTHED as LABEL_SMOOTHED, DPO_LOSS_TYPES as LOSS_TYPES
 
 OPTIMIZERS = ("grpo", "rft", "dpo_clicks", "online_dpo")
 GROUP_BY = ("facet", "context")

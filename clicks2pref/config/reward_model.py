@@ -1,16 +1,31 @@
-"""`reward_model`: GaRM and BTRM trained on click pairs (stage rm), read by rm, fusion, grpo and evaluate."""
+"""`reward_model`: GaRM and BTRM trained on click pairs (stage rm), read by rm, fusion, grpo and evaluate.
+
+`reward_model.head` (`HeadConfig`) and the kinds `reward_model.kinds` accepts are read by
+`clicks2pref.models.reward_heads`: each kind is a head class in its `HEADS`.
+"""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 from typing import List, Optional
 
 from clicks2pref.config.checks import at_least, fraction, one_of, positive
-from clicks2pref.data.pairs import POSITION_FILTERS, PairConfig
+from clicks2pref.config.model import SMOLLM2, LoraConfig, ModelConfig
+from clicks2pref.config.objectives import CLICK_MODELS, LIKELIHOODS, OBJECTIVES, REGULARIZERS
+from clicks2pref.config.pairs import POSITION_FILTERS, PairConfig
 from clicks2pref.errors import ConfigError
-from clicks2pref.models.model_config import SMOLLM2, LoraConfig, ModelConfig
-from clicks2pref.models.reward_head_config import KINDS, POOLINGS, HeadConfig
-from clicks2pref.objectives import OBJECTIVES
-from clicks2pref.objectives.names import CLICK_MODELS, LIKELIHOODS, REGULARIZERS
+
+KINDS = ("garm", "btrm")  # GaRM: μ, σ per suggestion | BTRM: one reward (the Bradley-Terry baseline)
+POOLINGS = ("last", "mean")
+
+
+@dataclass
+class HeadConfig:
+    pooling: str = "last"  # last (last non-pad token; decoders) | mean (over tokens; encoders such as MiniLM)
+    sigma_min: float = 0.01  # GaRM σ = softplus(raw) + sigma_min
+    sigma_init: float = 1.0  # GaRM σ before training (the raw bias is set to give it)
+    normalize: bool = True  # RMS-normalise the pooled feature (no weights): same head scale on any backbone
+    init_std: float = 0.005  # std of the head's initial weights
+    max_length: int = 128  # tokens per (context, suggestion) input
 
 
 @dataclass

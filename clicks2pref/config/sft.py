@@ -1,7 +1,8 @@
 """`sft` and `teacher`: fine-tuning a causal LM on click-derived targets (the policy, and its teacher).
 
-`sft.assembly` (`AssemblyConfig`) is read by `clicks2pref.data.assembly`, which imports it from here: that module
-loads the sentence embedder, and checking a config loads no torch.
+`sft.data` (`SFTDataConfig`) is read by `clicks2pref.data.sft_data`, `sft.assembly` (`AssemblyConfig`) by
+`clicks2pref.data.assembly` (which loads the sentence embedder); both import them from here, so checking a config
+loads no torch.
 """
 from __future__ import annotations
 
@@ -12,11 +13,18 @@ from omegaconf import OmegaConf
 
 from clicks2pref.config.checks import at_least, one_of, optimizer_lr
 from clicks2pref.config.collect import HeldOutConfig
-from clicks2pref.data.sft_data import SFTDataConfig
-from clicks2pref.models.generation_config import GenerationConfig
-from clicks2pref.models.model_config import SMOLLM2, LoraConfig, ModelConfig
+from clicks2pref.config.model import SMOLLM2, GenerationConfig, LoraConfig, ModelConfig
 
 METHODS = ("full", "lora", "qlora")
+
+
+@dataclass
+class SFTDataConfig:
+    min_clicks: int = 1  # a suggestion is a candidate once clicked at least this often in its context
+    first_week: int = 1  # weeks of logs read, inclusive
+    last_week: Optional[int] = None  # null = every week in the logs
+    dedup: bool = True  # merge suggestions that differ only in case, spacing or final punctuation
+    val_fraction: float = 0.1  # share of context groups held out for validation loss and format rate
 
 
 @dataclass

@@ -13,8 +13,9 @@ from typing import Optional
 
 import torch
 
+from clicks2pref.config.pairs import PairConfig
 from clicks2pref.data.log_splits import week_roles
-from clicks2pref.data.pairs import PairConfig, context_key, panel_key, split_by_group
+from clicks2pref.data.pairs import context_key, panel_key, split_by_group
 
 
 def impression_examples(records: list[dict]) -> list[dict]:

@@ -18,6 +18,7 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from clicks2pref.config.data import ON_INVALID
 from clicks2pref.data.schema import REQUIRED_FIELDS, validate_record
 from clicks2pref.errors import ClickLogError
 
@@ -26,7 +27,6 @@ log = logging.getLogger(__name__)
 JSONL_SUFFIXES = (".jsonl", ".json")
 PARQUET_SUFFIXES = (".parquet",)
 ACCEPTED = ".jsonl or .json (JSON Lines, one object per line) or .parquet"
-ON_INVALID = ("error", "skip")
 MAX_REASONS = 10
 
 

@@ -22,22 +22,10 @@ import hashlib
 import json
 import random
 from collections import defaultdict
-from dataclasses import dataclass
-from typing import List, Optional
+from typing import Optional
 
+from clicks2pref.config.pairs import POSITION_FILTERS, PairConfig
 from clicks2pref.data.log_splits import week_roles
-
-POSITION_FILTERS = ("skip_above", "same_position", "none")
-
-
-@dataclass
-class PairConfig:
-    position_filter: str = "skip_above"  # skip_above | same_position | none
-    train_weeks: Optional[List[int]] = None  # null = every week of the logs but the last
-    test_weeks: Optional[List[int]] = None  # the in-distribution (IID) test; null = the logs' last week
-    ood_weeks: Optional[List[int]] = None  # weeks of data.ood_logs used as the OOD test; null = all
-    val_fraction: float = 0.1  # share of training panels held out for rm/val_* metrics
-    seed: int = 0  # of the validation split
 
 
 def context_key(context: list[dict]) -> str:

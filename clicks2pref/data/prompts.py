@@ -1,14 +1,8 @@
-"""Prompt templates: how a conversation becomes the policy's chat input."""
+"""Prompt templates: how a conversation becomes the policy's chat input. The template (`PromptTemplate`) is the
+`prompt` group's schema in `clicks2pref.config.prompt`."""
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Optional
-
-
-@dataclass
-class PromptTemplate:
-    instruction: str = "Suggest three follow-up questions. Answer with three lines numbered 1., 2. and 3."
-    system: Optional[str] = None
+from clicks2pref.config.prompt import PromptTemplate  # noqa: F401 (re-exported: eval.policy, experiments/)
 
 
 def build_messages(template: PromptTemplate, context: list[dict]) -> list[dict]:

@@ -12,23 +12,13 @@ import hashlib
 import json
 import re
 from collections import Counter
-from dataclasses import dataclass
-from typing import Optional
 
+from clicks2pref.config.sft import SFTDataConfig
 from clicks2pref.data.io import load_impressions
 from clicks2pref.errors import ClickLogError
 
 _SPACE = re.compile(r"\s+")
 _TRAILING = re.compile(r"[\s?.!]+$")
-
-
-@dataclass
-class SFTDataConfig:
-    min_clicks: int = 1  # a suggestion is a candidate once clicked at least this often in its context
-    first_week: int = 1  # weeks of logs read, inclusive
-    last_week: Optional[int] = None  # null = every week in the logs
-    dedup: bool = True  # merge suggestions that differ only in case, spacing or final punctuation
-    val_fraction: float = 0.1  # share of context groups held out for validation loss and format rate
 
 
 def normalize(text: str) -> str:

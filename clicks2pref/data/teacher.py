@@ -4,8 +4,9 @@ from __future__ import annotations
 
 from collections import Counter
 
+from clicks2pref.config.prompt import PromptTemplate
 from clicks2pref.data.parsing import parse_suggestions
-from clicks2pref.data.prompts import PromptTemplate, build_messages
+from clicks2pref.data.prompts import build_messages
 from clicks2pref.data.sft_data import normalize
 from clicks2pref.models.generate import generate
 

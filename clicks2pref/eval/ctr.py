@@ -12,7 +12,8 @@ from typing import Optional, Sequence
 import numpy as np
 from scipy.stats import bootstrap
 
-from clicks2pref.data.simulator.world import SPLIT_BY, context_splits, load_world
+from clicks2pref.config.data import SPLIT_BY
+from clicks2pref.data.simulator.world import context_splits, load_world
 
 
 @dataclass(frozen=True)

@@ -17,11 +17,11 @@ from hydra.utils import instantiate
 from pytorch_lightning.callbacks import ModelCheckpoint
 from pytorch_lightning.loggers import CSVLogger
 
+from clicks2pref.config.model import GenerationConfig
 from clicks2pref.errors import NonFiniteLossError
 from clicks2pref.lit.checkpoints import resume_checkpoint
 from clicks2pref.lit.sft_datamodule import SFTDataModule
 from clicks2pref.lit.sft_module import SFTModule
-from clicks2pref.models.generate import GenerationConfig
 
 log = logging.getLogger(__name__)
 

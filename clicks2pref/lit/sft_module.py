@@ -19,9 +19,10 @@ from typing import Callable, Optional, Sequence
 import pytorch_lightning as pl
 import torch
 
+from clicks2pref.config.model import GenerationConfig
 from clicks2pref.data.parsing import parse_suggestions
 from clicks2pref.errors import NonFiniteLossError
-from clicks2pref.models.generate import GenerationConfig, generate
+from clicks2pref.models.generate import generate
 from clicks2pref.objectives.sft import IGNORE_INDEX, masked_lm_loss
 from clicks2pref.lit.distributed import all_sum, share_cpu_threads, world_and_rank
 from clicks2pref.lit.nonfinite import drop_gradients, grad_scaler_active, gradients_finite

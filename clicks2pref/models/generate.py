@@ -6,9 +6,9 @@ from typing import Sequence
 import torch
 from tqdm.auto import tqdm
 
-from clicks2pref.console import interactive
+from clicks2pref.config.model import GenerationConfig
+from clicks2pref.config.resolvers import interactive
 from clicks2pref.models.adapters import merged_adapters
-from clicks2pref.models.generation_config import GenerationConfig
 from clicks2pref.models.placement import on_device
 from clicks2pref.models.sampling import greedy_kwargs, sampling_kwargs
 from clicks2pref.models.shared_prompt import generate_grouped

@@ -18,8 +18,8 @@ import torch
 from transformers import (AutoModel, AutoModelForCausalLM, AutoTokenizer, BitsAndBytesConfig, LlamaConfig,
                           LlamaForCausalLM)
 
+from clicks2pref.config.model import MINILM, SMOLLM2, TINY_LLAMA, LoraConfig, ModelConfig  # noqa: F401
 from clicks2pref.errors import ModelNotFoundError
-from clicks2pref.models.model_config import MINILM, SMOLLM2, TINY_LLAMA, LoraConfig, ModelConfig  # noqa: F401
 
 log = logging.getLogger(__name__)
 

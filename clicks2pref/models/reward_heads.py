@@ -25,10 +25,11 @@ from omegaconf import OmegaConf
 from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 
+from clicks2pref.config.model import LoraConfig, ModelConfig
+from clicks2pref.config.reward_model import POOLINGS, HeadConfig
 from clicks2pref.errors import ModelNotFoundError
 from clicks2pref.models.placement import on_device
-from clicks2pref.models.registry import LoraConfig, ModelConfig, load_backbone, user_code_policy
-from clicks2pref.models.reward_head_config import POOLINGS, HeadConfig
+from clicks2pref.models.registry import load_backbone, user_code_policy
 from clicks2pref.objectives.bradley_terry import bt_loss
 from clicks2pref.objectives.click_model import btrm_attraction, garm_attraction
 from clicks2pref.objectives.gaussian import garm_loss, garm_z, regularization, sigma_from_raw

@@ -1,25 +1,21 @@
 """Losses as pure torch functions: Bradley-Terry, Gaussian (GaRM), click model, GRPO, SFT, DPO; no models, no
 Lightning.
 
-`OBJECTIVES` is the registry of reward-model objectives (`reward_model.objective`): each name is the module
+`OBJECTIVES` is the registry of reward-model objectives (`reward_model.objective`, its table in
+`clicks2pref.config.objectives` with the option names the other losses accept): each name is the module
 `clicks2pref.objectives.<name>`, whose `batch_loss(head, out, batch, cfg, **state) -> (terms, parts)` scores
 one batch from the head's outputs (`clicks2pref.models.reward_heads`: the head supplies its own likelihood,
 attraction and regulariser, so one objective trains GaRM and BTRM alike). `terms` are (local mean, the count
 it averages over), which the Lightning module turns into its share of the global batch's mean; `parts` are
 detached values for the log. `reads` is the data it trains on: `pairs` (clicked ≻ skipped, the pair loader)
-or `impressions` (every panel shown, with its clicks and user count). This file imports no torch, so
-checking a config does not load it.
+or `impressions` (every panel shown, with its clicks and user count). This file imports no torch.
 """
 from __future__ import annotations
 
 import importlib
 from typing import Callable
 
-OBJECTIVES = {  # reward_model.objective → what its batches hold
-    "click_model": {"reads": "impressions"},  # every impression under a cascade with learned examination
-    "pairwise": {"reads": "pairs"},  # clicked ≻ skipped pairs (the paper's GaRM / BTRM losses)
-}
-READS = ("pairs", "impressions")
+from clicks2pref.config.objectives import OBJECTIVES, READS  # noqa: F401 (READS: re-exported)
 
 
 def objective_reads(name: str) -> str:

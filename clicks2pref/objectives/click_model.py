@@ -31,7 +31,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from clicks2pref.objectives.names import CLICK_MODELS
+from clicks2pref.config.objectives import CLICK_MODELS
 
 EPS = 1e-6
 NOTHING_ABOVE = -1e3  # sim_above of the top position: far below any threshold, so g = 1 there

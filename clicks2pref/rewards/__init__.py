@@ -6,6 +6,7 @@ call on a `RewardBatch` (contexts + completion texts) returning one score per co
 `diversity`. `composite.CompositeReward` sums them with weights; `fusion` fits those weights on
 held-out clicks. Nothing here imports the simulator: rewards see texts and trained models only.
 
-Their configs (`rewards`, `fusion`, each component's `_target_` spec) are all in `configs`, which imports
-no torch, so `clicks2pref.config` can check a config without loading a model library.
+Their configs (`rewards`, each component's `_target_` spec, `fusion`) live in the schema package
+(`clicks2pref.config.rewards`, `clicks2pref.config.fusion`), which imports no torch, so checking a config loads
+no model library; each component's module re-exports its own.
 """

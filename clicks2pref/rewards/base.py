@@ -15,12 +15,12 @@ from typing import Callable, Optional, Sequence
 import torch
 from torch import Tensor
 
+from clicks2pref.config.rewards import PANELS  # noqa: F401 (re-exported)
 from clicks2pref.data.parsing import Parsed, parse_suggestions
 from clicks2pref.errors import ConfigError, ModelNotFoundError
 from clicks2pref.manifest import verify_given
 from clicks2pref.models.reward_heads import load_reward_model
 from clicks2pref.models.score_cache import SuggestionScorer, context_key  # noqa: F401 (context_key: re-exported)
-from clicks2pref.rewards.configs import PANELS  # noqa: F401 (re-exported)
 
 # Part of the fusion and grpo artifact keys: raised when the scores of the same configuration change
 # (a fix in a component), so that cached fusion weights and GRPO policies are recomputed.

@@ -2,13 +2,13 @@
 
 The `btrm_instead_of_garm` ablation swaps this in for `garm`: same panel scoring, no uncertainty.
 
-Its `_target_` config, `BTRMRewardConfig`, lives in `clicks2pref.rewards.configs` (re-exported here).
+Its `_target_` config, `BTRMRewardConfig`, lives in `clicks2pref.config.rewards` (re-exported here).
 """
 from __future__ import annotations
 
 from typing import Optional
 
-from clicks2pref.rewards.configs import BTRMRewardConfig  # noqa: F401 (re-exported)
+from clicks2pref.config.rewards import BTRMRewardConfig  # noqa: F401 (re-exported)
 from clicks2pref.rewards.garm import GaRMReward
 
 

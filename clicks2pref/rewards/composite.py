@@ -4,7 +4,7 @@
 `fusion` (the fusion stage's `fusion_weights.json`), `equal` (1/K each: the `no_fusion` ablation) or
 `config` (each component's own `weight`). Components are built from their `_target_` specs, then
 `setup(resources)` gives them trained models and the reference scorer. The config, `RewardsConfig`,
-lives in `clicks2pref.rewards.configs` with every component's, torch-free (re-exported here).
+lives in `clicks2pref.config.rewards` with every component's, torch-free (re-exported here).
 """
 from __future__ import annotations
 
@@ -16,10 +16,10 @@ from hydra.utils import instantiate
 from omegaconf import OmegaConf
 from torch import Tensor
 
+from clicks2pref.config.rewards import (COMPONENTS, NEEDS_RM, RULE_FAILING, WEIGHT_SOURCES,  # noqa: F401 (re-exported)
+                                         RewardsConfig, enabled, needed_reward_models)
 from clicks2pref.errors import ConfigError
 from clicks2pref.rewards.base import RewardBatch, RewardResources, context_key
-from clicks2pref.rewards.configs import (COMPONENTS, NEEDS_RM, RULE_FAILING, WEIGHT_SOURCES,  # noqa: F401 (re-exported)
-                                         RewardsConfig, enabled, needed_reward_models)
 
 log = logging.getLogger(__name__)
 

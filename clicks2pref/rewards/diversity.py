@@ -4,7 +4,7 @@ Embeddings come from a sentence embedder in the model registry (MiniLM by defaul
 word-overlap (Jaccard of content words) instead, for fast tests. A panel with fewer than two
 suggestions has nothing to be diverse about and scores `single_score`.
 
-Its `_target_` config, `DiversityRewardConfig`, lives in `clicks2pref.rewards.configs` (re-exported here).
+Its `_target_` config, `DiversityRewardConfig`, lives in `clicks2pref.config.rewards` (re-exported here).
 """
 from __future__ import annotations
 
@@ -14,9 +14,9 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from clicks2pref.config.rewards import DiversityRewardConfig  # noqa: F401 (re-exported)
 from clicks2pref.models.similarity import PanelSimilarity
 from clicks2pref.rewards.base import RewardBatch
-from clicks2pref.rewards.configs import DiversityRewardConfig  # noqa: F401 (re-exported)
 
 
 def max_pairwise(sim: np.ndarray) -> float:

@@ -6,7 +6,7 @@ unless set); each suggestion is scored as the assistant's reply to the logged co
 the model's chat template when it has one, and the panel score is the examination-weighted mean.
 Left null (the embedded default, offline) it is the BTRM trained by stage=rm.
 
-Its `_target_` config, `ExternalRewardConfig`, lives in `clicks2pref.rewards.configs` (re-exported here).
+Its `_target_` config, `ExternalRewardConfig`, lives in `clicks2pref.config.rewards` (re-exported here).
 """
 from __future__ import annotations
 
@@ -16,10 +16,10 @@ import torch
 from torch import Tensor
 from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
+from clicks2pref.config.rewards import ExternalRewardConfig  # noqa: F401 (re-exported)
 from clicks2pref.errors import ModelNotFoundError
 from clicks2pref.models.registry import resolve
 from clicks2pref.models.reward_heads import scalar_rewards
-from clicks2pref.rewards.configs import ExternalRewardConfig  # noqa: F401 (re-exported)
 from clicks2pref.rewards.base import RewardBatch, map_panels, panel_scores, resolve_examination
 from clicks2pref.rewards.redundancy import redundancy_discounts, resolve_redundancy
 from clicks2pref.models.shared_prefix import rm_outputs

@@ -15,7 +15,7 @@ composite would pick in each context (best-of-N, a cheap stand-in for where RL w
 point is the Pareto-optimal one with the highest AUC among those meeting `min_rule_pass` and
 `min_in_distribution`; if none meets them, the one closest to meeting them.
 
-The `fusion` config, `FusionConfig`, lives in `clicks2pref.rewards.configs` (re-exported here), so that
+The `fusion` config, `FusionConfig`, lives in `clicks2pref.config.fusion` (re-exported here), so that
 checking a config loads no scikit-learn.
 """
 from __future__ import annotations
@@ -28,7 +28,7 @@ import numpy as np
 from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import roc_auc_score
 
-from clicks2pref.rewards.configs import LOG_SOURCES, FusionConfig, FusionGridConfig  # noqa: F401 (re-exported)
+from clicks2pref.config.fusion import LOG_SOURCES, FusionConfig, FusionGridConfig  # noqa: F401 (re-exported)
 
 log = logging.getLogger(__name__)
 

@@ -10,7 +10,7 @@ values are never read. With `redundancy` (and panel=click), a suggestion close t
 the share g of its click probability that the reward model's redundancy term, fitted on the same logs,
 gives it: the per-suggestion network cannot see the rest of the panel.
 
-Its `_target_` config, `GaRMRewardConfig`, lives in `clicks2pref.rewards.configs` (re-exported here).
+Its `_target_` config, `GaRMRewardConfig`, lives in `clicks2pref.config.rewards` (re-exported here).
 """
 from __future__ import annotations
 
@@ -18,8 +18,8 @@ from typing import Optional
 
 from torch import Tensor
 
+from clicks2pref.config.rewards import GaRMRewardConfig  # noqa: F401 (re-exported)
 from clicks2pref.errors import ConfigError
-from clicks2pref.rewards.configs import GaRMRewardConfig  # noqa: F401 (re-exported)
 from clicks2pref.models.reward_heads import scalar_rewards
 from clicks2pref.rewards.base import RewardBatch, map_panels, panel_scores, resolve_examination
 from clicks2pref.rewards.redundancy import redundancy_discounts, resolve_redundancy

@@ -8,7 +8,7 @@ likely than `quantile` of them is out of the reward models' distribution and its
 `RewardBatch.ref_log_ppl` from the reference log-probs it computes for the KL term, so scoring costs
 no extra forward pass there; elsewhere the component asks the reference scorer.
 
-Its `_target_` config, `PerplexityRewardConfig`, lives in `clicks2pref.rewards.configs` (re-exported here).
+Its `_target_` config, `PerplexityRewardConfig`, lives in `clicks2pref.config.rewards` (re-exported here).
 """
 from __future__ import annotations
 
@@ -20,12 +20,13 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from clicks2pref.config.prompt import PromptTemplate
+from clicks2pref.config.rewards import PerplexityRewardConfig  # noqa: F401 (re-exported)
 from clicks2pref.data.parsing import format_suggestions
-from clicks2pref.data.prompts import PromptTemplate, build_messages
+from clicks2pref.data.prompts import build_messages
 from clicks2pref.models.generate import chat_inputs
 from clicks2pref.models.placement import on_device
 from clicks2pref.rewards.base import RewardBatch, context_key
-from clicks2pref.rewards.configs import PerplexityRewardConfig  # noqa: F401 (re-exported)
 from clicks2pref.models.logprobs import completion_logps, mean_nll, pad_prompt_completion
 
 

@@ -13,7 +13,7 @@ A panel *passes* the rules when every check passes (the fusion stage's rule-pass
 The overlap is Jaccard over content words, computed here: the rule must not borrow the simulator's
 similarity, or it would leak the oracle's notion of a duplicate.
 
-Its `_target_` config, `RuleRewardConfig`, lives in `clicks2pref.rewards.configs` (re-exported here).
+Its `_target_` config, `RuleRewardConfig`, lives in `clicks2pref.config.rewards` (re-exported here).
 """
 from __future__ import annotations
 
@@ -23,9 +23,9 @@ from typing import Dict
 import torch
 from torch import Tensor
 
+from clicks2pref.config.rewards import RuleRewardConfig
 from clicks2pref.models.similarity import overlap
 from clicks2pref.rewards.base import RewardBatch, last_user_turn
-from clicks2pref.rewards.configs import RuleRewardConfig
 
 CHECKS = ("format", "length", "question", "duplicate", "copy", "clean")
 QUESTION_WORDS = frozenset("what how why when where which who whom whose is are can could should would will do "

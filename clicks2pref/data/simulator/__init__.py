@@ -1,12 +1,11 @@
 """The click simulator: the embedded default data source and the offline oracle.
 
 The simulator itself (which loads a sentence embedder, hence torch) is imported on first use, so that
-its config and world can be read without it.
+its world can be read without it. Its settings are `clicks2pref.config.simulator`.
 """
-from clicks2pref.data.simulator.config import SimulatorConfig
 from clicks2pref.data.simulator.world import context_splits, load_world, split_contexts
 
-__all__ = ["ClickSimulator", "SimulatorConfig", "build_simulator", "context_splits", "load_world", "split_contexts"]
+__all__ = ["ClickSimulator", "build_simulator", "context_splits", "load_world", "split_contexts"]
 
 
 def __getattr__(name: str):

@@ -2,26 +2,13 @@
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
 
 import numpy as np
 
+from clicks2pref.config.simulator import QualityConfig
+
 QUESTION_WORDS = frozenset("what how why when where which who whom whose is are can could should would will do "
                            "does did was were has have may might".split())
-
-
-@dataclass
-class QualityConfig:
-    min_words: int = 3
-    max_words: int = 15
-    not_question_penalty: float = -2.0
-    bad_length_penalty: float = -2.0
-    copy_threshold: float = 0.9
-    copy_penalty: float = -4.0
-    duplicate_threshold: float = 0.9
-    duplicate_penalty: float = -4.0
-    min_letter_ratio: float = 0.6
-    garbage_penalty: float = -6.0
 
 
 def is_question(text: str) -> bool:

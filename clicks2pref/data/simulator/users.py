@@ -10,30 +10,15 @@ switch in `IntentConfig`) lets the conversation decide, as session-based user mo
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from typing import Dict, Optional, Union
+from dataclasses import dataclass
+from typing import Optional, Union
 
 import numpy as np
 
+from clicks2pref.config.simulator import IntentConfig, SegmentConfig
 from clicks2pref.data.simulator.world import Facet, FollowUp, Topic
 
 Intent = Union[Facet, FollowUp]
-
-
-@dataclass
-class SegmentConfig:
-    weight: float = 1.0
-    kind_weights: Dict[str, float] = field(default_factory=dict)  # missing kinds weigh 1
-    abandonment: Optional[float] = None  # this segment's share with no next intent; null = intents.abandonment
-
-
-@dataclass
-class IntentConfig:
-    related_boost: float = 3.0     # weight × this for the facets the current one leads to (1 = v1: no effect)
-    derived_related: int = 2       # a facet without `related` in the world: its answer's k nearest facets (0 = v1)
-    covered_weight: float = 0.2    # weight × this for facets the current answer already answers (1 = v1)
-    follow_up_share: float = 0.7   # probability mass of the conversation's own follow-ups (0 = v1: none)
-    abandonment: float = 0.3       # share of users with no next intent, who click nothing (0 = v1)
 
 
 @dataclass(frozen=True)

@@ -16,6 +16,7 @@ from typing import Optional, Sequence
 
 import yaml
 
+from clicks2pref.config.data import SPLIT_BY
 from clicks2pref.errors import Clicks2PrefError
 
 KINDS = ("howto", "cost", "safety", "background", "comparison", "planning")  # the kinds every v1 topic uses
@@ -148,9 +149,6 @@ def context_messages(topic: Topic, facet: Facet, rng: Optional[random.Random] = 
     """The conversation so far: the user's question about `facet` (a random phrasing) and its answer."""
     question = rng.choice(facet.questions) if rng is not None else facet.question
     return [{"role": "user", "content": question}, {"role": "assistant", "content": facet.answer}]
-
-
-SPLIT_BY = ("context", "topic")
 
 
 def split_contexts(world: dict[str, Topic], val_fraction: float, test_fraction: float, seed: int,
