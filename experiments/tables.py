@@ -16,7 +16,7 @@ once, into results.json; a typed number in a README drifts, a generated one cann
 
 results.json::
 
-    {"runs":   {RUN: {"date", "commit", "machine", "command", "note"?}},
+    {"runs":   {RUN: {"date", "commit", "machine", "command", "note"?, "record"?}},   # date null: not run yet
      "values": {NAME: {"v", "ci"?, "fmt"?, "run", "what"}},       # named numbers the claims cite
      "tables": {TABLE: {"columns": [...], "fmt": {COLUMN: "{:.4f}"}, "rows": [[CELL, ...]],
                         "fmt_default"?: "{:.3f}", "run"?: RUN}}}
@@ -117,6 +117,9 @@ def source_line(run: str, runs: dict) -> str:
     if run not in runs:
         raise TableError(f"no run named {run!r}")
     info = runs[run]
+    if not info.get("date"):  # a run not made yet: the command that makes it and the one that records it
+        steps = ", then ".join(f"`{c}`" for c in (info.get("command"), info.get("record")) if c)
+        return f"<sub>{NOT_MEASURED}: {steps} (`results.json`: `{run}`)</sub>"
     parts = [info.get("date"), f"commit {info['commit']}" if info.get("commit") else None, info.get("machine")]
     return "<sub>" + " · ".join(p for p in parts if p) + f" (`results.json`: `{run}`)</sub>"
 
@@ -126,8 +129,9 @@ def render_runs(runs: dict) -> str:
     lines = ["| run | date | commit | machine | command |", "|---|---|---|---|---|"]
     for name, info in runs.items():
         command = f"`{info['command']}`" if info.get("command") else ""
-        note = f" ({info['note']})" if info.get("note") else ""
-        lines.append(f"| `{name}` | {info.get('date') or ''} | {info.get('commit') or ''} | "
+        notes = [info.get("note"), f"record: `{info['record']}`" if info.get("record") else None]
+        note = f" ({'; '.join(n for n in notes if n)})" if any(notes) else ""
+        lines.append(f"| `{name}` | {info.get('date') or NOT_MEASURED} | {info.get('commit') or ''} | "
                      f"{info.get('machine') or ''} | {command}{note} |")
     return "\n".join(lines) + "\n"
 

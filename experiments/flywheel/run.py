@@ -12,12 +12,15 @@ over contexts. Nothing is chosen on the oracle.
     python experiments/flywheel/run.py --rounds 2 [extra overrides...]
     python experiments/flywheel/run.py --rounds 2 experiment=smoke     # minutes, not hours
 
-Writes `flywheel.md` and `flywheel.json` in `--out` (default logs/flywheel/<time>/).
+Writes `flywheel.md`, `flywheel.json` and `run.json` (the command and the overrides every round got) in `--out`
+(default logs/flywheel/<time>/); `experiments/flywheel/from_run.py` records them.
 """
 from __future__ import annotations
 
 import argparse
 import json
+import shlex
+import sys
 import time
 from pathlib import Path
 
@@ -93,6 +96,10 @@ def main() -> None:
                         help="panels per test context of each round's powered SFT-vs-GRPO evaluation; 0 = off")
     parser.add_argument("--out", type=Path, default=Path("logs/flywheel") / time.strftime("%Y-%m-%d_%H-%M-%S"))
     args, extra = parser.parse_known_args()
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "run.json").write_text(json.dumps({
+        "command": " ".join(["python experiments/flywheel/run.py", *map(shlex.quote, sys.argv[1:])]),
+        "rounds": args.rounds, "eval_samples": args.eval_samples, "overrides": extra}, indent=2))
     rows, logs_dir, collected, fed_back = [], None, [], {}
     for r in range(1, args.rounds + 1):
         overrides = round_overrides(extra, logs_dir, list(fed_back))
