@@ -48,28 +48,42 @@ def copy(tmp_path):
 
 
 def test_a_changed_result_fails_the_check(copy, capsys):
-    path = copy / "experiments" / "rl_scale" / "results.json"
+    path = copy / "experiments" / "contextual" / "results.json"
     results = json.loads(path.read_text())
-    results["values"]["grpo_minus_sft"]["v"] = 0.5
+    results["values"]["sft_minus_baseline"]["v"] = 0.5              # a value the claims cite
+    results["tables"]["default_run"]["rows"][1][1]["v"] = 0.5       # a cell of a table two READMEs show
     path.write_text(json.dumps(results))
     assert tables.main(["--check"], root=copy) == 1
     out = capsys.readouterr().out
-    assert "experiments/rl_scale/README.md: table:lift" in out
+    assert "experiments/contextual/README.md: table:default_run" in out
+    assert "README.md: table:contextual/default_run" in out
     assert "README.md: table:claims" in out
     assert tables.main([], root=copy) == 0          # rewriting brings the READMEs back in line
     assert tables.main(["--check"], root=copy) == 0
-    assert "+0.500 [+0.114, +0.178]" in (copy / "experiments" / "rl_scale" / "README.md").read_text()
+    readme = (copy / "README.md").read_text()
+    assert "| +0.5000 [+0.0180, +0.0330] |" in readme and "| SFT | 0.5000 [" in readme
 
 
 def test_a_missing_value_reads_not_yet_measured(copy):
-    path = copy / "experiments" / "population_b" / "results.json"
+    path = copy / "experiments" / "contextual" / "results.json"
     results = json.loads(path.read_text())
-    del results["values"]["garm_oracle_rho"]
+    del results["values"]["population_b_canned_over_ideal"]
     path.write_text(json.dumps(results))
     claims = tables.render_claims(copy)
-    row = next(line for line in claims.splitlines() if line.startswith("| GaRM ranks"))
-    assert row.endswith("| not yet measured |")
-    assert "0.553" in row                           # the v1 cell still reads its own file
+    row = next(line for line in claims.splitlines() if line.startswith("| a canned panel"))
+    assert row.endswith("| 0.85 | 0.18 | not yet measured |")  # the other cells still read their values
+
+
+def test_a_run_not_made_yet_names_the_command_and_the_recorder():
+    runs = {"r": {"date": None, "commit": None, "machine": None, "command": "python -m clicks2pref x=1",
+                  "record": "python experiments/f/from_run.py RUN_DIR COMMIT"}}
+    table = {"columns": ["policy", "CTR"], "rows": [["SFT", tables.NOT_MEASURED]], "run": "r"}
+    assert tables.render_table(table, {}, runs).splitlines()[-1] == (
+        "<sub>not yet measured: `python -m clicks2pref x=1`, then `python experiments/f/from_run.py RUN_DIR COMMIT` "
+        "(`results.json`: `r`)</sub>")
+    assert tables.render_runs(runs).splitlines()[-1] == (
+        "| `r` | not yet measured |  |  | `python -m clicks2pref x=1` (record: `python experiments/f/from_run.py "
+        "RUN_DIR COMMIT`) |")
 
 
 def test_a_claim_cell_shows_the_values_it_names_beside_its_own(copy):
