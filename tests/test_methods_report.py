@@ -27,6 +27,7 @@ def job(optimizer: str, samples: int, lift: float, backward: int, sft: float = 0
     """A grpo.json as stage=grpo writes it (the fields the report reads)."""
     compute = {"generated_tokens": samples * 10, "sampling_tokens": 100, "forward_tokens": 2 * backward,
                "backward_tokens": backward, "reward_tokens": 50, "seconds": 1.5}
+    compute["token_passes"] = 100 + 2 * backward + 1.035 * backward + 50  # sampling, forwards, LoRA backward, rewards
     return {"optimizer": optimizer, "policy_samples": samples, "compute": compute, "selected": {"step": 3},
             "eval": {"contexts": 12, "sft": {"oracle_ctr": sft},
                      "grpo": {"oracle_ctr": sft + lift, "ci_low": sft + lift - 0.01, "ci_high": sft + lift + 0.01},
@@ -40,9 +41,11 @@ def write(root: Path, jobs: list[dict]) -> None:
         (folder / "grpo.json").write_text(json.dumps(j))
 
 
-def test_token_passes_count_a_backward_twice(report):
+def test_token_passes_are_the_meters_and_an_old_meter_is_refused(report):
     assert report.token_passes({"sampling_tokens": 10, "forward_tokens": 20, "backward_tokens": 5,
-                                "reward_tokens": 7}) == 10 + 20 + 2 * 5 + 7
+                                "reward_tokens": 7, "token_passes": 42.5}) == 42.5
+    with pytest.raises(SystemExit, match="run the sweep again"):
+        report.token_passes({"sampling_tokens": 10, "forward_tokens": 20, "backward_tokens": 5, "reward_tokens": 7})
 
 
 def test_the_verdict_names_the_cheapest_method_reaching_grpos_largest_budget(report):

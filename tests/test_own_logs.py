@@ -18,7 +18,8 @@ from clicks2pref.data.log_splits import check_weeks, conversation_key, split_log
 from clicks2pref.data.offline_mode import foreign_impressions
 from clicks2pref.errors import ClickLogError
 from clicks2pref.eval.offline import ClickModelCTR, logged_anchor, sample_ctr
-from clicks2pref.eval.offline_report import beside_oracle, best_of, offline_table, plan_rows, score_samples
+from clicks2pref.eval.offline_report import (beside_oracle, best_of, estimated_per_context, offline_table, plan_rows,
+                                             score_samples)
 
 # --- foreign logs: conversations the packaged world has never seen ------------------------------------------
 
@@ -164,7 +165,7 @@ def test_beside_the_oracle_the_estimated_lift_and_its_gap():
     results = {"sft": {"outputs": [bad] * 4, "per_context_ctr": [0.1] * 4},
                "grpo": {"outputs": [good] * 4, "per_context_ctr": [0.2] * 4, "samples": [[good, good]] * 4,
                         "samples_per_context": 2}}
-    out = beside_oracle(est, results, "sft", conversations, 100, 0.95, 0)
+    out = beside_oracle(estimated_per_context(est, results, conversations), results, "sft", 100, 0.95, 0)
     assert out["sft"]["est_lift"] == 0 and out["grpo"]["oracle_lift"] == pytest.approx(1.0)
     assert out["grpo"]["est_lift"] > 0 and out["grpo"]["lift_gap"] == pytest.approx(out["grpo"]["est_lift"] - 1.0)
 

@@ -117,6 +117,33 @@ def test_a_cached_run_says_one_line_per_stage_and_reuses_the_evaluation(pipeline
     assert len(capsys.readouterr().out.splitlines()) <= 40
 
 
+def test_a_ci_setting_reuses_the_evaluation_and_recomputes_only_the_intervals(pipeline_run, tmp_path, caplog):
+    """Every CI, lift and GSB is computed from the stored per-context measurements: a narrower level reuses the
+    evaluate artifact (no panel generated again) and gives intervals inside the 95 % ones around the same means."""
+    import logging
+
+    from clicks2pref.__main__ import run_stage
+
+    cfg, first, out = pipeline_run
+    again = compose_config(PIPELINE + [f"data.logs={cfg.data.logs}", "logger=csv", "eval.ci_level=0.5",
+                                       "eval.gsb.margin=1.0"], tmp_path)
+    with open_dict(again):
+        again.paths.root_dir = str(out)
+    artifacts = Path(cfg.paths.artifacts_dir)
+    before = {p: p.stat().st_mtime for p in artifacts.glob("*/*")}
+    with caplog.at_level(logging.INFO):
+        second = run_stage(again)
+    assert "evaluate" in {r.getMessage().split(":")[0] for r in caplog.records if ": reusing " in r.getMessage()}
+    assert {p: p.stat().st_mtime for p in artifacts.glob("*/*")} == before
+    wide = {r["policy"]: r for r in first["stages"]["evaluate"]["rows"]}
+    narrow = {r["policy"]: r for r in second["stages"]["evaluate"]["rows"]}
+    for name, r in narrow.items():
+        assert r["oracle_ctr"] == wide[name]["oracle_ctr"]
+        assert wide[name]["ci_low"] - 1e-12 <= r["ci_low"] <= r["ci_high"] <= wide[name]["ci_high"] + 1e-12
+        assert r["gsb"] == 0.0  # no context differs by more than the margin
+    assert second["stages"]["evaluate"]["ci"] == "50%"
+
+
 def test_calibration_notebook_runs_on_the_pipeline_folder(pipeline_run):
     _, _, out = pipeline_run
     run_notebook("calibration.ipynb", {"RUN_DIR": str(out)})

@@ -63,7 +63,8 @@ def run_notebook(name: str, env: dict) -> None:
 @pytest.mark.parametrize("kinds", [("garm", "btrm")])
 def test_notebooks_run_on_report_files(tmp_path, kinds):
     pytest.importorskip("nbclient")
-    from clicks2pref.eval.calibration_report import calibration_metrics, write_report
+    from clicks2pref.eval.calibration_report import write_report
+    from clicks2pref.eval.rm_calibration import calibration_metrics
 
     g = torch.Generator().manual_seed(0)
     report = {"kinds": {}}

@@ -11,7 +11,7 @@ from omegaconf import OmegaConf
 from pytorch_lightning.strategies import DDPStrategy
 
 from clicks2pref.errors import ModelNotFoundError, NonFiniteLossError
-from clicks2pref.eval.calibration_report import calibration_metrics, pair_predictions
+from clicks2pref.eval.rm_calibration import calibration_metrics, pair_predictions
 from clicks2pref.lit.distributed import GlobalBatchSampler
 from clicks2pref.lit.reward_module import (ClickRewardModule, PairCollator, RewardData, RewardModule,
                                            impression_loader, pair_loader)

@@ -63,7 +63,7 @@ def test_stage_writes_models_pairs_and_calibration_report(rm_run):
 
 
 def test_saved_models_load_for_the_grpo_stage(rm_run):
-    from clicks2pref.eval.calibration_report import pair_predictions
+    from clicks2pref.eval.rm_calibration import pair_predictions
     from clicks2pref.models.reward_heads import load_reward_model
 
     cfg, result, _ = rm_run

@@ -11,8 +11,6 @@ from __future__ import annotations
 import numpy as np
 from scipy.stats import spearmanr
 
-from clicks2pref.eval.ctr import bootstrap_mean
-
 
 def pick_best(scores: np.ndarray, n: int) -> np.ndarray:
     """Index of the highest-scored of the first n samples of each context (ties: the first)."""
@@ -28,21 +26,18 @@ def within_context_spearman(scores: np.ndarray, oracle: np.ndarray) -> dict:
     return {"spearman": float(np.mean(rhos)) if rhos else float("nan"), "contexts": len(rhos)}
 
 
-def best_of_n(result: dict, scores: np.ndarray, n: int, bootstrap_samples: int, ci_level: float, seed: int) -> dict:
+def best_of_n(result: dict, scores: np.ndarray, n: int) -> dict:
     """A policy result (`clicks2pref.eval.policy.evaluate_policy`) reranked: the chosen panel per context, with the
-    same fields the evaluators read (CTR and CI, per-context CTR, outputs, format), plus the reward's
-    within-context Spearman against the oracle over all samples."""
+    same measured fields (per-context CTR, outputs, format, contexts), plus the reward's within-context Spearman
+    against the oracle over all samples. CIs are added by whoever reports (`clicks2pref.eval.heldout.with_ci`)."""
     sample_ctr = np.asarray(result["sample_ctr"])
     if n > sample_ctr.shape[1]:
         raise ValueError(f"best-of-{n} needs {n} samples per context, the evaluation has {sample_ctr.shape[1]}")
     best = pick_best(scores, n)
-    rows = np.arange(len(best))
-    ctr = sample_ctr[rows, best]
-    est = bootstrap_mean(ctr, bootstrap_samples, ci_level, seed, result.get("clusters"))
+    ctr = sample_ctr[np.arange(len(best)), best]
     outputs = [result["samples"][i][j] for i, j in enumerate(best)]
     agreement = within_context_spearman(np.asarray(scores)[:, :n], sample_ctr[:, :n])
-    return {"oracle_ctr": est.mean, "ci_low": est.low, "ci_high": est.high, "n_contexts": est.n,
-            "per_context_ctr": ctr.tolist(), "outputs": outputs, "samples_per_context": 1,
-            "format_rate": result["format_rate"], "best_of": n, "chosen": best.tolist(),
-            "reward_spearman": agreement["spearman"], "spearman_contexts": agreement["contexts"],
-            "oracle_max_ctr": float(sample_ctr[:, :n].max(axis=1).mean()), "clusters": result.get("clusters")}
+    return {"n_contexts": len(best), "per_context_ctr": ctr.tolist(), "outputs": outputs, "samples_per_context": 1,
+            "contexts": result["contexts"], "format_rate": result["format_rate"], "best_of": n,
+            "chosen": best.tolist(), "reward_spearman": agreement["spearman"],
+            "spearman_contexts": agreement["contexts"], "oracle_max_ctr": float(sample_ctr[:, :n].max(axis=1).mean())}

@@ -11,7 +11,7 @@ from typing import Callable, Optional, Sequence
 
 from clicks2pref.data.parsing import parse_suggestions
 from clicks2pref.data.simulator import context_splits
-from clicks2pref.eval.ctr import bootstrap_mean
+from clicks2pref.eval.ctr import bootstrap_mean, cluster_labels
 from clicks2pref.eval.gsb import gsb
 from clicks2pref.eval.policy import cached_evaluation
 from clicks2pref.rewards.diversity import DiversityReward, distinct_n
@@ -26,12 +26,20 @@ def heldout_contexts(cfg, sim, ev) -> list[tuple[str, str]]:
     return contexts[:ev.max_contexts] if ev.max_contexts else contexts
 
 
+def with_ci(m: dict, bootstrap_samples: int, ci_level: float, seed: int, clusters: str = "context") -> dict:
+    """`m` (an `evaluate_policy` result) with its oracle CTR, bootstrap CI and the bootstrap's clusters (`clusters`:
+    "topic" resamples whole topics, whose contexts share intents)."""
+    labels = cluster_labels([tuple(c) for c in m["contexts"]], clusters)
+    est = bootstrap_mean(m["per_context_ctr"], bootstrap_samples, ci_level, seed, labels)
+    return {**m, "oracle_ctr": est.mean, "ci_low": est.low, "ci_high": est.high, "clusters": labels}
+
+
 def score_policy(cfg, ev, sim, contexts: Sequence, policy_id: str, load: Callable, template,
                  diversity: Optional[DiversityReward] = None) -> dict:
     """Oracle CTR with CI, format rate, per-context CTR and outputs; distinct-2 and mean within-panel cosine
     when a diversity embedder is given. `load()` -> (model, tokenizer) runs only on a cache miss."""
-    m = cached_evaluation(cfg, policy_id, load, template, sim, ev.split, contexts, ev.bootstrap_samples,
-                          ev.ci_level, ev.samples_per_context, ev.ci_clusters)
+    m = with_ci(cached_evaluation(cfg, policy_id, load, template, sim, ev.split, contexts, ev.samples_per_context),
+                ev.bootstrap_samples, ev.ci_level, cfg.seed, ev.ci_clusters)
     if diversity is not None:
         panels = [parse_suggestions(o, len(cfg.simulator.examination)).suggestions for o in m["outputs"]]
         m["distinct_2"] = distinct_n(panels, 2)

@@ -169,22 +169,29 @@ def evaluate_offline(cfg, estimators: dict[str, ClickModelCTR], primary: str, te
                          for i in range(min(3, n))]}
 
 
-def beside_oracle(estimator: ClickModelCTR, results: dict[str, dict], reference: str, conversations: Sequence,
-                  bootstrap_samples: int, ci_level: float, seed: int) -> dict[str, dict]:
-    """On the simulator: the offline estimate of every evaluated policy next to its oracle numbers, so the
-    estimator's bias is measured. Per policy: estimated CTR (the mean over its samples, as the oracle's), the
-    estimated relative lift over `reference` with its CI, the oracle's relative lift, and their gap."""
+def estimated_per_context(estimator: ClickModelCTR, results: dict[str, dict], conversations: Sequence
+                          ) -> dict[str, list[float]]:
+    """On the simulator: the offline estimate of every evaluated policy per context (the mean over its samples, as
+    the oracle's), so the estimator's bias can be measured beside the oracle (`beside_oracle`)."""
     per = {}
     for name, m in results.items():
         groups = m["samples"] if m.get("samples") and m.get("samples_per_context", 1) > 1 else \
             [[o] for o in m["outputs"]]
-        per[name] = sample_ctr(estimator, conversations, groups)["ctr"].mean(axis=1)
+        per[name] = sample_ctr(estimator, conversations, groups)["ctr"].mean(axis=1).tolist()
+    return per
+
+
+def beside_oracle(per: dict[str, list[float]], results: dict[str, dict], reference: str, bootstrap_samples: int,
+                  ci_level: float, seed: int) -> dict[str, dict]:
+    """Per policy: estimated CTR, the estimated relative lift over `reference` with its CI, the oracle's relative
+    lift, and their gap (`per`: `estimated_per_context`)."""
     out = {}
-    for name, m in results.items():
-        lift = paired_lift(per[name], per[reference], bootstrap_samples, ci_level, seed)
-        ref_oracle = float(np.mean(results[reference]["per_context_ctr"]))
-        oracle = (float(np.mean(m["per_context_ctr"])) - ref_oracle) / ref_oracle if ref_oracle else float("nan")
-        out[name] = {"est_ctr": float(per[name].mean()), "est_lift": lift["relative"],
+    ref_oracle = float(np.mean(results[reference]["per_context_ctr"]))
+    for name in per:
+        lift = paired_lift(np.asarray(per[name]), np.asarray(per[reference]), bootstrap_samples, ci_level, seed)
+        oracle = (float(np.mean(results[name]["per_context_ctr"])) - ref_oracle) / ref_oracle if ref_oracle \
+            else float("nan")
+        out[name] = {"est_ctr": float(np.mean(per[name])), "est_lift": lift["relative"],
                      "est_lift_low": lift["relative_low"], "est_lift_high": lift["relative_high"],
                      "oracle_lift": oracle, "lift_gap": lift["relative"] - oracle, "basis": BASIS}
     return out

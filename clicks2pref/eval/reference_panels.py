@@ -61,7 +61,7 @@ def score_reference_panels(sim, contexts: Sequence[tuple[str, str]], templates: 
         est = bootstrap_mean(ctr, ev.bootstrap_samples, ev.ci_level, seed, labels)
         m = {"oracle_ctr": est.mean, "ci_low": est.low, "ci_high": est.high, "n_contexts": est.n,
              "per_context_ctr": ctr.tolist(), "outputs": [format_suggestions(p) for p in rows], "panels": rows,
-             "format_rate": 1.0, "clusters": labels, "samples_per_context": 1}
+             "format_rate": 1.0, "clusters": labels, "samples_per_context": 1, "contexts": [list(c) for c in contexts]}
         if diversity is not None:
             m["distinct_2"], m["mean_pairwise_cosine"] = distinct_n(rows, 2), diversity.mean_pairwise_cosine(rows)
         out[name] = m

@@ -4,23 +4,16 @@ the reward models' calibration section, and the files a run folder gets (results
 metrics.json, ctr.png; offline: ab_plan.md)."""
 from __future__ import annotations
 
-import hashlib
 import json
 from pathlib import Path
-from typing import Optional
 
-from omegaconf import OmegaConf
-
-from clicks2pref.data.io import atomic_write_text, expand_sources, load_impressions, read_cached_json, read_jsonl
-from clicks2pref.data.pairs import build_pairs
-from clicks2pref.eval.calibration_report import calibrate, markdown_report, reference_ppl, write_report
-from clicks2pref.eval.heldout import markdown_table, paired
+from clicks2pref.eval.calibration_report import markdown_report, write_report
+from clicks2pref.eval.heldout import markdown_table, paired, with_ci
 from clicks2pref.eval.offline import BASIS
 from clicks2pref.eval.offline_report import COLUMNS as OFFLINE_COLUMNS
-from clicks2pref.eval.offline_report import ab_section
+from clicks2pref.eval.offline_report import ab_section, beside_oracle
 from clicks2pref.eval.offline_report import markdown_report as offline_markdown
 from clicks2pref.loggers import log_metrics, log_table
-from clicks2pref.models.reward_heads import load_reward_model
 
 COLUMNS = ["policy", "oracle_ctr", "ci_low", "ci_high", "lift", "gsb", "format_rate", "distinct_2", "mean_cosine",
            "canned_cosine"]
@@ -33,6 +26,38 @@ BEST_OF_COLUMNS = ["policy", "reward", "oracle_ctr", "vs_policy", "vs_ci_low", "
 ESTIMATED_COLUMNS = ["policy", "est_ctr", "est_lift", "est_lift_low", "est_lift_high", "oracle_lift", "lift_gap"]
 ESTIMATED_NOTE = ("Estimated (model-based: the reward models' click model, as without a simulator) beside the oracle; "
                   "lifts relative to the reference, gap = estimated − oracle lift:")
+
+
+# what the evaluate artifact keeps of each policy's evaluation: the measurements every report number is computed from
+MEASURED = ("per_context_ctr", "sample_ctr", "format_rate", "distinct_2", "mean_pairwise_cosine", "canned_cosine",
+            "outputs", "contexts", "samples_per_context", "n_contexts", "template", "rl_logs")
+
+
+def summarize(cfg, measured: dict) -> dict:
+    """The evaluation's report from what the evaluate stage measured (its artifact): each policy's CTR with its
+    bootstrap CI, the rows against `eval.reference` (paired lift, GSB), the best-of rows against a random one of
+    the same samples, and the offline estimator's lifts beside the oracle's. Seconds, whatever the CI settings."""
+    ev, seed = cfg.eval, cfg.seed
+    results = {name: with_ci(m, ev.bootstrap_samples, ev.ci_level, seed, ev.ci_clusters)
+               for name, m in measured["results"].items()}
+    best_rows = []
+    for b in measured.get("best_of", []):
+        best, random_pick = results[b["policy"]], {**results[b["of"]], "per_context_ctr": b["random_ctr"]}
+        lift = paired(best, random_pick, ev, ev.gsb.margin, seed)
+        best_rows.append({"policy": b["policy"], "reward": b["reward"], "oracle_ctr": best["oracle_ctr"],
+                          "vs_policy": lift["ctr_diff"], "vs_ci_low": lift["ci_low"], "vs_ci_high": lift["ci_high"],
+                          "reward_spearman": b["reward_spearman"], "oracle_best": b["oracle_best"],
+                          "contexts": b["contexts"]})
+    report = {k: measured[k] for k in ("policies", "split", "contexts", "samples_per_context", "examples")}
+    report.update(reference=ev.reference, ci=f"{ev.ci_level:.0%}", rows=compare(results, ev.reference, ev, seed),
+                  best_of=best_rows, per_context_ctr={n: m["per_context_ctr"] for n, m in results.items()})
+    if measured.get("estimated"):
+        report["estimated"] = beside_oracle(measured["estimated"], results, ev.reference, ev.bootstrap_samples,
+                                            ev.ci_level, seed)
+    for k in ("calibration", "seconds"):
+        if k in measured:
+            report[k] = measured[k]
+    return report
 
 
 def compare(results: dict, reference: str, ev, seed: int) -> list[dict]:
@@ -83,6 +108,9 @@ def publish_offline(cfg, report: dict, loggers) -> dict:
     log_metrics(loggers, flat)
     print("\n" + text)
     print(plan)
+    if report.get("calibration"):
+        write_report(report["calibration"], out_dir)
+        print("\n" + markdown_report(report["calibration"]))
     print(f"metrics: {out_dir / 'evaluation.json'}\nA/B plan: {out_dir / 'ab_plan.md'}")
     return report
 
@@ -126,42 +154,8 @@ def publish(cfg, report: dict, loggers) -> dict:
                               for c in ("est_ctr", "est_lift", "lift_gap")})
         print(f"{ESTIMATED_NOTE}\n")
         print(est_table)
+    if report.get("calibration"):
+        write_report(report["calibration"], out_dir)
+        print("\n" + markdown_report(report["calibration"]))
     print(f"metrics: {out_dir / 'evaluation.json'}\nplots:   {out_dir / 'ctr.png'}")
-    return report
-
-
-def calibration_section(cfg, folder: Path, trained: dict, out_dir: Path, ood_logs: Optional[str]) -> dict:
-    """The trained reward models' (`folder`, the rm artifact; `trained`, its rm.json) calibration report on the
-    IID test week and, when there are logs from another policy (`data.ood_logs`, else the GRPO policy's week of
-    RL logs), on that OOD split; cached by the models' key, the OOD files' bytes and the report settings."""
-    source = cfg.data.ood_logs or ood_logs
-    digest = hashlib.sha256(f"{trained['key']}|{json.dumps(OmegaConf.to_container(cfg.reward_model.calibration))}|"
-                            f"{cfg.policy.model.name}".encode())
-    for path in expand_sources(source) if source else []:
-        digest.update(path.read_bytes())
-    cached = Path(cfg.paths.artifacts_dir) / "eval" / f"calibration-{digest.hexdigest()[:12]}.json"
-    if cfg.cache and (report := read_cached_json(cached)) is not None:
-        write_report(report, out_dir)
-        print("\n" + markdown_report(report))
-        return report
-    splits = {"iid": read_jsonl(folder / "pairs" / "iid.jsonl")}
-    pcfg = cfg.reward_model.pairs
-    iid = f"week(s) {list(pcfg.test_weeks)}" if pcfg.test_weeks else "the last week (or held-out conversations)"
-    notes = [f"IID: {iid} of the training logs ({pcfg.position_filter} pairs)"]
-    if source:
-        ood = build_pairs(load_impressions(source, cfg.data.on_invalid), pcfg.position_filter)
-        splits["ood"] = [p for p in ood if pcfg.ood_weeks is None or p["week"] in set(pcfg.ood_weeks)]
-        notes.append(f"OOD: {source} (policies {sorted({p.get('policy', '?') for p in splits['ood']}) or '-'})")
-    else:
-        notes.append("no OOD split: no data.ood_logs and no RL logs from the GRPO stage")
-    ppl = reference_ppl(cfg, splits) if cfg.reward_model.calibration.reference_ppl else {}
-    report = {"key": trained["key"], "pairs": {k: len(v) for k, v in splits.items()}, "notes": notes, "kinds": {}}
-    for kind in cfg.reward_model.kinds:
-        model = load_reward_model(folder / kind, cfg.paths.model_cache,
-                                  trust_remote_code=cfg.reward_model.backbone.trust_remote_code)
-        report["kinds"][kind] = {"train_seconds": trained["train_seconds"][kind],
-                                 "splits": calibrate(cfg, model, splits, ppl)}
-    atomic_write_text(json.dumps(report), cached)
-    write_report(report, out_dir)
-    print("\n" + markdown_report(report))
     return report

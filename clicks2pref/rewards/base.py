@@ -22,11 +22,6 @@ from clicks2pref.manifest import verify_given
 from clicks2pref.models.reward_heads import load_reward_model
 from clicks2pref.models.score_cache import SuggestionScorer, context_key  # noqa: F401 (context_key: re-exported)
 
-# Part of the fusion and grpo artifact keys: raised when the scores of the same configuration change
-# (a fix in a component), so that cached fusion weights and GRPO policies are recomputed.
-SCORING_VERSION = 2
-
-
 @dataclass
 class RewardBatch:
     contexts: list[list[dict]]  # the logged conversation of each completion (ends with the assistant turn)

@@ -14,9 +14,7 @@ building waits for it, then reuses it, and never trains into the same work folde
 """
 from __future__ import annotations
 
-import ast
 import contextlib
-import functools
 import hashlib
 import json
 import logging
@@ -35,8 +33,8 @@ from omegaconf import OmegaConf
 from clicks2pref.data.io import expand_sources
 from clicks2pref.data.offline_mode import uses_simulator
 from clicks2pref.errors import ClickLogError, ConfigError
+from clicks2pref.fingerprint import fingerprint, modules, named_modules
 from clicks2pref.manifest import verify, write_manifest
-from clicks2pref.rewards.base import SCORING_VERSION
 from clicks2pref.rewards.composite import needed_reward_models
 
 log = logging.getLogger(__name__)
@@ -87,8 +85,7 @@ class StageSpec:
     reads: Callable = _logs  # cfg -> stages whose artifacts it reads, in run order
     logs: bool = True  # reads click logs: collect's key or the files' bytes fold in
     files: tuple[str, ...] = ()  # config keys naming more files whose bytes fold in
-    exclude: tuple[str, ...] = ()  # keys under `hashes` that do not change the output
-    version: str = ""  # bumped when code changes what the same inputs produce
+    exclude: tuple[str, ...] = ()  # keys under `hashes` that do not change the output (report settings among them)
     # the job's metric: a dotted path into the result dict `run` returns (what a sweeper optimises; `optimized_metric`
     # picks another). Always a number a team could measure: validation contexts and sampled clicks, or the logs;
     # never the oracle or the test contexts (those only report). None: the stage decides nothing a sweep could tune
@@ -122,21 +119,23 @@ SPECS = {
                          "grpo.max_completion_length", "grpo.micro_batch_size", "policy.generation.batch_size",
                          "data.on_invalid", "data.split", "data.holdout", "data.format"), "fusion_weights.json",
                         reads=_fusion_reads,
-                        exclude=("rewards.name", "rewards.weights"), version=f"scoring-v{SCORING_VERSION}",
+                        exclude=("rewards.name", "rewards.weights"),
                         headline="chosen.auc"),  # click AUC of the chosen weights on the logged week
-    "grpo": StageSpec(("seed", "rewards", "grpo", "optimizer", "simulator", "policy", "prompt", "data.on_invalid", "data.split",
-                       "data.format", "collect.sessions_per_week", "collect.users_per_panel", "trainer.precision",
-                       "trainer.accelerator", "data.holdout"), "grpo.json",
+    "grpo": StageSpec(("seed", "rewards", "grpo", "optimizer", "simulator", "policy", "prompt", "data.on_invalid",
+                       "data.split", "data.format", "collect.sessions_per_week", "collect.users_per_panel",
+                       "trainer.precision", "trainer.accelerator", "data.holdout"), "grpo.json",
                       # the reward models: the reward's, and without the simulator the offline estimator's
                       reads=lambda cfg: ("sft", *(["rm"] if needed_reward_models(cfg.rewards) or not uses_simulator(cfg)
                                                   else []),
                                          *(["fusion"] if cfg.rewards.weights == "fusion" else [])),
-                      version=f"scoring-v{SCORING_VERSION}",
                       headline="selected.sampled_ctr"),  # the kept checkpoint's sampled CTR, validation contexts
     # evaluate: every setting a policy's score or the best-of reward can read; folder policies' identities as extra
     "evaluate": StageSpec(("seed", "eval", "simulator", "prompt", "policy", "rewards", "reward_model", "data",
                            "sft.template", "grpo.temperature", "grpo.top_p", "grpo.top_k", "grpo.max_completion_length",
                            "grpo.micro_batch_size"), "evaluation.json", reads=_evaluated, files=("data.ood_logs",),
+                          # the report's settings: every CI, lift and GSB is computed from the stored measurements
+                          exclude=("eval.bootstrap_samples", "eval.ci_level", "eval.ci_clusters", "eval.gsb",
+                                   "eval.reference"),
                           headline=None),  # reports the oracle on held-out contexts only
     # every step above in this order, each reused when its key matches; not itself a step
     "pipeline": StageSpec((), None, reads=lambda cfg: (), logs=False, pipeline=False,
@@ -168,45 +167,23 @@ def logs_fingerprint(cfg) -> str:
     return f"logs:{_files_digest(cfg.data.logs)}" if cfg.data.logs else f"collect:{key(cfg, 'collect')}"
 
 
-@functools.lru_cache(maxsize=None)
-def code_fingerprint(stage: str) -> str:
-    """Hash of the source of every module `stage` runs (`code_modules`): editing a loss, a reward or a sampler
-    changes the keys of the stages that run it, so no stale artifact is reused, and no other stage's."""
-    digest = hashlib.sha256()
-    for path in code_modules(stage):
-        digest.update(path.encode() + (_PACKAGE.parent / path).read_bytes())
-    return digest.hexdigest()[:12]
+def code_roots(stage: str, cfg=None) -> tuple[str, ...]:
+    """The modules `stage` starts from: its own, and what its hashed config subtrees load by name (`_target_`
+    strings, registry names; `clicks2pref.fingerprint.named_modules`)."""
+    named = named_modules(cfg, SPECS[stage].hashes) if cfg is not None else ()
+    return (f"clicks2pref.stages.{stage}", *named)
 
 
-_PACKAGE = Path(__file__).resolve().parents[1]
+def code_modules(stage: str, cfg=None) -> list[str]:
+    """The clicks2pref source files `stage` runs under `cfg` (paths from the repository): what its module imports,
+    directly or not, and what its config loads by name; never the cache's plumbing or a report module."""
+    return modules(code_roots(stage, cfg))
 
 
-# the cache's own plumbing: what it imports (the reward presets, to know which stages read the reward models)
-# is not what a stage computes, so it stays out of every stage's fingerprint
-_PLUMBING = ("clicks2pref.stages.artifacts",)
-
-
-def code_modules(stage: str) -> list[str]:
-    """The clicks2pref source files `stages/<stage>.py` imports, directly or not (paths from the repository),
-    leaving out the artifact cache's own module and its imports."""
-    seen, found, todo = set(_PLUMBING), [], [f"clicks2pref.stages.{stage}"]
-    while todo:
-        name = todo.pop()
-        if name in seen:
-            continue
-        seen.add(name)
-        parts = name.split(".")[1:]
-        path = next((p for p in (_PACKAGE.joinpath(*parts).with_suffix(".py"), _PACKAGE.joinpath(*parts, "__init__.py"))
-                     if parts and p.is_file()), None)
-        if path is None:  # a name imported from a module, not a module
-            continue
-        found.append(str(path.relative_to(_PACKAGE.parent)))
-        for node in ast.walk(ast.parse(path.read_bytes())):
-            if isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("clicks2pref"):
-                todo += [node.module] + [f"{node.module}.{a.name}" for a in node.names]
-            elif isinstance(node, ast.Import):
-                todo += [a.name for a in node.names if a.name.startswith("clicks2pref")]
-    return sorted(found)
+def code_fingerprint(stage: str, cfg=None) -> str:
+    """Hash of `code_modules(stage, cfg)`: editing a loss, a reward or a sampler changes the keys of the stages
+    that run it, so no stale artifact is reused, and no other stage's."""
+    return fingerprint(code_roots(stage, cfg))
 
 
 def key(cfg, stage: str, inputs: Optional[dict] = None, extra: str = "") -> str:
@@ -223,8 +200,7 @@ def key(cfg, stage: str, inputs: Optional[dict] = None, extra: str = "") -> str:
     if spec.logs:
         fold.append(logs_fingerprint(cfg))
     fold += [_files_digest(OmegaConf.select(cfg, f)) if OmegaConf.select(cfg, f) else "" for f in spec.files]
-    fold += [spec.version] if spec.version else []
-    fold.append(code_fingerprint(stage))
+    fold.append(code_fingerprint(stage, cfg))
     fold += [inputs[s]["key"] for s in spec.reads(cfg) if inputs and s in inputs]
     fold += [extra] if extra else []
     return hashlib.sha256("|".join(fold).encode()).hexdigest()[:12]
@@ -256,6 +232,8 @@ def reuse(cfg, stage: str, key: str) -> Optional[dict]:
     if (result := _complete(cfg, stage, final)) is not None:  # built by the run we waited for
         lock.release()
         return result
+    for stale in final.parent.glob(f".{final.name}.tmp-*"):  # a killed build's: nobody else builds this key now
+        shutil.rmtree(stale, ignore_errors=True)
     return None
 
 
@@ -347,8 +325,7 @@ def atomic_dir(final: Path) -> Iterator[Path]:
     tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.tmp-", dir=final.parent))
     try:
         yield tmp
-        stage = final.parent.name
-        write_manifest(tmp, {"code": code_fingerprint(stage)} if stage in SPECS and SPECS[stage].marker else None)
+        write_manifest(tmp)
         if final.exists():  # cache=off rebuilt a verified artifact
             shutil.rmtree(final)
         os.replace(tmp, final)

@@ -23,12 +23,12 @@ from clicks2pref.data.offline_mode import log_split, uses_simulator
 from clicks2pref.data.simulator import build_simulator
 from clicks2pref.errors import ClickLogError, Clicks2PrefError, ConfigError, ModelNotFoundError
 from clicks2pref.eval.best_of import best_of_n
-from clicks2pref.eval.calibration_report import write_report
 from clicks2pref.eval.offline import build_estimators
-from clicks2pref.eval.offline_report import beside_oracle, evaluate_offline
-from clicks2pref.eval.heldout import heldout_contexts, paired, score_policy
+from clicks2pref.eval.offline_report import estimated_per_context, evaluate_offline
+from clicks2pref.eval.heldout import heldout_contexts, score_policy, with_ci
 from clicks2pref.eval.policy import baseline_id
-from clicks2pref.eval.results_report import calibration_section, compare, publish
+from clicks2pref.eval.results_report import MEASURED, publish, summarize
+from clicks2pref.eval.rm_calibration import calibration_section
 from clicks2pref.eval.reference_panels import nearness_to_canned, score_reference_panels
 from clicks2pref.manifest import verify_given
 from clicks2pref.models.registry import load_causal_lm
@@ -47,15 +47,15 @@ def run(cfg, loggers=()) -> dict:
     # 1. the stages whose policies and reward models are evaluated (each run or reused)
     inputs = artifacts.upstream(cfg, "evaluate", loggers)
     sources = {name: policy_source(cfg, name, inputs) for name in ev.policies}
-    key = artifacts.key(cfg, "evaluate", inputs, extra="|".join(src[0] for src in sources.values()))
+    identities = "|".join(src[0] for src in sources.values())
+    offline = not uses_simulator(cfg)  # its report holds its CIs: a CI setting is part of what it measures
+    key = artifacts.key(cfg, "evaluate", inputs, extra=identities + (f"|{ci_settings(cfg)}" if offline else ""))
     out_dir = Path(cfg.paths.output_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    if (report := artifacts.reuse(cfg, "evaluate", key)) is not None:  # the same policies, settings and code
-        if report.get("calibration"):
-            write_report(report["calibration"], out_dir)
-        return publish(cfg, report, loggers)
+    if (measured := artifacts.reuse(cfg, "evaluate", key)) is not None:  # the same policies, settings and code
+        return publish(cfg, measured if offline else summarize(cfg, measured), loggers)
 
-    if not uses_simulator(cfg):  # a team's own logs: click-model estimates on held-out logged conversations
+    if offline:  # a team's own logs: click-model estimates on held-out logged conversations
         return run_offline(cfg, inputs, sources, key, out_dir, loggers)
 
     # 2. every policy on the same held-out contexts (cached evaluations), with the diversity of its panels
@@ -74,34 +74,38 @@ def run(cfg, loggers=()) -> dict:
 
     # 3. best-of-n: the reward's pick among each policy's samples
     reranked = [p for p in ev.best_of.policies if p in results] if ev.best_of.n else []
-    best_rows = rerank(cfg, ev, inputs, results, reranked, diversity) if reranked else []
+    best = rerank(cfg, ev, inputs, results, reranked, diversity) if reranked else []
 
-    # 4. the floor and the ceiling (canned and ideal panels on the same contexts), how near each policy is the
-    # floor, and every row against the reference: lift, CI, GSB
+    # 4. the floor and the ceiling (canned and ideal panels on the same contexts), how near each policy is the floor
     results.update(reference_rows(cfg, ev, sim, contexts, diversity, results))
-    rows = compare(results, ev.reference, ev, cfg.seed)
-    report = {"policies": {name: src[0] for name, src in sources.items()},  # what was evaluated: cache identities
-              "split": ev.split, "contexts": len(contexts), "samples_per_context": ev.samples_per_context,
-              "reference": ev.reference, "ci": f"{ev.ci_level:.0%}",
-              "rows": rows, "best_of": best_rows,
-              "examples": [{"context": contexts[i], **{n: results[n]["outputs"][i] for n in results}}
-                                         for i in range(min(5, len(contexts)))],
-              "per_context_ctr": {n: results[n]["per_context_ctr"] for n in results}}
+    # what was measured, per context: every CI, lift and GSB is computed from it when the report is rendered
+    measured = {"policies": {name: src[0] for name, src in sources.items()},  # what was evaluated: cache identities
+                "split": ev.split, "contexts": len(contexts), "samples_per_context": ev.samples_per_context,
+                "results": {name: {k: m[k] for k in MEASURED if k in m} for name, m in results.items()},
+                "best_of": best,
+                "examples": [{"context": contexts[i], **{n: results[n]["outputs"][i] for n in results}}
+                             for i in range(min(5, len(contexts)))]}
 
-    # the offline estimator (the reward models' click model) beside the oracle: its bias, measured per method
+    # the offline estimator (the reward models' click model) beside the oracle, per context: its bias per method
     if "rm" in inputs and results:
-        report["estimated"] = estimated_beside_oracle(cfg, inputs, results, [*ev.policies, *(r["policy"]
-                                                                                         for r in best_rows)])
+        measured["estimated"] = estimated(cfg, inputs, results, [*ev.policies, *(r["policy"] for r in best)])
 
     # 5. the reward models' calibration on the IID week and the GRPO policy's logs (OOD)
     if ev.calibration:
         ood = results["grpo"].get("rl_logs") if "grpo" in results else None
-        report["calibration"] = calibration_section(cfg, artifacts.artifact_path(cfg, "rm", inputs["rm"]["key"]),
-                                                    inputs["rm"], out_dir, ood)
-    report["seconds"] = time.time() - start
+        measured["calibration"] = calibration_section(cfg, artifacts.artifact_path(cfg, "rm", inputs["rm"]["key"]),
+                                                      inputs["rm"], ood)
+    measured["seconds"] = time.time() - start
     with artifacts.atomic_dir(artifacts.artifact_path(cfg, "evaluate", key)) as tmp:
-        (tmp / "evaluation.json").write_text(json.dumps(report, indent=2))
-    return publish(cfg, report, loggers)
+        (tmp / "evaluation.json").write_text(json.dumps(measured, indent=2))
+    return publish(cfg, summarize(cfg, measured), loggers)
+
+
+def ci_settings(cfg) -> str:
+    """The report settings the evaluate key leaves out (its spec's `exclude`), for an offline report, which holds
+    its CIs."""
+    return json.dumps({k: OmegaConf.to_container(v) if OmegaConf.is_config(v := OmegaConf.select(cfg, k)) else v
+                       for k in artifacts.SPECS["evaluate"].exclude}, sort_keys=True)
 
 
 def run_offline(cfg, inputs: dict, sources: dict, key: str, out_dir: Path, loggers) -> dict:
@@ -122,29 +126,27 @@ def run_offline(cfg, inputs: dict, sources: dict, key: str, out_dir: Path, logge
     report["split"] = split.describe()
     if ev.calibration:
         report["calibration"] = calibration_section(cfg, artifacts.artifact_path(cfg, "rm", inputs["rm"]["key"]),
-                                                    inputs["rm"], out_dir, None)
+                                                    inputs["rm"], None)
     report["seconds"] = time.time() - start
     with artifacts.atomic_dir(artifacts.artifact_path(cfg, "evaluate", key)) as tmp:
         (tmp / "evaluation.json").write_text(json.dumps(report, indent=2))
     return publish(cfg, report, loggers)
 
 
-def estimated_beside_oracle(cfg, inputs: dict, results: dict, names: list[str]) -> dict:
-    """Each evaluated policy's estimated CTR and lift over the reference (the reward models' click model,
-    model-based) next to the oracle's lift, and the gap between the two lifts."""
+def estimated(cfg, inputs: dict, results: dict, names: list[str]) -> dict:
+    """Each evaluated policy's estimated CTR per context (the reward models' click model, model-based), to be set
+    beside the oracle's when the report is rendered."""
     ev = cfg.eval
     estimators, primary = build_estimators(artifacts.rm_models(cfg, inputs), ev.offline.estimator,
                                            cfg.paths.model_cache, cfg.reward_model.backbone.trust_remote_code)
     shown = {n: results[n] for n in dict.fromkeys(names) if n in results}
-    conversations = results[ev.reference]["conversations"]
-    return beside_oracle(estimators[primary], shown, ev.reference, conversations, ev.bootstrap_samples,
-                         ev.ci_level, cfg.seed)
+    return estimated_per_context(estimators[primary], shown, results[ev.policies[0]]["conversations"])
 
 
 def rerank(cfg, ev, inputs: dict, results: dict, policies: list[str], diversity) -> list[dict]:
-    """Adds "<policy>+bo<n>" to `results` for each of `policies`; returns the best-of rows: the reranked CTR
-    against serving a random one of the same n samples (paired CI over contexts) and the reward's
-    within-context Spearman with the oracle over the n samples."""
+    """Adds "<policy>+bo<n>" to `results` for each of `policies`; returns what the best-of rows are computed from:
+    the CTR of serving a random one of the same n samples, per context, and the reward's within-context Spearman
+    with the oracle over the n samples."""
     bo = ev.best_of
     component = reward_component(cfg, bo.reward, inputs)
     rows = []
@@ -154,23 +156,20 @@ def rerank(cfg, ev, inputs: dict, results: dict, policies: list[str], diversity)
         contexts = [c for c, group in zip(m["conversations"], m["samples"]) for _ in group]
         batch = RewardBatch(contexts, flat, len(cfg.simulator.examination))
         scores = np.asarray(component(batch), dtype=float).reshape(len(m["samples"]), -1)
-        best = best_of_n(m, scores, bo.n, ev.bootstrap_samples, ev.ci_level, cfg.seed)
+        best = best_of_n(m, scores, bo.n)
         k = len(cfg.simulator.examination)
         best["format_rate"] = float(np.mean([parse_suggestions(o, k).well_formed for o in best["outputs"]]))
         panels = [parse_suggestions(o, k).suggestions for o in best["outputs"]]
         best["distinct_2"], best["mean_pairwise_cosine"] = distinct_n(panels, 2), diversity.mean_pairwise_cosine(panels)
-        # against serving one of the same n samples at random: its expected CTR is their mean
-        random_pick = dict(m, per_context_ctr=[float(np.mean(row[:bo.n])) for row in m["sample_ctr"]])
-        lift = paired(best, random_pick, ev, ev.gsb.margin, cfg.seed)
         label = f"{name}+bo{bo.n}"
-        results[label] = best
-        rows.append({"policy": label, "reward": bo.reward, "oracle_ctr": best["oracle_ctr"],
-                     "vs_policy": lift["ctr_diff"], "vs_ci_low": lift["ci_low"], "vs_ci_high": lift["ci_high"],
+        results[label] = with_ci(best, ev.bootstrap_samples, ev.ci_level, cfg.seed, ev.ci_clusters)
+        # against serving one of the same n samples at random: its expected CTR is their mean
+        rows.append({"policy": label, "of": name, "reward": bo.reward,
+                     "random_ctr": [float(np.mean(row[:bo.n])) for row in m["sample_ctr"]],
                      "reward_spearman": best["reward_spearman"], "oracle_best": best["oracle_max_ctr"],
                      "contexts": best["spearman_contexts"]})
-        log.info("evaluate: %s oracle CTR %.4f, %+.4f [%+.4f, %+.4f] over a random one of the same samples of %s; "
-                 "reward ρ with the oracle within contexts %.3f", label, best["oracle_ctr"], lift["ctr_diff"],
-                 lift["ci_low"], lift["ci_high"], name, best["reward_spearman"])
+        log.info("evaluate: %s oracle CTR %.4f; reward ρ with the oracle within contexts %.3f", label,
+                 results[label]["oracle_ctr"], best["reward_spearman"])
     return rows
 
 

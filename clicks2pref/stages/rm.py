@@ -35,7 +35,8 @@ from clicks2pref.data.pairs import build_pairs, pair_splits
 from clicks2pref.data.simulator import build_simulator
 from clicks2pref.data.traffic import served as served_week
 from clicks2pref.errors import ClickLogError
-from clicks2pref.eval.calibration_report import calibrate, markdown_report, reference_ppl, write_report
+from clicks2pref.eval.calibration_report import markdown_report, write_report
+from clicks2pref.eval.rm_calibration import calibrate, reference_ppl
 from clicks2pref.lit.checkpoints import resume_checkpoint
 from clicks2pref.eval.oracle_agreement import reward_oracle_agreement
 from clicks2pref.lit.reward_module import reward_training, similarity_above_examples  # noqa: F401 (its old home)
@@ -47,7 +48,6 @@ from clicks2pref.models.shared_prefix import cached_outputs
 from clicks2pref.stages import artifacts
 
 log = logging.getLogger(__name__)
-REPORTS = ("calibration.json", "calibration.md")
 METRICS = ("n_pairs", "accuracy", "ece", "sigma_mean", "oracle_spearman", "oracle_within_panel")
 
 
@@ -223,11 +223,11 @@ def publish(cfg, result: dict, report, loggers, fresh: bool) -> dict:
     final = artifacts.artifact_path(cfg, "rm", result["key"])
     write_job_metrics(cfg, "rm", flat_metrics(result))
     log_metrics(loggers, flat_metrics(result))  # a reused stage's stored metrics too: a sweep's runs are complete
-    if not fresh:
-        for f in [*REPORTS, *(p.name for p in final.glob("reliability_*.png"))]:
-            shutil.copyfile(final / f, out_dir / f)
+    if not fresh:  # rendered again from the stored numbers: the report's code is not part of the key
+        report = json.loads((final / "calibration.json").read_text())
+        write_report(report, out_dir)
         if cfg.stage.name == "rm":  # the job's own stage: its report; an upstream one stays quiet
-            print((final / "calibration.md").read_text())
+            print(markdown_report(report))
         return result
     written = write_report(report, out_dir)
     for kind, res in report["kinds"].items():

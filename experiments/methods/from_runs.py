@@ -5,9 +5,11 @@
 Reads every `grpo/*/grpo.json` the sweep's jobs wrote (one per optimizer × budget; the newest wins where a
 pair ran twice) and, for the best-of-16 reference, the newest `evaluate/*/evaluation.json` of the same
 artifacts. Each job's held-out evaluation is paired against the same SFT policy on the same test contexts, so
-the lifts compare. Compute is read as token-passes: every position through a forward pass (sampling, the
-loss's log-probs, the reference, the reward models) counts 1, and a back-propagated one 2 more (backward costs
-about twice a forward); the policy and the reward models are the same size here, so the counts add.
+the lifts compare. Compute is read as token-passes, the meter's own count (`clicks2pref.lit.compute`): every
+position through a forward pass of any model (sampling, the loss's log-probs, the reference, the reward models,
+the perplexity reference) counts 1, and a back-propagated one its model's backward weight more (2 for full
+fine-tuning, 1 + the trainable share with LoRA); the policy and the reward models are the same size here, so the
+counts add. A job recorded before the meter counted every model (no `token_passes`) is refused.
 """
 from __future__ import annotations
 
@@ -25,9 +27,11 @@ NAMES = {"grpo": "GRPO", "rft": "rejection-sampling fine-tuning", "dpo_clicks": 
 
 
 def token_passes(compute: dict) -> float:
-    """Forward positions count 1, back-propagated ones 2 more."""
-    return (compute["sampling_tokens"] + compute["forward_tokens"] + 2 * compute["backward_tokens"]
-            + compute["reward_tokens"])
+    """The meter's forward-equivalents; a job metered before every model's forward was counted has none."""
+    if "token_passes" not in compute:
+        raise SystemExit("a grpo.json without compute.token_passes was metered before every model's forward was "
+                         "counted (reward-model passes were missed): run the sweep again")
+    return compute["token_passes"]
 
 
 def sweep_budgets() -> list[int]:
@@ -104,7 +108,7 @@ def figure(rows: list[dict], sft: float, bo16: float | None, path: Path) -> None
     if bo16 is not None:
         ax.axhline(bo16, color="black", linestyle=":", label="SFT, best of 16 (inference time)")
     ax.set_xscale("log")
-    ax.set_xlabel("training compute (token-passes: forward 1, backward 2)")
+    ax.set_xlabel("training compute (token-passes: forward 1, backward its weight more)")
     ax.set_ylabel("oracle CTR, held-out topics")
     ax.legend(fontsize=8)
     fig.tight_layout()
