@@ -11,7 +11,6 @@ import hydra
 import pytorch_lightning as pl
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
-from hydra.utils import get_method
 from omegaconf import DictConfig
 
 from clicks2pref import CONF_DIR
@@ -21,6 +20,7 @@ from clicks2pref.errors import Clicks2PrefError
 from clicks2pref.loggers import finalize, instantiate_loggers, log_config
 from clicks2pref.models.placement import use_accelerator
 from clicks2pref.stages.artifacts import SPECS, release_locks
+from clicks2pref.stages.pipeline import run_stage as run_named_stage
 
 log = logging.getLogger("clicks2pref")
 register_configs()
@@ -38,7 +38,7 @@ def run_stage(cfg: DictConfig):
     log_config(loggers, cfg)
     status = "failed"
     try:
-        result = get_method(cfg.stage._target_)(cfg, loggers)
+        result = run_named_stage(cfg, cfg.stage.name, loggers)
         status = "success"
         return result
     finally:

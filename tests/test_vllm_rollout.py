@@ -11,7 +11,7 @@ from clicks2pref.errors import ConfigError
 from clicks2pref.models.adapters import merged_adapters
 from clicks2pref.models.registry import ModelConfig, load_causal_lm
 from clicks2pref.models.vllm_rollout import VLLMRollout, vllm_named_weights
-from clicks2pref.stages import grpo
+from clicks2pref.__main__ import run_stage
 from tests.conftest import compose_config
 
 
@@ -73,7 +73,7 @@ def test_several_training_processes_are_refused_before_any_work(tmp_path):
     cfg = compose_config(["experiment=smoke", "stage=grpo", "trainer=ddp_cpu", "grpo.use_vllm=true",
                           f"paths.artifacts_dir={tmp_path / 'artifacts'}"], tmp_path)
     with pytest.raises(ConfigError, match="grpo.use_vllm.*devices=2"):
-        grpo.run(cfg)
+        run_stage(cfg)
     assert not (tmp_path / "artifacts").exists()
 
 

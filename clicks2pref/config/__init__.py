@@ -35,8 +35,7 @@ from clicks2pref.errors import ConfigError
 
 @dataclass
 class StageConfig:
-    name: str = "pipeline"
-    _target_: str = "clicks2pref.stages.pipeline.run"
+    name: str = "pipeline"  # a stage of clicks2pref.stages.pipeline.RUNS
 
 
 @dataclass
@@ -105,6 +104,7 @@ def validate(cfg: DictConfig) -> Config:
     """
     resolve_aliases(cfg)
     check_fitted_kappa(cfg)
+    check_one_rollout_process(cfg)
     if "hydra" in cfg:  # a config composed with `return_hydra_config` (tests, the Python API)
         cfg = cfg.copy()
         with open_dict(cfg):
@@ -123,6 +123,18 @@ def resolve_aliases(cfg: DictConfig) -> None:
         return
     with open_dict(cfg):
         move_trl_aliases(cfg.grpo, [k[len("grpo."):] for k in given_keys(cfg) if k.startswith("grpo.")], "grpo.")
+
+
+def check_one_rollout_process(cfg: DictConfig) -> None:
+    """vLLM rollouts: the engine lives in one training process; under DDP/FSDP every rank would start its own on
+    the same GPUs (TRL groups ranks into tensor-parallel engines there, which this path does not)."""
+    if not OmegaConf.select(cfg, "grpo.use_vllm", default=False):
+        return
+    devices, nodes = OmegaConf.select(cfg, "trainer.devices", default=1), OmegaConf.select(cfg, "trainer.num_nodes",
+                                                                                          default=1)
+    if devices != 1 or nodes != 1:
+        raise ConfigError(f"vLLM rollouts run in one training process; trainer has devices={devices}, "
+                          f"num_nodes={nodes} (use trainer=gpu)", "grpo.use_vllm")
 
 
 def check_fitted_kappa(cfg: DictConfig) -> None:

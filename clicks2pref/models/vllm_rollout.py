@@ -43,15 +43,6 @@ def base_folder(model) -> str:
     return name
 
 
-def require_one_process(trainer) -> None:
-    """The engine lives in one training process; under DDP/FSDP every rank would start its own on the same
-    GPUs (TRL groups ranks into tensor-parallel engines there, which this path does not)."""
-    devices, nodes = trainer.get("devices", 1), trainer.get("num_nodes", 1)
-    if devices != 1 or nodes != 1:
-        raise ConfigError(f"vLLM rollouts run in one training process; trainer has devices={devices}, "
-                          f"num_nodes={nodes} (use trainer=gpu)", "grpo.use_vllm")
-
-
 class VLLMRollout:
     """A colocated vLLM engine that samples for GRPO; `version` says which weights it holds."""
 

@@ -3,7 +3,8 @@
 Each stage is described once in `SPECS`: the config subtrees its output depends on, the stages whose
 artifacts it reads (their keys fold into its own, so a changed upstream invalidates it), whether it
 reads click logs, and the result file written last that marks the artifact complete. From a spec:
-`key` hashes the inputs, `upstream` runs or reuses the stages read, `reuse` returns a complete
+`key` hashes the inputs (the stage graph, `clicks2pref.stages.pipeline`, runs or reuses the stages read and
+hands their results to the stage), `reuse` returns a complete
 artifact's result, and `atomic_dir` writes a new one under a temporary name, renamed when complete,
 so a killed run never leaves an artifact that a later run would trust.
 
@@ -27,7 +28,6 @@ from pathlib import Path
 from typing import Callable, Iterator, Optional
 
 from filelock import FileLock, Timeout
-from hydra.utils import get_method
 from omegaconf import OmegaConf
 
 from clicks2pref.data.io import expand_sources
@@ -208,11 +208,6 @@ def key(cfg, stage: str, inputs: Optional[dict] = None, extra: str = "") -> str:
 
 def artifact_path(cfg, stage: str, key: str) -> Path:
     return Path(cfg.paths.artifacts_dir) / stage / key
-
-
-def upstream(cfg, stage: str, loggers=()) -> dict:
-    """stage name -> result of every stage `stage` reads, each run now or reused from the cache."""
-    return {name: get_method(f"clicks2pref.stages.{name}.run")(cfg, loggers) for name in SPECS[stage].reads(cfg)}
 
 
 def reuse(cfg, stage: str, key: str) -> Optional[dict]:

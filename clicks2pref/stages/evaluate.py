@@ -1,4 +1,4 @@
-"""Stage 6 (evaluation): policies side by side on held-out contexts, scored by the oracle.
+"""Step 7, evaluate: policies side by side on held-out contexts, scored by the oracle.
 
 For each policy (the prompted baseline, SFT, GRPO, or any saved model folder): oracle CTR with a
 bootstrap CI, the paired lift and GSB against the reference policy, the format pass rate and
@@ -42,10 +42,9 @@ from clicks2pref.stages import artifacts
 log = logging.getLogger(__name__)
 
 
-def run(cfg, loggers=()) -> dict:
+def run(cfg, inputs: dict, loggers=()) -> dict:
     ev = cfg.eval
     # 1. the stages whose policies and reward models are evaluated (each run or reused)
-    inputs = artifacts.upstream(cfg, "evaluate", loggers)
     sources = {name: policy_source(cfg, name, inputs) for name in ev.policies}
     identities = "|".join(src[0] for src in sources.values())
     offline = not uses_simulator(cfg)  # its report holds its CIs: a CI setting is part of what it measures

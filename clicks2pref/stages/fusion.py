@@ -1,4 +1,4 @@
-"""Stage `fusion` (SPEC 5.4): the reward's composition from clicks on the policy RL will train.
+"""Step 5, fusion (SPEC 5.4): the reward's composition from clicks on the policy RL will train.
 
 With `fusion.logs=policy` (the default) the clicks are the SFT policy's own: the week stage `serve` logged
 for fusion (a GRPO group of panels per training context, simulated users' sampled clicks; the reward models
@@ -47,10 +47,9 @@ from clicks2pref.models.policies import load_sft_policy
 log = logging.getLogger(__name__)
 
 
-def run(cfg, loggers=()) -> dict:
+def run(cfg, inputs: dict, loggers=()) -> dict:
     fc = cfg.fusion
     # 1. what fusion reads: the SFT policy (reference and candidate sampler), the reward models, the logs
-    inputs = artifacts.upstream(cfg, "fusion", loggers)
     key = artifacts.key(cfg, "fusion", inputs)
     if (result := artifacts.reuse(cfg, "fusion", key)) is not None:
         return publish(cfg, result, loggers, fresh=False)

@@ -1,4 +1,4 @@
-"""Stage 4 (paper stage 4): GRPO on the composite reward, evaluated against the SFT policy (SPEC 5.5).
+"""Step 6, grpo (paper stage 4): GRPO on the composite reward, evaluated against the SFT policy (SPEC 5.5).
 
 `optimizer=` picks what trains the policy (`clicks2pref.lit.optimizers`: grpo, rft, online_dpo, dpo_clicks);
 everything else here (reward, monitor, checkpoint selection, evaluation, RL logs, artifact) is shared, and the
@@ -59,7 +59,7 @@ from clicks2pref.loggers import log_metrics, log_table
 from clicks2pref.models.generate import generate
 from clicks2pref.models.policies import load_sft_policy
 from clicks2pref.models.registry import apply_training_options, load_causal_lm
-from clicks2pref.models.vllm_rollout import VLLMRollout, require_one_process
+from clicks2pref.models.vllm_rollout import VLLMRollout
 from clicks2pref.report import write_job_metrics
 from clicks2pref.rewards.base import context_key
 from clicks2pref.rewards.build import build_reward
@@ -70,12 +70,9 @@ log = logging.getLogger(__name__)
 EVAL_KEYS = ("oracle_ctr", "ci_low", "ci_high", "format_rate", "distinct_2", "mean_pairwise_cosine")
 
 
-def run(cfg, loggers=()) -> dict:
+def run(cfg, inputs: dict, loggers=()) -> dict:
     g = cfg.grpo
-    if g.use_vllm:
-        require_one_process(cfg.trainer)
-    # 1. what GRPO reads: the SFT policy, the reward models and the fused weights (each run or reused)
-    inputs = artifacts.upstream(cfg, "grpo", loggers)
+    # 1. what GRPO reads: the SFT policy, the reward models and the fused weights (`inputs`, run or reused)
     key = artifacts.key(cfg, "grpo", inputs)
     if (result := artifacts.reuse(cfg, "grpo", key)) is not None:
         return publish(cfg, result, [], loggers, fresh=False)

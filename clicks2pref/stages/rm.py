@@ -1,5 +1,5 @@
-"""Stage 3 (reward models): GaRM and BTRM trained on clicks, then calibration and agreement with the oracle
-(SPEC 5.3, 5.6).
+"""Step 4, rm (paper stage 3, reward models): GaRM and BTRM trained on clicks, then calibration and agreement
+with the oracle (SPEC 5.3, 5.6).
 
 Reads click logs (`data.logs` or this config's collect output), the SFT policy's served weeks (stage
 `serve`, `serve.rm_weeks`: the panels RL will compare) and optionally `data.ood_logs`, and trains each
@@ -51,10 +51,9 @@ log = logging.getLogger(__name__)
 METRICS = ("n_pairs", "accuracy", "ece", "sigma_mean", "oracle_spearman", "oracle_within_panel")
 
 
-def run(cfg, loggers=()) -> dict:
+def run(cfg, inputs: dict, loggers=()) -> dict:
     rm = cfg.reward_model
     # 1. what rm reads: the click logs (collect runs first when they are its output) and data.ood_logs
-    inputs = artifacts.upstream(cfg, "rm", loggers)
     key = artifacts.key(cfg, "rm", inputs)
     final = artifacts.artifact_path(cfg, "rm", key)
     if (result := artifacts.reuse(cfg, "rm", key)) is not None:

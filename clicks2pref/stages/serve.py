@@ -1,4 +1,4 @@
-"""Stage `serve`: the SFT policy's own logged traffic.
+"""Step 3, serve: the SFT policy's own logged traffic.
 
 The reward models learned on the prompted policy's panels rank those well and the SFT policy's poorly, yet
 RL asks them to compare the SFT policy's panels. So the SFT policy serves weeks of training contexts:
@@ -34,8 +34,7 @@ from clicks2pref.stages import artifacts
 log = logging.getLogger(__name__)
 
 
-def run(cfg, loggers=()) -> dict:
-    inputs = artifacts.upstream(cfg, "serve", loggers)
+def run(cfg, inputs: dict, loggers=()) -> dict:
     key = artifacts.key(cfg, "serve", inputs)
     result = artifacts.reuse(cfg, "serve", key) or build(cfg, inputs, key)
     write_job_metrics(cfg, "serve", flat_metrics(result))

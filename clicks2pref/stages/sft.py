@@ -1,4 +1,4 @@
-"""Stage 2 (SFT): click logs -> clean three-suggestion targets -> a fine-tuned policy (SPEC 5.2).
+"""Step 2, sft (paper stage 2): click logs -> clean three-suggestion targets -> a fine-tuned policy (SPEC 5.2).
 
 (a) clicked suggestions grouped by context (`clicks2pref.data.sft_data`); (b) with a teacher
 (`teacher=` group, `clicks2pref.stages.teacher`) a model fine-tuned on the single clicked suggestions
@@ -43,10 +43,9 @@ from clicks2pref.models.policies import save_policy
 log = logging.getLogger(__name__)
 
 
-def run(cfg, loggers=()) -> dict:
+def run(cfg, inputs: dict, loggers=()) -> dict:
     sft = cfg.sft
     # 1. what SFT reads: the click logs (collect runs first when they are its output) and the template
-    inputs = artifacts.upstream(cfg, "sft", loggers)
     template_name = artifacts.resolve_template(cfg)
     key = artifacts.key(cfg, "sft", inputs, extra=template_name)
     if (result := artifacts.reuse(cfg, "sft", key)) is not None:

@@ -27,13 +27,12 @@ from clicks2pref.stages import artifacts
 log = logging.getLogger(__name__)
 
 
-def run(cfg, loggers=()) -> dict:
+def run(cfg, inputs: dict, loggers=()) -> dict:
     """The teacher's report (`{"name": "none"}` without a teacher); its candidates are the artifact's
     `candidates.jsonl` (one line per context group), which stage sft reads."""
     tcfg = cfg.teacher
     if tcfg.model is None:
         return {"name": tcfg.name}
-    inputs = artifacts.upstream(cfg, "teacher", loggers)
     key = artifacts.key(cfg, "teacher", inputs)
     if (report := artifacts.reuse(cfg, "teacher", key)) is not None:
         return report
