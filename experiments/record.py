@@ -48,6 +48,24 @@ KINDS = {"garm": "GaRM", "btrm": "BTRM"}  # reward models
 # --- a run folder ----------------------------------------------------------------------------------
 
 
+def evaluation(stored: dict, cfg=None) -> dict:
+    """An evaluate artifact's `evaluation.json` (per-context measurements) as the report a run folder gets: CIs,
+    lifts and GSB computed by `summarize` under `cfg`'s eval settings (the default config's unless given). A run
+    folder's `evaluation.json` (already a report, with `rows`) is returned as it is."""
+    if "rows" in stored:
+        return stored
+    from hydra import compose, initialize_config_dir
+
+    from clicks2pref.config import register_configs
+    from clicks2pref.eval.results_report import summarize
+
+    if cfg is None:
+        register_configs()
+        with initialize_config_dir(str(ROOT / "conf"), version_base="1.3"):
+            cfg = compose("config")
+    return summarize(cfg, stored)
+
+
 def read(folder: Path, name: str) -> Optional[dict]:
     path = Path(folder) / name
     return json.loads(path.read_text()) if path.exists() else None

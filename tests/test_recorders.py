@@ -332,3 +332,26 @@ def test_before_any_run_every_measured_cell_reads_not_yet_measured(folder, recor
     committed = json.loads((EXPERIMENTS / folder / "results.json").read_text())
     if all(info.get("date") is None for info in committed["runs"].values()):  # nothing recorded yet: as written
         assert committed == results
+
+
+def test_an_evaluate_artifacts_measurements_render_as_the_run_folders_report():
+    """The evaluate artifact stores per-context measurements; a recorder reading it gets the report a run folder
+    gets, with the CIs computed under the default settings (whole topics resampled)."""
+    import sys
+
+    sys.path.insert(0, str(EXPERIMENTS))
+    import record
+
+    contexts = [["t1", "a"], ["t1", "b"], ["t2", "a"], ["t2", "b"]]
+    policy = lambda ctr: {"per_context_ctr": ctr, "format_rate": 1.0, "distinct_2": 0.5,  # noqa: E731
+                          "mean_pairwise_cosine": 0.3, "outputs": ["1. q?"] * 4, "contexts": contexts,
+                          "samples_per_context": 1}
+    stored = {"policies": {"baseline": "base:x", "sft": "sft:y"}, "split": "test", "contexts": 4,
+              "samples_per_context": 1, "examples": [],
+              "results": {"baseline": policy([0.1, 0.1, 0.2, 0.2]), "sft": policy([0.2, 0.3, 0.3, 0.4])}}
+    report = record.evaluation(stored)
+    rows = {r["policy"]: r for r in report["rows"]}
+    assert rows["sft"]["oracle_ctr"] == pytest.approx(0.3) and rows["baseline"]["oracle_ctr"] == pytest.approx(0.15)
+    assert rows["sft"]["lift"] == pytest.approx(1.0) and rows["sft"]["gsb"] == pytest.approx(100.0)
+    assert report["ci"] == "95%" and report["per_context_ctr"]["sft"] == [0.2, 0.3, 0.3, 0.4]
+    assert record.evaluation(report) is report  # a run folder's report passes through

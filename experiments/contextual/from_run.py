@@ -22,6 +22,8 @@ from clicks2pref.config import register_configs
 from clicks2pref.eval.ctr import bootstrap_mean, split_clusters
 
 HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE.parent))
+import record  # noqa: E402
 LABELS = {"baseline": "prompted baseline", "sft": "SFT", "grpo": "GRPO (192 samples)",
           "sft+bo16": "SFT, best of 16 by the composite reward", "canned": "canned panel (floor, no model)",
           "ideal": "ideal panel (upper bound)"}
@@ -62,6 +64,7 @@ def main(artifacts: str, commit: str, command: str = "make run") -> None:
     default = budget(root)  # experiment=table4 may share the folder: the default run's reward preset is `full`
     grpo = artifact(root, "grpo", "grpo.json", lambda job: default(job) and job.get("rewards") == "full")
     ev = artifact(root, "evaluate", "evaluation.json", lambda e: e.get("best_of"))  # the pipeline's, with best-of
+    ev = record.evaluation(ev) if ev else ev  # the stored measurements, as the run's report
     done = [s for s, r in (("sft", sft), ("rm", rm), ("grpo", grpo), ("evaluate", ev)) if r]
     results["runs"][run] = {"date": date.today().isoformat(), "commit": commit, "machine": "2-core CPU, fp32",
                             "command": command, "note": f"stages measured: {', '.join(done)}; whole test topics held "

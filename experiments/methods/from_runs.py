@@ -21,6 +21,8 @@ from pathlib import Path
 import yaml
 
 HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE.parent))
+import record  # noqa: E402
 CONF = HERE.parent.parent / "conf" / "experiment" / "methods.yaml"
 NAMES = {"grpo": "GRPO", "rft": "rejection-sampling fine-tuning", "dpo_clicks": "DPO on logged click pairs",
          "online_dpo": "online DPO (own samples, best vs worst)"}
@@ -86,7 +88,7 @@ def summarise(job: dict) -> dict:
 def best_of_16(root: Path) -> float | None:
     found = sorted(root.glob("evaluate/*/evaluation.json"), key=lambda p: p.stat().st_mtime)
     for path in reversed(found):
-        for row in json.loads(path.read_text()).get("best_of", []):
+        for row in record.evaluation(json.loads(path.read_text())).get("best_of", []):
             if row["policy"] == "sft+bo16":
                 return row["oracle_ctr"]
     return None
