@@ -11,7 +11,7 @@ from scipy.stats import spearmanr
 
 from clicks2pref.config.pairs import PairConfig
 from clicks2pref.data.impressions import impression_examples, impression_splits, indexed
-from clicks2pref.data.simulator.click_model import sample_cascade
+from clicks2pref.data.simulator.click_model import sample_clicks
 from clicks2pref.eval.best_of import best_of_n, pick_best, within_context_spearman
 from clicks2pref.eval.oracle_agreement import oracle_agreement
 from clicks2pref.objectives.click_model import (NOTHING_ABOVE, click_nll, examination, fit_item_examination,
@@ -59,11 +59,8 @@ def test_the_click_model_recovers_a_known_examination_from_shuffled_cascade_logs
     rng = random.Random(0)
     true_e = [0.9, 0.6, 0.4]
     true_a = [rng.uniform(0.05, 0.9) for _ in range(30)]
-    rows, clicks = [], []
-    for _ in range(6000):
-        panel = rng.sample(range(30), 3)
-        rows.append(panel)
-        clicks.append(sample_cascade(np.array([true_a[i] for i in panel]), true_e, rng))
+    rows = [rng.sample(range(30), 3) for _ in range(6000)]
+    clicks = sample_clicks(np.array(true_a)[rows], true_e, 1.0, np.random.default_rng(0))
     items, clicks = torch.tensor(rows), torch.tensor(clicks)
     lengths, w = torch.full((len(rows),), 3), torch.ones(len(rows), dtype=D)
     e, redundancy = fit_item_examination(items, clicks, lengths, w, 30, anchor=1.0, steps=1500)
@@ -98,7 +95,7 @@ def test_the_click_model_recovers_a_planted_redundancy_term_from_shuffled_logs()
     for i in range(0, n, 2):
         sim[i, i + 1] = sim[i + 1, i] = 0.95
     sim.fill_diagonal_(1.0)
-    rows, clicks, aboves = [], [], []
+    rows, attraction, aboves = [], [], []
     for _ in range(8000):
         first = rng.randrange(0, n, 2)
         panel = [first, first + 1, rng.choice([i for i in range(n) if i // 2 != first // 2])]
@@ -107,7 +104,8 @@ def test_the_click_model_recovers_a_planted_redundancy_term_from_shuffled_logs()
         g = redundancy_discount(above, w_true, b_true).tolist()
         rows.append(panel)
         aboves.append(above)
-        clicks.append(sample_cascade(np.array([true_a[i] * g[k] for k, i in enumerate(panel)]), true_e, rng))
+        attraction.append([true_a[i] * g[k] for k, i in enumerate(panel)])
+    clicks = sample_clicks(np.array(attraction), true_e, 1.0, np.random.default_rng(0))
     items, clicks = torch.tensor(rows), torch.tensor(clicks)
     lengths, w = torch.full((len(rows),), 3), torch.ones(len(rows), dtype=D)
     e, red = fit_item_examination(items, clicks, lengths, w, n, steps=1500, sim_above=torch.stack(aboves))

@@ -1,6 +1,7 @@
 """The click simulator: the oracle against hand computation and against sampled clicks."""
 from __future__ import annotations
 
+import itertools
 import math
 import random
 
@@ -10,7 +11,7 @@ import pytest
 from clicks2pref.config.simulator import AnsweredConfig, IntentConfig, QualityConfig, SegmentConfig, SimulatorConfig
 from clicks2pref.data.simulator import ClickSimulator, split_contexts
 from clicks2pref.data.simulator.similarity import LexicalSimilarity
-from clicks2pref.data.simulator.click_model import ctr_given_logits, sample_cascade, sigmoid
+from clicks2pref.data.simulator.click_model import ctr_given_logits, sample_clicks, sigmoid
 from clicks2pref.data.simulator.users import intent_distribution
 from clicks2pref.data.simulator.world import Facet, FollowUp, Topic, WorldError, load_world
 
@@ -71,20 +72,6 @@ def test_quality_penalties_enter_the_logit():
     assert a[0, 1] == pytest.approx(sig(4 * 0.5 + q.duplicate_penalty))
 
 
-def test_empirical_ctr_matches_oracle_within_001(minilm_simulator):
-    sim = minilm_simulator
-    world = sim.world
-    topic = world["japan_travel"] if "japan_travel" in world else next(iter(world.values()))
-    current, other = topic.facets[0], topic.facets[1:]
-    panel = [other[0].question, other[3].paraphrases[0], "Is it worth learning some of the language first?"]
-    rng = random.Random(7)
-    n = 20_000
-    clicked = sum(any(sim.sample(topic.id, current.id, panel, rng).clicks) for _ in range(n))
-    oracle = sim.oracle_ctr(topic.id, current.id, panel)
-    assert 0.05 < oracle < 0.95
-    assert abs(clicked / n - oracle) < 0.01
-
-
 @pytest.fixture(scope="module")
 def v1_simulator():
     """The first user model (simulator=v1) with MiniLM, built once."""
@@ -95,6 +82,39 @@ def v1_simulator():
     from tests.conftest import CONF_DIR
 
     return build_simulator(OmegaConf.to_object(compose_job(CONF_DIR, ["simulator=v1"]).simulator))
+
+
+def ctr_test_panels(world: dict) -> tuple[str, str, dict[str, list[str]]]:
+    """Panels of several kinds for one context of a topic both user models load: the intents' own questions,
+    paraphrases, a repeat (penalised below its twin, so the CTR depends on the order), a follow-up, an
+    off-topic and a malformed suggestion, a copy of the question just asked, two suggestions."""
+    topic = next(t for t in world.values() if t.facets[0].follow_ups)
+    current, other = topic.facets[0], topic.facets[1:]
+    elsewhere = next(t for t in world.values() if t.id != topic.id).facets[1].question
+    return topic.id, current.id, {
+        "questions": [f.question for f in other[:3]],
+        "paraphrases": [other[0].paraphrases[0], other[3].paraphrases[0], "Is it worth learning some of it first?"],
+        "repeat": [other[1].question, other[1].question, other[2].question],
+        "follow_up": [current.follow_ups[0].question, elsewhere, "### ??? !!!"],
+        "copy": [current.question, other[4].paraphrases[-1], other[5].question],
+        "two": [other[2].paraphrases[0], current.follow_ups[-1].question],
+    }
+
+
+@pytest.mark.parametrize("model", ["minilm_simulator", "v1_simulator"])
+def test_sampled_ctr_matches_the_oracle_within_four_standard_errors(model, request):
+    """The users `sample_users` draws click at the oracle's closed-form rate, panel by panel: as shown, and in
+    a fresh random order per user (then the oracle's mean over the orders)."""
+    sim = request.getfixturevalue(model)
+    topic, facet, panels = ctr_test_panels(sim.world)
+    rng, n = np.random.default_rng(0), 40_000
+    for name, panel in panels.items():
+        for shuffle in (False, True):
+            orders = itertools.permutations(panel) if shuffle else [panel]
+            oracle = float(np.mean([sim.oracle_ctr(topic, facet, list(o)) for o in orders]))
+            sampled = sim.sample_users(topic, facet, panel, n, rng, shuffle).clicks.any(axis=1).mean()
+            se = math.sqrt(oracle * (1 - oracle) / n)
+            assert 0.01 < oracle < 0.99 and abs(sampled - oracle) < 4 * se, (name, shuffle, sampled, oracle, se)
 
 
 def test_own_questions_beat_off_topic_and_malformed(v1_simulator):
@@ -123,13 +143,12 @@ def test_position_bias_recovered_from_sampled_logs(v1_simulator):
     topic = next(iter(world.values()))
     current, target = topic.facets[0], max(topic.facets[1:], key=lambda f: f.popularity)
     filler = ["### ~~~", "%%% ***"]
-    rng = random.Random(3)
+    rng = np.random.default_rng(3)
     n_per_pos = 8000
     rates = []
     for k in range(len(e)):
         panel = filler[:k] + [target.question] + filler[k:][: len(e) - 1 - k]
-        clicks = sum(sim.sample(topic.id, current.id, panel, rng).clicks[k] for _ in range(n_per_pos))
-        rates.append(clicks / n_per_pos)
+        rates.append(sim.sample_users(topic.id, current.id, panel, n_per_pos, rng).clicks[:, k].mean())
     # The click rate at k is e_k x E[a(target)]; the ratio to position 1 is e_k / e_1.
     np.testing.assert_allclose(np.array(rates) / rates[0], np.array(e) / e[0], atol=0.04)
     # And the absolute curve, with the expected attraction the simulator itself assigns.
@@ -139,19 +158,30 @@ def test_position_bias_recovered_from_sampled_logs(v1_simulator):
 
 
 def test_cascade_stops_at_first_click():
-    sim = toy_sim()
-    rng = random.Random(0)
-    for _ in range(2000):
-        assert sum(sim.sample("toy", "a", ["delta echo foxtrot?", "golf hotel india?"], rng).clicks) <= 1
+    clicks = toy_sim().sample_users("toy", "a", ["delta echo foxtrot?", "golf hotel india?"], 2000,
+                                    np.random.default_rng(0)).clicks
+    assert clicks.sum(axis=1).max() == 1
 
 
 def test_simulator_is_deterministic_given_seed(minilm_simulator):
+    from clicks2pref.data.traffic import serve
+
     world = minilm_simulator.world
     topic = next(iter(world.values()))
     panel = [f.question for f in topic.facets[1:4]]
-    runs = [[minilm_simulator.sample(topic.id, topic.facets[0].id, panel, random.Random(5)).clicks for _ in range(1)]
+    draw = lambda seed: minilm_simulator.sample_users(topic.id, topic.facets[0].id, panel, 500,  # noqa: E731
+                                                      np.random.default_rng(seed), shuffle=True)
+    a, b, c = draw(5), draw(5), draw(6)
+    for field in ("order", "clicks", "segment", "intent"):
+        np.testing.assert_array_equal(getattr(a, field), getattr(b, field))
+    assert not np.array_equal(a.order, c.order)
+    contexts = [(t.id, t.facets[0].id) for t in list(world.values())[:3]]
+    panels = [[f.question for f in world[t].facets[1:4]] for t, _ in contexts]
+    logs = [serve(minilm_simulator, contexts, [[]] * 3, panels, "pi", 1, 50, True, random.Random(5))
             for _ in range(2)]
-    assert runs[0] == runs[1]
+    assert logs[0] == logs[1] and sum(any(r["clicks"]) for r in logs[0][0]) > 0
+    one = [minilm_simulator.sample(topic.id, topic.facets[0].id, panel, random.Random(5)) for _ in range(2)]
+    assert one[0] == one[1]
 
 
 def test_split_is_by_context_and_disjoint(world):
@@ -240,25 +270,50 @@ def test_quadrature_over_user_propensity_matches_direct_integration():
 def test_contextual_oracle_matches_sampled_users():
     sim = contextual_sim(noise_std=1.0, satisfaction=0.5)
     panel = ["delta echo foxtrot?", "papa quebec zulu?"]
-    rng, n = random.Random(11), 40_000
-    clicks = [sim.sample("toy", "a", panel, rng).clicks for _ in range(n)]
-    assert abs(np.mean([any(c) for c in clicks]) - sim.oracle_ctr("toy", "a", panel)) < 0.01
-    assert any(sum(c) == 2 for c in clicks)  # an unsatisfied user scans on and may click again
-    assert sum(not any(c) for c in clicks) / n > 0.25  # the abandoning quarter never clicks
+    n = 40_000
+    clicks = sim.sample_users("toy", "a", panel, n, np.random.default_rng(11)).clicks
+    assert abs(clicks.any(axis=1).mean() - sim.oracle_ctr("toy", "a", panel)) < 0.01
+    assert (clicks.sum(axis=1) == 2).any()  # an unsatisfied user scans on and may click again
+    assert (clicks.sum(axis=1) == 0).mean() > 0.25  # the abandoning quarter never clicks
 
 
-def test_v1_settings_replay_the_v1_random_stream():
-    """With every contextual switch off, sample() draws exactly what the first model drew."""
-    sim = toy_sim()
-    panel = ["delta echo foxtrot?", "golf hotel india?"]
-    a_rng, b_rng = random.Random(3), random.Random(3)
-    it = intent_distribution(sim.world["toy"], "a", sim.cfg.segments, sim.cfg.intents)
-    for _ in range(500):
-        got = sim.sample("toy", "a", panel, a_rng)
-        seg = b_rng.choices(range(2), weights=it.segment_p)[0]
-        f = b_rng.choices(range(2), weights=it.intent_p[seg])[0]
-        want = sample_cascade(sim.attraction("toy", "a", panel)[f], sim.cfg.examination, b_rng)
-        assert (got.clicks, got.intent) == (want, it.intents[f].id)
+def test_users_are_drawn_from_the_segment_and_intent_distribution():
+    """(segment, intent or none) frequencies against P(segment) × [P(f* | segment), abandonment]."""
+    sim = contextual_sim(segments={"s1": SegmentConfig(3.0, {"cost": 2.0}, abandonment=0.1),
+                                   "s2": SegmentConfig(1.0, {"safety": 3.0})})
+    it, n = sim.intents("toy", "a"), 100_000
+    users = sim.sample_users("toy", "a", ["delta echo foxtrot?"], n, np.random.default_rng(2))
+    want = it.segment_p[:, None] * np.concatenate([it.intent_p, it.abandonment[:, None]], axis=1)
+    got = np.zeros_like(want)
+    np.add.at(got, (users.segment, np.where(users.intent < 0, len(it.intents), users.intent)), 1.0 / n)
+    assert np.all(np.abs(got - want) < 4 * np.sqrt(want * (1 - want) / n) + 1e-12), (got, want)
+    assert not users.clicks[users.intent < 0].any()  # no next intent: no click
+
+
+def test_sampled_clicks_follow_examination_attraction_and_satisfaction():
+    """P(click at 1) = e1 a1; P(click at 2) = e2 a2 (1 − e1 a1 s): after a click the user stops with
+    probability s (the cascade at s = 1), else scans on."""
+    e, a, n = [0.9, 0.6], np.array([0.5, 0.7]), 200_000
+    for s in (1.0, 0.4):
+        clicks = sample_clicks(np.tile(a, (n, 1)), e, s, np.random.default_rng(4))
+        want = [e[0] * a[0], e[1] * a[1] * (1 - e[0] * a[0] * s)]
+        np.testing.assert_allclose(clicks.mean(axis=0), want, atol=4 * 0.5 / math.sqrt(n))
+
+
+def test_each_users_order_gets_its_own_duplicate_penalty():
+    """Two copies of a suggestion: whichever one a user sees below its twin is the penalised one."""
+    cfg = SimulatorConfig(examination=[1.0, 1.0, 1.0], alpha=4.0, beta=0.5, similarity="lexical",
+                          **{**V1, "satisfaction": 0.0})  # every position examined, no stop: a click at k is a(s_k)
+    sim = ClickSimulator(cfg, LexicalSimilarity(), toy_world())
+    panel = ["delta echo foxtrot?", "delta echo foxtrot?", "golf hotel india?"]
+    it = sim.intents("toy", "a")
+    above, below = (it.segment_p @ it.intent_p) @ sim.attraction("toy", "a", panel)[:, :2]  # as given: 0 above 1
+    users = sim.sample_users("toy", "a", panel, 50_000, np.random.default_rng(1), shuffle=True)
+    where = users.order.argsort(axis=1)  # where[n, i]: the position user n saw suggestion i at
+    clicked = users.clicks[np.arange(len(where)), where[:, 0]]
+    first = where[:, 0] < where[:, 1]
+    assert above > below + 0.5
+    np.testing.assert_allclose([clicked[first].mean(), clicked[~first].mean()], [above, below], atol=0.01)
 
 
 def test_world_links_are_checked(tmp_path):

@@ -2,7 +2,8 @@
 
 Shared by the stages that put a policy in front of the simulator (collect's logging weeks, serve's weeks of
 the SFT policy, GRPO's RL logs): each panel is shown to several users, each user seeing it in a fresh random
-order when positions are shuffled, and every user's sampled clicks are one impression record.
+order when positions are shuffled, and every user's sampled clicks are one impression record. A panel's users
+are drawn together (`ClickSimulator.sample_users`), from a numpy Generator seeded by the caller's `rng`.
 """
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ from pathlib import Path
 from clicks2pref.data.io import load_impressions, read_jsonl
 from clicks2pref.data.parsing import parse_suggestions
 from clicks2pref.data.prompts import build_messages
+from clicks2pref.data.simulator.click_model import generator_from
 from clicks2pref.models.generate import generate
 
 
@@ -22,9 +24,12 @@ def sample_contexts(pairs: list, n: int, rng: random.Random) -> list:
     return rng.sample(pairs, len(pairs)) + rng.choices(pairs, k=n - len(pairs))
 
 
-def shown_order(panel: list[str], shuffle: bool, rng: random.Random) -> list[str]:
-    """The order one user sees: a fresh permutation when positions are randomised, else as generated."""
-    return rng.sample(panel, len(panel)) if shuffle and len(panel) > 1 else list(panel)
+def clicked_share(sim, contexts: list, panels: list[list[str]], users: int, shuffle: bool,
+                  rng: random.Random) -> list[float]:
+    """Per context, the share of `users` simulated users who clicked its panel (an empty panel: 0)."""
+    draws = generator_from(rng)
+    return [float(sim.sample_users(t, f, p, users, draws, shuffle).clicks.any(axis=1).mean()) if p else 0.0
+            for (t, f), p in zip(contexts, panels)]
 
 
 def log_week(model, tok, sim, template, policy: str, week: int, contexts: list, cfg, rng: random.Random,
@@ -44,17 +49,19 @@ def serve(sim, contexts: list, conversations: list, panels: list[list[str]], pol
     """Each panel shown to `users` simulated users (their sampled clicks) as impression records; returns the
     records and the number of panels with nothing to show."""
     sim.sim.prefetch(s for p in panels for s in p)
+    draws = generator_from(rng)
     records, empty = [], 0
     for panel_id, ((topic, facet), context, panel) in enumerate(zip(contexts, conversations, panels)):
         if not panel:
             empty += 1
             continue
-        for _ in range(users):
-            shown = shown_order(panel, shuffle, rng)
-            click = sim.sample(topic, facet, shown, rng)
+        seen = sim.sample_users(topic, facet, panel, users, draws, shuffle)
+        segments = sim.intents(topic, facet).segments
+        for order, clicks, segment in zip(seen.order.tolist(), seen.clicks.tolist(), seen.segment.tolist()):
             records.append({"impression_id": f"w{week}-{len(records):06d}", "week": week, "policy": policy,
-                            "context": context, "suggestions": shown, "clicks": click.clicks, "topic": topic,
-                            "facet": facet, "segment": click.segment, "panel_id": f"w{week}-p{panel_id:05d}"})
+                            "context": context, "suggestions": [panel[i] for i in order], "clicks": clicks,
+                            "topic": topic, "facet": facet, "segment": segments[segment],
+                            "panel_id": f"w{week}-p{panel_id:05d}"})
     return records, empty
 
 

@@ -18,7 +18,7 @@ from pathlib import Path
 from clicks2pref.data.io import write_impressions
 from clicks2pref.data.parsing import parse_suggestions
 from clicks2pref.data.simulator import build_simulator, context_splits
-from clicks2pref.data.traffic import log_week, sample_contexts, shown_order
+from clicks2pref.data.traffic import clicked_share, log_week, sample_contexts
 from clicks2pref.eval.ctr import bootstrap_mean
 from clicks2pref.eval.heldout import markdown_table
 from clicks2pref.eval.policy import evaluate_policy
@@ -33,9 +33,7 @@ COLUMNS = ["template", "sampled_ctr", "sampled_low", "sampled_high", "oracle_ctr
 
 def sampled_ctr(sim, contexts: list, panels: list[list[str]], cfg, rng: random.Random) -> list[float]:
     """Per context, the share of `collect.users_per_panel` simulated users who clicked (an empty panel: 0)."""
-    users = cfg.collect.users_per_panel
-    return [sum(any(sim.sample(t, f, shown_order(p, cfg.collect.shuffle_positions, rng), rng).clicks)
-                for _ in range(users)) / users if p else 0.0 for (t, f), p in zip(contexts, panels)]
+    return clicked_share(sim, contexts, panels, cfg.collect.users_per_panel, cfg.collect.shuffle_positions, rng)
 
 
 def template_table(model, tok, sim, templates: dict, contexts: list, cfg, rng: random.Random) -> list[dict]:

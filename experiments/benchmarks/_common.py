@@ -137,17 +137,18 @@ def finish(results: dict[str, dict], ratios: dict[str, tuple[str, str]], quiet: 
 
 
 def main_or_side(script: str, args, sides: dict[str, Callable], ratios: dict[str, tuple[str, str]],
-                 extra: Callable[[dict], dict] | None = None) -> None:
-    """With --side: run that side here and print its line. Without: run every side in its own process."""
+                 extra: Callable[[dict], dict] | None = None) -> tuple[dict, dict] | None:
+    """With --side: run that side here and print its line. Without: run every side in its own process and
+    return their lines and the last one (for a script that records its run)."""
     if args.side is not None:
         if args.side not in sides:
             raise SystemExit(f"--side {args.side!r}: one of {', '.join(sides)}")
         with stdout_to_stderr():
             line = sides[args.side](args)
         emit(line)
-        return
+        return None
     results = run_sides(script, list(sides), parent_argv(sys.argv[1:]))
-    finish(results, ratios, args.json, extra)
+    return results, finish(results, ratios, args.json, extra)
 
 
 # --- inputs both sides share ----------------------------------------------------------------------------------

@@ -12,6 +12,10 @@ click) marginalised over segments, intents and eps: 1 − Π_k (1 − e_k a_k) f
 integrated over eps by Gauss-Hermite quadrature (exact for noise 0). Satisfaction changes how many
 clicks a user gives, not whether they click, so it leaves the oracle unchanged.
 
+Users are drawn in batches (`ClickSimulator.sample_users`): a panel's logits (embeddings, match, quality,
+one row per intent) are computed once, then n users' segments, intents, propensities, position orders,
+examinations, clicks and satisfactions are drawn as arrays from one `numpy.random.Generator`.
+
 Two switches make a suggestion attractive for pointing at *this* user's need (both off in v1):
 - `discrimination` d: match(s, f) − d · mean over the context's intents g of match(s, g). A question
   equally near every intent of the topic (a topic heading) loses what it gains from vagueness; a
@@ -29,7 +33,7 @@ import numpy as np
 from omegaconf import OmegaConf
 
 from clicks2pref.data.simulator.config import SimulatorConfig
-from clicks2pref.data.simulator.quality import quality_logits
+from clicks2pref.data.simulator.quality import duplicate_penalties, suggestion_penalties
 from clicks2pref.data.simulator.similarity import EmbeddingSimilarity, LexicalSimilarity
 from clicks2pref.data.simulator.users import Intents, intent_distribution, intent_id
 from clicks2pref.data.simulator.world import Topic, context_messages, load_world
@@ -59,21 +63,26 @@ def ctr_given_logits(logits: np.ndarray, examination: Sequence[float], noise_std
     return per_node @ w / np.sqrt(np.pi)
 
 
-def sample_clicks(attraction: Sequence[float], examination: Sequence[float], satisfaction: float,
-                  rng: random.Random) -> list[int]:
-    """One user's clicks on a panel: scan in order; after a click, stop if satisfied."""
-    clicks = [0] * len(attraction)
-    for k, a in enumerate(attraction):
-        if rng.random() < examination[k] and rng.random() < a:
-            clicks[k] = 1
-            if satisfaction >= 1 or rng.random() < satisfaction:
-                break
-    return clicks
+def sample_clicks(attraction: np.ndarray, examination: Sequence[float], satisfaction: float,
+                  rng: np.random.Generator) -> np.ndarray:
+    """Clicks [n, K] of n users, each on their row of attraction [n, K]: position k is examined with
+    probability e_k and clicked with a_k; after a click the user stops with probability `satisfaction`
+    (1: the cascade's stop at the first click), else scans on."""
+    n, k = attraction.shape
+    e = np.asarray(examination[:k], dtype=float)
+    would_click = (rng.random((n, k)) < e) & (rng.random((n, k)) < attraction)
+    satisfied = rng.random((n, k)) < satisfaction
+    clicks = np.zeros((n, k), dtype=bool)
+    scanning = np.ones(n, dtype=bool)
+    for j in range(k):  # positions in order, users in parallel
+        clicks[:, j] = scanning & would_click[:, j]
+        scanning &= ~(clicks[:, j] & satisfied[:, j])
+    return clicks.astype(np.int64)
 
 
-def sample_cascade(attraction: np.ndarray, examination: Sequence[float], rng: random.Random) -> list[int]:
-    """One user's clicks on a panel: scan in order, stop at the first click."""
-    return sample_clicks(attraction, examination, 1.0, rng)
+def generator_from(rng: random.Random) -> np.random.Generator:
+    """A numpy Generator seeded from a `random.Random` stream: a caller's one seed decides both."""
+    return np.random.default_rng(rng.getrandbits(64))
 
 
 @dataclass
@@ -81,6 +90,23 @@ class Click:
     clicks: list[int]
     segment: str
     intent: str  # "" for a user with no next intent
+
+
+@dataclass
+class Users:
+    """n simulated users of one panel: what each saw, clicked and was."""
+    order: np.ndarray    # [n, K] the suggestion (index into the panel) each user saw at position k
+    clicks: np.ndarray   # [n, K] 0/1 by position shown
+    segment: np.ndarray  # [n] index into Intents.segments
+    intent: np.ndarray   # [n] index into Intents.intents; −1: no next intent
+
+
+@dataclass(frozen=True)
+class PanelLogits:
+    """What every user of a panel shares, suggestions in the order given. Only the duplicate penalty depends on
+    the order a user sees (the lower of two repeats is skipped), so it is added per order."""
+    base: np.ndarray    # [F, K] alpha · (match − beta) + each suggestion's own penalties, a row per intent
+    within: np.ndarray  # [K, K] similarity between the panel's suggestions
 
 
 class ClickSimulator:
@@ -117,8 +143,8 @@ class ClickSimulator:
         topic = self.world[topic_id]
         return context_messages(topic, topic.facet(facet_id), rng)
 
-    def logits(self, topic_id: str, facet_id: str, suggestions: Sequence[str]) -> np.ndarray:
-        """The attraction logit of every position k (columns) for every candidate intent f* (rows)."""
+    def panel(self, topic_id: str, facet_id: str, suggestions: Sequence[str]) -> PanelLogits:
+        """The panel's logits before the duplicate penalty: embeddings, match, quality, a row per intent f*."""
         if len(suggestions) > len(self.cfg.examination):
             raise ValueError(f"panel has {len(suggestions)} suggestions but simulator.examination covers "
                              f"{len(self.cfg.examination)} positions")
@@ -126,10 +152,9 @@ class ClickSimulator:
         intents = self.intents(topic_id, facet_id).intents
         s = list(suggestions)
         if not s:
-            return np.zeros((len(intents), 0))
+            return PanelLogits(np.zeros((len(intents), 0)), np.zeros((0, 0)))
         current = topic.facet(facet_id)
-        quality = quality_logits(s, self.sim.matrix(s, list(current.questions)).max(axis=1), self.sim.matrix(s, s),
-                                 cfg.quality)
+        quality = suggestion_penalties(s, self.sim.matrix(s, list(current.questions)).max(axis=1), cfg.quality)
         match = np.stack([self.sim.matrix(s, list(f.questions)).max(axis=1) for f in intents])  # [F, K]
         if cfg.discrimination:
             match = match - cfg.discrimination * match.mean(axis=0, keepdims=True)
@@ -137,7 +162,12 @@ class ClickSimulator:
             cos = self.sim.matrix(s, [current.answer])[:, 0]
             quality = quality - cfg.answered.penalty * np.clip(
                 (cos - cfg.answered.threshold) / (1 - cfg.answered.threshold), 0.0, 1.0)
-        return cfg.alpha * (match - cfg.beta) + quality[None, :]
+        return PanelLogits(cfg.alpha * (match - cfg.beta) + quality[None, :], self.sim.matrix(s, s))
+
+    def logits(self, topic_id: str, facet_id: str, suggestions: Sequence[str]) -> np.ndarray:
+        """The attraction logit of every position k (columns) for every candidate intent f* (rows)."""
+        p = self.panel(topic_id, facet_id, suggestions)
+        return p.base + duplicate_penalties(p.within, self.cfg.quality)[None, :]
 
     def attraction(self, topic_id: str, facet_id: str, suggestions: Sequence[str]) -> np.ndarray:
         """a(s_k | f*) of a user with no propensity offset, for every intent (rows) and position (columns)."""
@@ -159,21 +189,30 @@ class ClickSimulator:
             self.sim.prefetch(self.world[t].facet(f).answer for t, f, _ in items)
         return np.array([self.oracle_ctr(t, f, p) for t, f, p in items])
 
-    def sample(self, topic_id: str, facet_id: str, suggestions: Sequence[str], rng: random.Random) -> Click:
-        """Draw a user (segment, hidden intent or none, propensity) and their clicks on the panel.
+    def sample_users(self, topic_id: str, facet_id: str, suggestions: Sequence[str], n: int,
+                     rng: np.random.Generator, shuffle: bool = False) -> Users:
+        """n users of the panel: each draws a fresh order of the suggestions (with `shuffle`), a segment, a hidden
+        intent or none and a propensity eps, then scans and clicks (`sample_clicks`). The panel's logits are
+        computed once; every draw is a vector over the users."""
+        k, cfg = len(suggestions), self.cfg
+        order = np.tile(np.arange(k), (n, 1))
+        if shuffle and k > 1:
+            order = rng.permuted(order, axis=1)
+        segment, intent = self.intents(topic_id, facet_id).draw(n, rng)
+        eps = rng.normal(0.0, cfg.noise_std, (n, 1))
+        p = self.panel(topic_id, facet_id, suggestions)
+        within = p.within[order[:, :, None], order[:, None, :]]  # [n, K, K] in each user's order
+        logits = p.base[np.maximum(intent, 0)[:, None], order] + duplicate_penalties(within, cfg.quality) + eps
+        attraction = np.where(intent[:, None] >= 0, sigmoid(logits), 0.0)  # no next intent: nothing attracts
+        return Users(order, sample_clicks(attraction, cfg.examination, cfg.satisfaction, rng), segment, intent)
 
-        Draws only what the configuration uses, so a v1 configuration replays v1's random stream.
-        """
-        it = self.intents(topic_id, facet_id)
-        seg = rng.choices(range(len(it.segments)), weights=it.segment_p)[0]
-        if it.abandonment[seg] > 0 and rng.random() < it.abandonment[seg]:
-            return Click([0] * len(suggestions), it.segments[seg], "")
-        f = rng.choices(range(len(it.intents)), weights=it.intent_p[seg])[0]
-        logits = self.logits(topic_id, facet_id, suggestions)[f]
-        if self.cfg.noise_std:
-            logits = logits + rng.gauss(0.0, self.cfg.noise_std)
-        clicks = sample_clicks(sigmoid(logits), self.cfg.examination, self.cfg.satisfaction, rng)
-        return Click(clicks, it.segments[seg], intent_id(self.world[topic_id].facet(facet_id), it.intents[f]))
+    def sample(self, topic_id: str, facet_id: str, suggestions: Sequence[str], rng: random.Random) -> Click:
+        """One user of the panel as given (`sample_users` with n = 1, seeded from `rng`), for callers that draw
+        users one at a time; the users of one panel are drawn together by `sample_users`."""
+        u = self.sample_users(topic_id, facet_id, suggestions, 1, generator_from(rng))
+        it, f = self.intents(topic_id, facet_id), int(u.intent[0])
+        intent = intent_id(self.world[topic_id].facet(facet_id), it.intents[f]) if f >= 0 else ""
+        return Click(u.clicks[0].tolist(), it.segments[int(u.segment[0])], intent)
 
 
 def build_simulator(cfg: SimulatorConfig, world: Optional[dict[str, Topic]] = None) -> ClickSimulator:

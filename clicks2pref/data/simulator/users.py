@@ -30,6 +30,17 @@ class Intents:
     intent_p: np.ndarray
     abandonment: np.ndarray
 
+    def draw(self, n: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+        """n users: each one's segment (index into `segments`) and next intent (index into `intents`, −1 for a
+        user with none), two uniforms per user by inverse CDF. A segment's row of `intent_p` followed by its
+        abandonment sums to 1, so one uniform picks the intent or no intent at all."""
+        seg_cdf = np.cumsum(self.segment_p)
+        seg = np.minimum(np.searchsorted(seg_cdf, rng.random(n) * seg_cdf[-1], side="right"), len(seg_cdf) - 1)
+        cdf = np.cumsum(np.concatenate([self.intent_p, self.abandonment[:, None]], axis=1), axis=1)
+        cdf /= cdf[:, -1:]  # exactly 1 at the end: rounding never leaves a user without an outcome
+        f = (rng.random(n)[:, None] >= cdf[seg, :-1]).sum(axis=1)
+        return seg, np.where(f == len(self.intents), -1, f)
+
 
 def intent_id(current: Facet, intent: Intent) -> str:
     """A follow-up's id is scoped by the facet whose conversation it belongs to."""
