@@ -1,4 +1,4 @@
-"""Stage 1 (prompt engineering and click-log collection).
+"""Step 1, collect (paper stage 1: prompt engineering and click-log collection).
 
 Each prompt template generates panels for validation contexts, each shown to simulated users (an A/B
 test: the template with the highest sampled CTR wins; the oracle's CTR is reported beside it, never
@@ -20,7 +20,7 @@ from clicks2pref.data.parsing import parse_suggestions
 from clicks2pref.data.simulator import build_simulator, context_splits
 from clicks2pref.data.traffic import clicked_share, log_week, sample_contexts
 from clicks2pref.eval.ctr import bootstrap_mean
-from clicks2pref.eval.heldout import markdown_table
+from clicks2pref.eval.heldout import markdown_table, with_ci
 from clicks2pref.eval.policy import evaluate_policy
 from clicks2pref.loggers import log_metrics, log_table
 from clicks2pref.models.registry import load_causal_lm
@@ -42,8 +42,8 @@ def template_table(model, tok, sim, templates: dict, contexts: list, cfg, rng: r
     k = len(cfg.simulator.examination)
     for name, template in templates.items():
         start = time.time()
-        m = evaluate_policy(model, tok, template, sim, contexts, cfg.policy.generation, cfg.seed,
-                            cfg.collect.bootstrap_samples, cfg.collect.ci_level)
+        m = with_ci(evaluate_policy(model, tok, template, sim, contexts, cfg.policy.generation, cfg.seed),
+                    cfg.collect.bootstrap_samples, cfg.collect.ci_level, cfg.seed)
         panels = [parse_suggestions(o, k).suggestions for o in m["outputs"]]
         est = bootstrap_mean(sampled_ctr(sim, contexts, panels, cfg, rng), cfg.collect.bootstrap_samples,
                              cfg.collect.ci_level, cfg.seed)
@@ -63,7 +63,7 @@ def flat_metrics(result: dict) -> dict:
             **{f"collect/week{w['week']}_ctr": w["ctr"] for w in result["weeks"]}}
 
 
-def run(cfg, loggers=()) -> dict:
+def run(cfg, inputs: dict, loggers=()) -> dict:
     # 1. reuse this config's logs when they exist
     key = artifacts.key(cfg, "collect")
     final = artifacts.artifact_path(cfg, "collect", key)
