@@ -12,8 +12,10 @@ table.
 """
 from __future__ import annotations
 
+import json
 import logging
 import time
+from pathlib import Path
 
 from clicks2pref.errors import ConfigError
 from clicks2pref.stages import collect, evaluate, fusion, grpo, rm, serve, sft, teacher
@@ -35,6 +37,9 @@ def run(cfg, inputs: dict, loggers=()) -> dict:
         results[name] = run_stage(cfg, name, loggers)
         seconds[name] = time.time() - start
     print("\nstage times: " + ", ".join(f"{n} {s:.0f}s" for n, s in seconds.items()))
+    out = Path(cfg.paths.output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "stage_seconds.json").write_text(json.dumps(seconds, indent=1))  # the run's own stage budget
     return {"stages": results, "seconds": seconds}
 
 

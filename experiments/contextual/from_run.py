@@ -3,6 +3,7 @@
     python experiments/contextual/from_run.py ARTIFACTS_DIR COMMIT [COMMAND]
     python experiments/contextual/from_run.py --log-volume ARTIFACTS_DIR:USERS:COMMIT ...
     python experiments/contextual/from_run.py --rl-scale ARTIFACTS_DIR EVALUATE_RUN_DIR COMMIT
+    python experiments/contextual/from_run.py --stage-budget PIPELINE_RUN_DIR COMMIT
 
 Reads the stage artifacts a `make run` wrote (sft, rm, grpo and, once it finished, evaluate), so a run cut short
 still records what it measured; every number the READMEs show about the run comes from here. The floor and the
@@ -171,6 +172,28 @@ def main(artifacts: str, commit: str, command: str = "make run") -> None:
     print(json.dumps({k: v["v"] for k, v in val.items() if v.get("run") == run}, indent=1))
 
 
+# the default run's budget on 2 cores: 20 minutes in all, split by what each stage must do
+TARGET_SECONDS = {"collect": 150, "sft": 240, "serve": 60, "rm": 300, "fusion": 90, "grpo": 180, "evaluate": 180}
+
+
+def stage_budget(run_dir: str, commit: str, command: str = "make run") -> None:
+    """Each stage's wall seconds in a pipeline run folder (`stage_seconds.json`, written by `stage=pipeline`) beside
+    its target; the run must have built every stage (an empty artifact cache), or reused ones read as ~0 s."""
+    seconds = json.loads((Path(run_dir) / "stage_seconds.json").read_text())
+    path = HERE / "results.json"
+    results = json.loads(path.read_text())
+    run = "default_contextual_budget"
+    results["runs"][run] = {"date": date.today().isoformat(), "commit": commit, "machine": "2-core CPU, fp32",
+                            "command": command, "note": "from an empty artifact cache; stage_seconds.json of the run"}
+    rows = [[name, seconds.get(name), target] for name, target in TARGET_SECONDS.items()]
+    rows.append(["total", sum(seconds.values()), sum(TARGET_SECONDS.values())])
+    results["tables"]["stage_budget"] = {"columns": ["stage", "seconds", "target"],
+                                         "fmt": {"seconds": "{:,.0f}", "target": "{:,.0f}"}, "rows": rows,
+                                         "run": run}
+    path.write_text(json.dumps(results, indent=1, ensure_ascii=False) + "\n")
+    print(json.dumps(seconds, indent=1))
+
+
 def rl_scale(artifacts: str, evaluation: str, commit: str,
              command: str = "python -m clicks2pref experiment=rl_scale stage=grpo grpo.rl_logs.enabled=false, then "
                             "stage=evaluate eval.best_of.n=0 eval.calibration=false") -> None:
@@ -230,6 +253,8 @@ def log_volume(runs: list[str]) -> None:
 if __name__ == "__main__":
     if sys.argv[1:2] == ["--log-volume"]:
         log_volume(sys.argv[2:])
+    elif sys.argv[1:2] == ["--stage-budget"]:
+        stage_budget(*sys.argv[2:5])
     elif sys.argv[1:2] == ["--rl-scale"]:
         rl_scale(*sys.argv[2:6])
     else:
