@@ -42,7 +42,7 @@ from clicks2pref.data.prompts import build_messages
 from clicks2pref.data.log_splits import contexts_of
 from clicks2pref.data.offline_mode import log_split, training_records, uses_simulator
 from clicks2pref.data.simulator import build_simulator, context_splits
-from clicks2pref.data.traffic import log_week, sample_contexts
+from clicks2pref.data.traffic import clicked_share, log_week, sample_contexts
 from clicks2pref.errors import ConfigError
 from clicks2pref.eval.heldout import heldout_contexts, paired, score_policy
 from clicks2pref.eval.monitor import RewardHackingMonitor
@@ -207,11 +207,8 @@ def build_monitor(cfg, sim, template) -> RewardHackingMonitor:
         return sim.oracle_ctr_many([(t, f, parse_suggestions(c, k).suggestions) for (t, f), c in zip(ids, completions)])
 
     def sampled(ids, completions):  # an A/B on simulated users: their sampled clicks, not the oracle
-        rng = random.Random(cfg.seed + 2)
         panels = [parse_suggestions(c, k).suggestions for c in completions]
-        clicks = [any(sim.sample(t, f, p, rng).clicks) if p else False
-                  for (t, f), p in zip(ids, panels) for _ in range(m.users_per_probe)]
-        return float(np.mean(clicks))
+        return float(np.mean(clicked_share(sim, ids, panels, m.users_per_probe, False, random.Random(cfg.seed + 2))))
 
     return RewardHackingMonitor([build_messages(template, c) for c in probe_contexts], probe_contexts, probe_ids,
                                 oracle, m.eval_every, m.patience, m.min_delta, m.stop_on_flag,
