@@ -1,7 +1,16 @@
-"""LoRA adapters folded into their base weights while a model only samples."""
+"""LoRA adapters folded into their base weights while a model only samples.
+
+A policy with unmerged adapters runs seven extra small matmuls and two elementwise passes per block for
+every sampled token; merged, a token costs what the bare model's does. The merged weights W + s·BA live in
+a persistent copy beside the model (`MergedCopy`, one per model): sampling points each adapted layer at
+its merged weight, so nothing is cloned, merged or restored per step, and the copy is recomputed only when
+an adapter's weights changed since (after an optimiser step). The training weights are never written, so
+training continues from bit-identical weights.
+"""
 from __future__ import annotations
 
 import sys
+import weakref
 from contextlib import contextmanager
 
 import torch
@@ -25,25 +34,80 @@ def _mergeable(model) -> list:
     return layers
 
 
+def _adapters(layer) -> list[str]:
+    return [a for a in layer.active_adapters if a in layer.lora_A]
+
+
+def _versions(layer) -> tuple:
+    """What the merged weight depends on: the base weight and each active adapter's factors and scale (an
+    in-place optimiser update bumps a tensor's version)."""
+    out = [id(layer.get_base_layer().weight), layer.get_base_layer().weight._version]
+    for a in _adapters(layer):
+        out += [layer.lora_A[a].weight._version, layer.lora_B[a].weight._version, layer.scaling[a]]
+    return tuple(out)
+
+
+class MergedCopy:
+    """The merged weight W + s·BA of each adapted layer of one model, refreshed when the adapters change.
+
+    Plain LoRA is one `addmm` into the kept buffer; other variants (DoRA, fan-in-fan-out) take peft's own
+    `get_delta_weight`. It costs one weight-sized buffer per adapted layer (the linear layers' size)."""
+
+    def __init__(self):
+        self.weights: dict[int, torch.Tensor] = {}
+        self.versions: dict[int, tuple] = {}
+
+    @torch.no_grad()
+    def refresh(self, layers: list) -> list[torch.Tensor]:
+        out = []
+        for layer in layers:
+            key, version = id(layer), _versions(layer)
+            base = layer.get_base_layer().weight
+            merged = self.weights.get(key)
+            if merged is None or merged.shape != base.shape or merged.dtype != base.dtype:
+                merged = self.weights[key] = torch.empty_like(base)
+                self.versions.pop(key, None)
+            if self.versions.get(key) != (version, merged._version):  # stale, or written to since
+                self._merge(layer, base, merged)
+                self.versions[key] = (version, merged._version)
+            out.append(merged)
+        return out
+
+    @staticmethod
+    def _merge(layer, base: torch.Tensor, merged: torch.Tensor) -> None:
+        adapters = _adapters(layer)
+        plain = not getattr(layer, "fan_in_fan_out", False) and not getattr(layer, "lora_variant", {})
+        if plain and len(adapters) == 1:
+            a = adapters[0]
+            torch.addmm(base, layer.lora_B[a].weight, layer.lora_A[a].weight, alpha=layer.scaling[a], out=merged)
+            return
+        merged.copy_(base)
+        for a in adapters:
+            merged += layer.get_delta_weight(a).to(merged.dtype)
+
+
+_COPIES: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
+
+
 @contextmanager
 def merged_adapters(model):
-    """Sample from W + BA in one matmul per layer instead of W, A, B, a scale and an add.
-
-    Decoding with unmerged adapters runs seven extra small matmuls and two elementwise passes per block;
-    merged, a sampled token costs what the bare model's does. The base weights are copied first and
-    restored exactly afterwards, so training continues from bit-identical weights (a plain unmerge would
-    leave float round-off behind on every step).
-    """
+    """Within the block, `model` computes with its adapters folded into the base weights (its merged copy,
+    `MergedCopy`, brought up to date first); on exit every layer points at its own weights again."""
     layers = _mergeable(model)
-    saved = [m.get_base_layer().weight.detach().clone() for m in layers]
+    if not layers:
+        yield model
+        return
+    copy = _COPIES.get(model)
+    if copy is None:
+        copy = _COPIES[model] = MergedCopy()
+    merged = copy.refresh(layers)
+    originals = [m.get_base_layer().weight.data for m in layers]
     try:
-        with torch.no_grad():
-            for m in layers:
-                m.merge()
+        for m, w in zip(layers, merged):
+            m.get_base_layer().weight.data = w
+            m.merged_adapters = _adapters(m)  # peft's forward then runs the base layer alone
         yield model
     finally:
-        with torch.no_grad():
-            for m, weight in zip(layers, saved):
-                if m.merged:
-                    m.unmerge()
-                m.get_base_layer().weight.copy_(weight)
+        for m, w in zip(layers, originals):
+            m.get_base_layer().weight.data = w
+            m.merged_adapters = []
