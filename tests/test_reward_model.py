@@ -121,6 +121,37 @@ def test_save_and_load_give_the_same_scores(tmp_path, lora):
         load_reward_model(tmp_path, CACHE)
 
 
+
+@pytest.mark.parametrize("kind", ["garm", "btrm"])
+def test_a_lora_model_loads_merged_with_the_unmerged_scores(tmp_path, kind):
+    """Loaded frozen, the adapters are folded into the backbone: no LoRA layer is left, and the head's
+    outputs (full pass and shared-conversation pass) equal the unmerged model's to 1e-5."""
+    from clicks2pref.models.shared_prefix import rm_outputs
+
+    cfg = rm_config()
+    cfg.backbone.lora = LoraConfig(r=4, lora_alpha=8, lora_dropout=0.0,
+                                   target_modules=["q_proj", "k_proj", "v_proj", "o_proj", "up_proj"])
+    model = build(kind, cfg)
+    with torch.no_grad():
+        for p in model.parameters():
+            if p.requires_grad:
+                p.add_(0.05 * torch.randn_like(p))
+    save_reward_model(model, tmp_path / "rm", OmegaConf.to_object(cfg.backbone), seed=0)
+    merged = load_reward_model(tmp_path / "rm", CACHE)
+    unmerged = load_reward_model(tmp_path / "rm", CACHE, merge=False)
+    assert not any("lora" in n for n, _ in merged.named_parameters())
+    assert any("lora" in n for n, _ in unmerged.named_parameters())
+    other = [{"role": "user", "content": "What can I cook tonight?"}, {"role": "assistant", "content": "Pasta."}]
+    contexts = [CTX, CTX, other, CTX, other]
+    sug = ["Can I freeze it?", "How long does it keep?", "Is it quick?", "Which sauce?", "Any vegetarian option?"]
+    for score in (lambda m: m.score(contexts, sug), lambda m: rm_outputs(m, contexts, sug, batch_size=2)):
+        a, b = score(merged), score(unmerged)
+        for k in a:
+            torch.testing.assert_close(a[k], b[k], rtol=0, atol=1e-5)
+    full = unmerged.score(contexts, sug)  # every input in full: the shared pass (chunked) gives the same
+    for k, v in rm_outputs(merged, contexts, sug, batch_size=2).items():
+        torch.testing.assert_close(v, full[k], rtol=0, atol=1e-5)
+
 # --- training -------------------------------------------------------------------------------------
 
 LEVELS = [["apple", "pear", "plum", "fig"], ["car", "bus", "van", "jet"], ["red", "blue", "green", "pink"],

@@ -305,8 +305,13 @@ def save_reward_model(model: RewardModel, path, backbone_cfg, seed: int = 0, ext
 
 
 def load_reward_model(path, cache_dir: Optional[str] = None, device: str = "cpu",
-                      trust_remote_code: bool = False) -> RewardModel:
+                      trust_remote_code: bool = False, merge: bool = True) -> RewardModel:
     """A reward model saved by `save_reward_model`, in eval mode on `device`.
+
+    A loaded reward model is frozen, so with `merge` its LoRA adapters are folded into the backbone's
+    weights (`merge_and_unload`): a forward pass then costs what the bare backbone's does, with the same
+    scores to float round-off (tests/test_reward_model.py). A quantised backbone keeps them unmerged
+    (folding a delta into 4-bit weights loses it); `merge=False` keeps them for further training.
 
     `cache_dir` is the registry's model cache (default: $CLICKS2PREF_CACHE or ~/.cache/clicks2pref),
     where the base weights of a LoRA model come from. `trust_remote_code` is the user's switch
@@ -332,6 +337,8 @@ def load_reward_model(path, cache_dir: Optional[str] = None, device: str = "cpu"
         if unexpected:
             raise ModelNotFoundError(f"'{path}/adapter.safetensors' does not fit the backbone "
                                      f"(unexpected {unexpected[:3]}); was it saved with another backbone?")
+        if merge and not backbone_cfg.quantization:
+            model.backbone = model.backbone.merge_and_unload()
     else:
         model.backbone.load_state_dict(load_file(path / "backbone.safetensors"))
     model.head.load_state_dict(load_file(path / "head.safetensors"))

@@ -12,6 +12,7 @@ pass (`RewardModel.collate` and `forward`).
 """
 from __future__ import annotations
 
+import copy
 from functools import partial
 from typing import Callable, Optional, Sequence
 
@@ -55,20 +56,33 @@ def collate_shared(model, segs: Sequence[tuple[list[int], list[int]]]) -> dict[s
             "suffix_ids": suffix_ids, "suffix_mask": suffix_mask}
 
 
-def forward_shared(model, batch: dict[str, Tensor]) -> dict[str, Tensor]:
+def forward_shared(model, batch: dict[str, Tensor], chunk: Optional[int] = None) -> dict[str, Tensor]:
     """The head's outputs per item of a `collate_shared` batch (with gradients when enabled).
 
     The conversations run at batch C; their cache is gathered to the N items, and each suggestion
     continues at its conversation's length (a right-padded conversation leaves masked holes, which the
-    attention mask skips). The last suggestion token is pooled, as `RewardModel.forward` pools.
+    attention mask skips). The last suggestion token is pooled, as `RewardModel.forward` pools. With
+    `chunk`, the suggestions continue `chunk` at a time, each chunk from its own copy of the cache, so the
+    conversations still run once however many suggestions there are.
     """
     prefix_mask, index, suffix_mask = batch["prefix_mask"], batch["prefix_index"], batch["suffix_mask"]
     first = model.backbone(input_ids=batch["prefix_ids"], attention_mask=prefix_mask, use_cache=True)
     cache = getattr(first, cache_kwarg(model.backbone))
+    n = index.shape[0]
+    if chunk is None or n <= chunk:
+        return _continue(model, cache, prefix_mask, index, batch["suffix_ids"], suffix_mask)
+    parts = [_continue(model, copy.deepcopy(cache), prefix_mask, index[s:s + chunk], batch["suffix_ids"][s:s + chunk],
+                       suffix_mask[s:s + chunk]) for s in range(0, n, chunk)]
+    return {k: torch.cat([p[k] for p in parts]) for k in parts[0]}
+
+
+def _continue(model, cache, prefix_mask: Tensor, index: Tensor, suffix_ids: Tensor, suffix_mask: Tensor
+              ) -> dict[str, Tensor]:
+    """The suggestions `suffix_ids` continued from their conversations' cache (gathered in place by `index`)."""
     cache.batch_select_indices(index)
     mask = torch.cat([prefix_mask[index], suffix_mask], dim=1)
     positions = prefix_mask.sum(1)[index, None] + torch.arange(suffix_mask.shape[1], device=mask.device)[None]
-    hidden = model.backbone(input_ids=batch["suffix_ids"], attention_mask=mask, position_ids=positions,
+    hidden = model.backbone(input_ids=suffix_ids, attention_mask=mask, position_ids=positions,
                             use_cache=True, **{cache_kwarg(model.backbone): cache}).last_hidden_state
     last = suffix_mask.sum(1) - 1
     return model.head_outputs(hidden[torch.arange(hidden.shape[0], device=hidden.device), last])
@@ -121,8 +135,8 @@ def rm_rewards(model, contexts: Sequence[list[dict]], suggestions: Sequence[str]
 def rm_outputs(model, contexts: Sequence[list[dict]], suggestions: Sequence[str], batch_size: int = 32
                ) -> dict[str, Tensor]:
     """`model.score(contexts, suggestions, batch_size)`: the head's outputs per suggestion ({"reward"} or
-    {"mu", "sigma"}), before κ or a click link is applied, so one pass serves every κ. Suggestions run
-    `batch_size` at a time, grouped by conversation, so a conversation is run once per batch it reaches."""
+    {"mu", "sigma"}), before κ or a click link is applied, so one pass serves every κ. One call: every
+    distinct conversation runs once, then the suggestions continue from it `batch_size` at a time."""
     if not supports_shared_prefix(model):
         return model.score(contexts, suggestions, batch_size)
     out = {name: torch.empty(len(suggestions), dtype=torch.float32) for name in OUTPUTS[model.kind]}
@@ -136,11 +150,10 @@ def rm_outputs(model, contexts: Sequence[list[dict]], suggestions: Sequence[str]
     model.eval()
     model = on_device(model)
     device = model.head.weight.device
-    for start in range(0, len(shared), batch_size):
-        rows = shared[start:start + batch_size]
-        batch = collate_shared(model, [segs[i] for i in rows])
-        for name, v in forward_shared(model, {k: t.to(device) for k, t in batch.items()}).items():
-            out[name][torch.tensor(rows)] = v.float().cpu()
+    if shared:
+        batch = collate_shared(model, [segs[i] for i in shared])
+        for name, v in forward_shared(model, {k: t.to(device) for k, t in batch.items()}, chunk=batch_size).items():
+            out[name][torch.tensor(shared)] = v.float().cpu()
     model.train(was_training)
     if fallback:
         rows = torch.tensor(fallback)
