@@ -94,7 +94,7 @@ def plot_ctr(rows: list[dict], path: Path, ci: str) -> None:
     fig.savefig(path, dpi=120)
 
 
-def publish_offline(cfg, report: dict, loggers) -> dict:
+def publish_offline(cfg, report: dict, loggers, fresh: bool = True) -> dict:
     """results.md (the offline table), ab_plan.md, evaluation.json and metrics.json; both on the console."""
     out_dir = Path(cfg.paths.output_dir)
     text, plan = offline_markdown(report, markdown_table), ab_section(report)
@@ -110,15 +110,17 @@ def publish_offline(cfg, report: dict, loggers) -> dict:
     print(plan)
     if report.get("calibration"):
         write_report(report["calibration"], out_dir)
-        print("\n" + markdown_report(report["calibration"]))
+        if fresh:
+            print("\n" + markdown_report(report["calibration"]))
     print(f"metrics: {out_dir / 'evaluation.json'}\nA/B plan: {out_dir / 'ab_plan.md'}")
     return report
 
 
-def publish(cfg, report: dict, loggers) -> dict:
-    """results.md, evaluation.json, metrics.json and ctr.png in the run folder; the table on the console."""
+def publish(cfg, report: dict, loggers, fresh: bool = True) -> dict:
+    """results.md, evaluation.json, metrics.json and ctr.png in the run folder; the table on the console (and, for a
+    fresh evaluation, the calibration report: a reused one's is written to its files only)."""
     if report.get("basis") == BASIS:
-        return publish_offline(cfg, report, loggers)
+        return publish_offline(cfg, report, loggers, fresh)
     ev, out_dir, rows, ci = cfg.eval, Path(cfg.paths.output_dir), report["rows"], report["ci"]
     table = markdown_table(rows, COLUMNS)
     flat = {f"eval/{r['policy']}/{c}": float(r[c]) for r in rows for c in COLUMNS[1:]}
@@ -156,6 +158,7 @@ def publish(cfg, report: dict, loggers) -> dict:
         print(est_table)
     if report.get("calibration"):
         write_report(report["calibration"], out_dir)
-        print("\n" + markdown_report(report["calibration"]))
+        if fresh:
+            print("\n" + markdown_report(report["calibration"]))
     print(f"metrics: {out_dir / 'evaluation.json'}\nplots:   {out_dir / 'ctr.png'}")
     return report

@@ -52,7 +52,7 @@ def run(cfg, inputs: dict, loggers=()) -> dict:
     out_dir = Path(cfg.paths.output_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     if (measured := artifacts.reuse(cfg, "evaluate", key)) is not None:  # the same policies, settings and code
-        return publish(cfg, measured if offline else summarize(cfg, measured), loggers)
+        return publish(cfg, measured if offline else summarize(cfg, measured), loggers, fresh=False)
 
     if offline:  # a team's own logs: click-model estimates on held-out logged conversations
         return run_offline(cfg, inputs, sources, key, out_dir, loggers)
