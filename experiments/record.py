@@ -11,6 +11,7 @@ found through `grpo.json` (`path`, `inputs`). The commit is the recorder's argum
 """
 from __future__ import annotations
 
+import argparse
 import importlib.util
 import json
 import re
@@ -64,6 +65,16 @@ def evaluation(stored: dict, cfg=None) -> dict:
         with initialize_config_dir(str(ROOT / "conf"), version_base="1.3"):
             cfg = compose("config")
     return summarize(cfg, stored)
+
+
+def parser(doc: str, folder: str = "run_dir") -> argparse.ArgumentParser:
+    """A recorder's command line: FOLDER COMMIT [--machine M], or --pending (its tables before any run)."""
+    parser = argparse.ArgumentParser(description=doc.splitlines()[0])
+    parser.add_argument(folder, nargs="?", type=Path)
+    parser.add_argument("commit", nargs="?")
+    parser.add_argument("--machine", default=MACHINE)
+    parser.add_argument("--pending", action="store_true", help="write the tables before any run")
+    return parser
 
 
 def read(folder: Path, name: str) -> Optional[dict]:

@@ -11,7 +11,6 @@ and the monitor), `fusion_weights.json`, and the reward models' `rm.json` in the
 """
 from __future__ import annotations
 
-import argparse
 import sys
 from pathlib import Path
 
@@ -25,12 +24,8 @@ RECORD = "python experiments/default_run/from_run.py RUN_DIR COMMIT"
 
 
 def main(argv: list[str] | None = None) -> dict:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("run_dir", nargs="?", type=Path)
-    parser.add_argument("commit", nargs="?")
+    parser = record.parser(__doc__)
     parser.add_argument("--artifacts", type=Path, help="the run's artifact folder, if it moved")
-    parser.add_argument("--machine", default=record.MACHINE)
-    parser.add_argument("--pending", action="store_true", help="write the tables before any run")
     args = parser.parse_args(argv)
     if args.pending:
         results = {"runs": {RUN: record.pending(COMMAND, RECORD, "the first user model: contexts held out by "

@@ -11,7 +11,6 @@ as the evaluation's own). Writes the tables `rounds` and `between_rounds`.
 """
 from __future__ import annotations
 
-import argparse
 import sys
 from pathlib import Path
 
@@ -69,11 +68,7 @@ def between_rounds(out: Path, overrides: list[str]) -> list[list]:
 
 
 def main(argv: list[str] | None = None) -> dict:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("out_dir", nargs="?", type=Path)
-    parser.add_argument("commit", nargs="?")
-    parser.add_argument("--machine", default=record.MACHINE)
-    parser.add_argument("--pending", action="store_true", help="write the tables before any run")
+    parser = record.parser(__doc__, "out_dir")
     args = parser.parse_args(argv)
     if args.pending:
         pairs = [["round 2 − round 1", "SFT"], ["round 2 − round 1", "GRPO"]]

@@ -11,7 +11,6 @@ spread over the last logged step's suggestions. Writes the table `sweep`.
 """
 from __future__ import annotations
 
-import argparse
 import csv
 import sys
 from pathlib import Path
@@ -54,11 +53,7 @@ def row(job: Path) -> Optional[list]:
 
 
 def main(argv: list[str] | None = None) -> dict:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("sweep_dir", nargs="?", type=Path)
-    parser.add_argument("commit", nargs="?")
-    parser.add_argument("--machine", default=record.MACHINE)
-    parser.add_argument("--pending", action="store_true", help="write the tables before any run")
+    parser = record.parser(__doc__, "sweep_dir")
     args = parser.parse_args(argv)
     if args.pending:
         labels = record.sweep_params("lambda_sweep")[KEY]

@@ -12,7 +12,6 @@ samples on the same artifacts (MORE_RL below): its `grpo.json` gives `more_rl_li
 """
 from __future__ import annotations
 
-import argparse
 import sys
 from pathlib import Path
 
@@ -33,13 +32,9 @@ def more_rl(folder: Path) -> tuple[dict, dict]:
 
 
 def main(argv: list[str] | None = None) -> dict:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("run_dir", nargs="?", type=Path)
-    parser.add_argument("commit", nargs="?")
+    parser = record.parser(__doc__)
     parser.add_argument("--more-rl", action="store_true", help="RUN_DIR is the GRPO run with more samples")
     parser.add_argument("--artifacts", type=Path, help="the run's artifact folder, if it moved")
-    parser.add_argument("--machine", default=record.MACHINE)
-    parser.add_argument("--pending", action="store_true", help="write the tables before any run")
     args = parser.parse_args(argv)
     if args.pending:
         results = {"runs": {RUN: record.pending(COMMAND, RECORD),

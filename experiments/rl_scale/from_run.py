@@ -11,7 +11,6 @@ the README's claims table cites in its v1 column. The contextual model's run is 
 """
 from __future__ import annotations
 
-import argparse
 import sys
 from pathlib import Path
 
@@ -26,11 +25,7 @@ RECORD = "python experiments/rl_scale/from_run.py RUN_DIR COMMIT"
 
 
 def main(argv: list[str] | None = None) -> dict:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("run_dir", nargs="?", type=Path)
-    parser.add_argument("commit", nargs="?")
-    parser.add_argument("--machine", default=record.MACHINE)
-    parser.add_argument("--pending", action="store_true", help="write the tables before any run")
+    parser = record.parser(__doc__)
     args = parser.parse_args(argv)
     if args.pending:
         results = {"runs": {RUN: record.pending(COMMAND, RECORD, "on the artifacts of the v1 default run")},

@@ -10,7 +10,6 @@ row is the jobs' shared evaluation of it. Writes the tables `rows` (what each te
 """
 from __future__ import annotations
 
-import argparse
 import sys
 from pathlib import Path
 
@@ -47,11 +46,7 @@ def job_row(job: dict) -> list:
 
 
 def main(argv: list[str] | None = None) -> dict:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("sweep_dir", nargs="?", type=Path)
-    parser.add_argument("commit", nargs="?")
-    parser.add_argument("--machine", default=record.MACHINE)
-    parser.add_argument("--pending", action="store_true", help="write the tables before any run")
+    parser = record.parser(__doc__, "sweep_dir")
     args = parser.parse_args(argv)
     if args.pending:
         grid = record.sweep_params("table3")
