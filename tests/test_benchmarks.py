@@ -44,6 +44,20 @@ def test_grpo_step_against_trl():
         assert line["settings"]["mean_completion_len"] == 4 and line["work"] == [8, 8], line
 
 
+def test_grpo_step_against_an_earlier_tree_with_reward_models_and_iterations():
+    """`--base-tree` runs our side on another checkout's code (here this one) and ours, alternating; the reward
+    models load and score, and μ = 2 runs."""
+    root = str(BENCH.parents[1])
+    lines = run_script("grpo_step.py", *SMOKE, "--max-completion-length", "4", "--pool", "8", "--reward-models",
+                       "--num-iterations", "2", "--base-tree", root, "--pairs", "1")
+    *sides, last = lines
+    assert [line["side"] for line in sides] == ["base", "ours"]
+    for line in sides:
+        assert line["settings"]["reward_models"] and line["settings"]["num_iterations"] == 2, line
+        assert line["settings"]["code"].startswith(root) and len(line["seconds"]) == 2, line
+    assert last["ratio"]["ours/base"] > 0 and set(last["median_seconds"]) == {"base", "ours"}
+
+
 def test_reward_training_against_trl_and_garm():
     lines = run_script("reward_training.py", *SMOKE, "--panels", "8", "--users-per-panel", "6",
                        "--trl-micro-batch", "4")

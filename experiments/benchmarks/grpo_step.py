@@ -178,9 +178,9 @@ def run_module(model, tok, items: list[dict], cfg: GRPOConfig, steps: int, seed:
 
     components = {"questions": questions, **(extra or {})}
     module = GRPOModule(model, tok, CompositeReward(components, {name: 1.0 for name in components}), cfg,
-                        total_steps=steps)
+                        total_steps=steps * cfg.num_iterations)
     timer = lightning_timer()
-    trainer = lightning_trainer(steps, [timer])
+    trainer = lightning_trainer(steps * cfg.num_iterations, [timer])  # max_steps counts optimiser steps
     trainer.fit(module, prompt_loader(items, cfg.prompts_per_step, steps, seed))
     return timer.seconds, float(trainer.callback_metrics["grpo/completion_len"])
 
