@@ -1,14 +1,16 @@
-"""The token draw: inverse-CDF sampling from the warped distribution that `do_sample=True` samples from."""
+"""The token draw: inverse-CDF sampling from the warped distribution that `do_sample=True` samples from, with one
+random stream per (prompt key, sample) so that panel j is the same whatever else is drawn beside it."""
 from __future__ import annotations
 
 import math
+from dataclasses import replace
 
 import pytest
 import torch
 
 from clicks2pref.models.generate import GenerationConfig, generate
 from clicks2pref.models.registry import ModelConfig, load_causal_lm
-from clicks2pref.models.sampling import SampleToken, greedy_kwargs, inverse_cdf_draw, sampling_kwargs
+from clicks2pref.models.sampling import SampleToken, greedy_kwargs, inverse_cdf_draw, row_uniforms, sampling_kwargs
 
 
 def test_inverse_cdf_draw_by_hand():
@@ -104,3 +106,45 @@ def test_top_k_draws_the_tokens_the_full_vocabulary_warpers_give():
     drawn = SampleToken(temperature=0.8, top_k=50, top_p=0.95)(None, scores).argmax(-1)
     assert torch.equal(drawn, expected)
     assert len(set(drawn.tolist())) > 100  # rows draw different tokens, not one fixed index
+
+
+def test_row_uniforms_are_one_stream_per_key_and_sample():
+    a = row_uniforms(3, ["t/f", ("t", "f"), ["t", "f"], "t/f"], [0, 1, 1, 1], 6)
+    assert a.shape == (4, 6) and ((a >= 0) & (a < 1)).all()
+    assert torch.equal(a[1], a[2])  # a tuple and a list with the same items are one key
+    assert not torch.equal(a[0], a[3]) and not torch.equal(a[0], a[1])  # another sample, another key
+    assert torch.equal(row_uniforms(3, ["t/f"], [1], 6), a[3:])  # a row's stream is its own, whatever else is drawn
+    assert torch.equal(row_uniforms(3, ["t/f"], [1], 9)[:, :6], a[3:])  # and whatever the number of steps
+    assert not torch.equal(row_uniforms(4, ["t/f"], [1], 6), a[3:])  # another seed
+
+
+def _messages(n: int) -> list:
+    return [[{"role": "user", "content": f"question {i}? " + "more words " * i}] for i in range(n)]
+
+
+def test_panel_j_does_not_depend_on_the_batch_or_on_how_many_panels_are_drawn(tiny):
+    """Common random numbers: sample j of a prompt key draws the same panel alone or in a batch, as the first of one
+    sample or the j-th of three, in any prompt order; so the 1-panel evaluation is column 0 of the 3-panel one."""
+    model, tok = tiny
+    messages, keys = _messages(5), [["topic", f"facet{i}"] for i in range(5)]
+    cfg = GenerationConfig(max_new_tokens=10, temperature=0.8, top_p=0.95, top_k=20, batch_size=2)
+    three = generate(model, tok, messages, cfg, num_return_sequences=3, seed=11, keys=keys)
+    grid = [three[3 * i:3 * i + 3] for i in range(5)]
+    assert all(len(set(row)) > 1 for row in grid)  # a context's panels differ
+    one = generate(model, tok, messages, replace(cfg, batch_size=5), num_return_sequences=1, seed=11, keys=keys)
+    assert one == [row[0] for row in grid]
+    rest = generate(model, tok, messages[::-1], replace(cfg, batch_size=1), num_return_sequences=2, seed=11,
+                    keys=keys[::-1], first_sample=1)
+    assert [rest[2 * i:2 * i + 2] for i in range(5)][::-1] == [row[1:] for row in grid]
+    other = generate(model, tok, messages, cfg, num_return_sequences=1, seed=12, keys=keys)
+    assert other != one
+
+
+def test_two_identical_policies_draw_identical_panels(tiny):
+    model, tok = tiny
+    twin, twin_tok = load_causal_lm(ModelConfig(name="tiny-llama"), "~/.cache/clicks2pref", seed=0)
+    messages, keys = _messages(4), [f"context {i}" for i in range(4)]
+    cfg = GenerationConfig(max_new_tokens=8, temperature=1.0, top_p=1.0, top_k=0, batch_size=3)
+    ours = generate(model, tok, messages, cfg, num_return_sequences=2, seed=5, keys=keys)
+    assert generate(twin, twin_tok, messages, replace(cfg, batch_size=1), num_return_sequences=2, seed=5,
+                    keys=keys) == ours

@@ -1,11 +1,12 @@
-"""A group's prompt computed once: the same completions, log-probs and gradients as the full pass."""
+"""A group's prompt computed once: the same completions, log-probs and gradients as the full pass; finished rows
+leave the sampling loop's batch."""
 from __future__ import annotations
 
 import torch
 
 from clicks2pref.models.registry import LoraConfig, ModelConfig, load_causal_lm
-from clicks2pref.models.sampling import sampling_kwargs
-from clicks2pref.models.shared_prompt import generate_grouped, grouped_completion_logps, is_grouped
+from clicks2pref.models.sampling import Sampler, sampling_kwargs
+from clicks2pref.models.shared_prompt import generate_grouped, grouped_completion_logps, is_grouped, sample_grouped
 from clicks2pref.models.logprobs import completion_logps, pad_prompt_completion
 
 G = 3
@@ -89,3 +90,61 @@ def test_grouped_logps_and_gradients_match_the_full_pass():
     assert any(g.abs().sum() > 0 for g in full_grads)
     for a, b in zip(shared_grads, full_grads):
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6)
+
+
+def _rows_until(seqs, eos: int) -> list[list[int]]:
+    """`model.generate` rows cut after their first end-of-sequence token (it pads finished rows to the end)."""
+    out = []
+    for row in seqs.tolist():
+        out.append(row[:row.index(eos) + 1] if eos in row else row)
+    return out
+
+
+def test_sampling_loop_matches_generate_and_finished_rows_leave_the_batch():
+    model, tok = _model()
+    model.eval()
+    ids, mask = _left_padded(_prompts(model.config.vocab_size), tok.pad_token_id)
+    new = 8
+    greedy = dict(max_new_tokens=new, do_sample=False, temperature=None, top_p=None, top_k=None,
+                  pad_token_id=tok.pad_token_id)
+    with torch.no_grad():
+        free = model.generate(input_ids=ids, attention_mask=mask, eos_token_id=[], **greedy)[:, ids.shape[1]:]
+    # a token prompt p first draws at a step s > 0 and no other prompt draws by then: p's rows finish at step s + 1,
+    # the others later or never
+    rows = free.tolist()
+    p, s = next((p, s) for s in range(1, new - 1) for p in range(3)
+                if rows[p][s] not in rows[p][:s] + [t for q in range(3) if q != p for t in rows[q][:s + 1]])
+    eos = rows[p][s]
+    with torch.no_grad():
+        full = model.generate(input_ids=ids.repeat_interleave(G, 0), attention_mask=mask.repeat_interleave(G, 0),
+                              eos_token_id=eos, **greedy)[:, ids.shape[1]:]
+    batch_sizes = []
+    hook = model.get_base_model().model.register_forward_pre_hook(
+        lambda _, args, kwargs: batch_sizes.append(kwargs["input_ids"].shape[0]), with_kwargs=True)
+    try:
+        got = sample_grouped(model, ids, mask, G, new, [eos], Sampler(do_sample=False), torch.zeros(3 * G, new))
+    finally:
+        hook.remove()
+    assert got == _rows_until(full, eos)
+    assert all(len(r) == s + 1 for r in got[p * G:(p + 1) * G]) and max(len(r) for r in got) > s + 1
+    assert batch_sizes[0] == 3 and batch_sizes[1] == 3 * G  # the prompts once, then every row
+    assert batch_sizes[s] == 3 * G and batch_sizes[s + 1] == 2 * G  # p's rows are gone once they drew the token
+    assert len(batch_sizes) == max(len(r) for r in got)  # the prefill, then one step per token after the first
+
+
+def test_a_rows_sample_does_not_depend_on_the_rows_beside_it():
+    model, tok = _model()
+    model.eval()
+    prompts = _prompts(model.config.vocab_size)
+    ids, mask = _left_padded(prompts, tok.pad_token_id)
+    new, sampler = 7, Sampler(True, temperature=0.9, top_k=0, top_p=0.95)
+    uniforms = torch.rand(3 * G, new, generator=torch.Generator().manual_seed(3))
+    free = sample_grouped(model, ids, mask, G, new, [], sampler, uniforms)
+    eos = [free[0][2], free[G + 1][4]]  # tokens some rows draw midway end them
+    batched = sample_grouped(model, ids, mask, G, new, eos, sampler, uniforms)
+    assert len({len(r) for r in batched}) > 1  # rows end at different steps
+    for p, prompt in enumerate(prompts):  # each prompt alone, unpadded, one row at a time
+        for j in range(G):
+            alone = sample_grouped(model, torch.tensor([prompt]), torch.ones(1, len(prompt), dtype=torch.long), 1,
+                                   new, eos, sampler, uniforms[p * G + j:p * G + j + 1])
+            assert alone[0] == batched[p * G + j]

@@ -84,9 +84,15 @@ class PreallocatedLayer(DynamicLayer):
             self._refresh()
 
     def batch_select_indices(self, indices: Tensor) -> None:
+        """Keep the rows `indices` (rows that finished decoding leave the batch): only the filled positions are
+        copied, into a fresh buffer of the same capacity."""
         if self.is_initialized:
-            self._keys = self._keys[indices]
-            self._values = self._values[indices]
+            indices = indices.to(self._keys.device)
+            keys = self._keys.new_empty(len(indices), *self._keys.shape[1:])
+            values = self._values.new_empty(len(indices), *self._values.shape[1:])
+            keys[:, :, :self.length] = self.keys.index_select(0, indices)
+            values[:, :, :self.length] = self.values.index_select(0, indices)
+            self._keys, self._values = keys, values
             self._refresh()
 
 

@@ -31,6 +31,22 @@ def pad_prompt_completion(prompts: Sequence[Sequence[int]], completions: Sequenc
     return ids, attention, completion_mask
 
 
+def left_padded(rows: Sequence[Sequence[int]], pad_id: int) -> tuple[Tensor, Tensor]:
+    """(ids, attention_mask) of token rows left-padded to the longest (prompts)."""
+    width = max(len(r) for r in rows)
+    ids = torch.tensor([[pad_id] * (width - len(r)) + list(r) for r in rows], dtype=torch.long)
+    mask = torch.tensor([[0] * (width - len(r)) + [1] * len(r) for r in rows], dtype=torch.long)
+    return ids, mask
+
+
+def right_padded(rows: Sequence[Sequence[int]], pad_id: int) -> tuple[Tensor, Tensor]:
+    """(ids, mask) of token rows right-padded to the longest (completions)."""
+    width = max(len(r) for r in rows)
+    ids = torch.tensor([list(r) + [pad_id] * (width - len(r)) for r in rows], dtype=torch.long)
+    mask = torch.tensor([[1] * len(r) + [0] * (width - len(r)) for r in rows], dtype=torch.long)
+    return ids, mask
+
+
 def completion_logps(model, input_ids: Tensor, attention_mask: Tensor, n_completion: int,
                      temperature: float = 1.0, entropy: bool = False) -> tuple[Tensor, Tensor | None]:
     """Log-prob of each of the last `n_completion` tokens (B, n_completion), and their entropy if asked.

@@ -9,8 +9,15 @@ compute, by the group size, in sampling, in reference log-probs and in the polic
 The math is the full pass's: the same tokens, positions and masks, only the prompt's matmuls run at a
 smaller batch (float round-off). Rows must come grouped (prompt i's completions at rows i·G … i·G + G − 1,
 as `GRPOModule.sample` returns them); `is_grouped` checks it and callers fall back to the full pass.
+`shared_prompt_logps` takes any row → prompt index instead (groups of any size, e.g. a perplexity pass over
+deduplicated completions).
+
+`sample_grouped` is the sampling loop of `models.generate`: the prompt prefilled once, and a row that ends
+leaves the batch, so no forward pass decodes padding after an end-of-sequence token.
 """
 from __future__ import annotations
+
+from typing import Callable, Sequence
 
 import torch
 from torch import Tensor
@@ -72,3 +79,64 @@ def grouped_completion_logps(model, input_ids: Tensor, attention_mask: Tensor, n
                  logits_to_keep=n_completion).logits
     logits = torch.cat([first, rest[:, :-1]], dim=1)  # position t predicts token t + 1
     return token_logps(logits, input_ids[:, width:], temperature, entropy)
+
+
+def shared_prompt_logps(model, prompt_ids: Tensor, prompt_mask: Tensor, index: Tensor, completion_ids: Tensor,
+                        completion_mask: Tensor, temperature: float = 1.0) -> Tensor:
+    """`models.logprobs.completion_logps` of rows `prompt_ids[index[r]]` + `completion_ids[r]` with each distinct
+    prompt run once: prompts (P, W) left-padded, `index` (N,) the prompt of each row, completions (N, L)
+    right-padded. Positions are the column indices, as in the full pass of `logprobs.pad_prompt_completion`'s
+    rows (prompts at width W), so the values are the full pass's to float round-off. Returns (N, L) log-probs."""
+    name = cache_kwarg(model)
+    out = model(input_ids=prompt_ids, attention_mask=prompt_mask, use_cache=True, logits_to_keep=1)
+    cache = getattr(out, name)
+    cache.batch_select_indices(index)
+    n_completion = completion_ids.shape[1]
+    mask = torch.cat([prompt_mask[index], completion_mask], dim=1)
+    rest = model(input_ids=completion_ids, attention_mask=mask, **{name: cache}, use_cache=True,
+                 logits_to_keep=n_completion).logits
+    logits = torch.cat([out.logits[index], rest[:, :-1]], dim=1)  # position t predicts token t + 1
+    return token_logps(logits, completion_ids, temperature)[0]
+
+
+@torch.no_grad()
+def sample_grouped(model, input_ids: Tensor, attention_mask: Tensor, group: int, max_new_tokens: int,
+                   eos_ids: Sequence[int], sampler: Callable[[Tensor, Tensor], Tensor], uniforms: Tensor
+                   ) -> list[list[int]]:
+    """`group` completions of each left-padded prompt (rows grouped per prompt, as in `generate_grouped`): each a
+    token list that ends with its first end-of-sequence token (kept) or after `max_new_tokens` tokens.
+
+    The prompts run once (batch = prompts) and their cache is repeated over the group. Each step then runs only the
+    rows still decoding: a row that drew an end-of-sequence token leaves the batch with its cache rows, so no
+    forward pass is spent on it (`model.generate` decodes finished rows to the end). Row r's token at step t is
+    `sampler(logits, uniforms[r, t])` (`models.sampling.Sampler`): what a row draws depends on its own prompt and
+    numbers only, never on which rows share its batch. The cache is written in place (`models.kv_cache`).
+    """
+    rows = input_ids.shape[0] * group
+    name = cache_kwarg(model)
+    cache = preallocated_cache(model, input_ids.shape[1] + max_new_tokens)
+    positions = generation_positions(attention_mask)
+    logits = model(input_ids=input_ids, attention_mask=attention_mask, position_ids=positions, **{name: cache},
+                   use_cache=True, logits_to_keep=1).logits[:, -1].repeat_interleave(group, 0)
+    cache.batch_repeat_interleave(group)
+    mask = attention_mask.repeat_interleave(group, 0)
+    position = positions[:, -1:].repeat_interleave(group, 0) + 1
+    active = torch.arange(rows)  # the rows still decoding, in batch order
+    eos = torch.tensor(sorted(set(eos_ids)), dtype=torch.long, device=input_ids.device)
+    out: list[list[int]] = [[] for _ in range(rows)]
+    for step in range(max_new_tokens):
+        tokens = sampler(logits, uniforms[active, step])
+        for r, t in zip(active.tolist(), tokens.tolist()):
+            out[r].append(t)
+        going = ~torch.isin(tokens, eos)
+        if step == max_new_tokens - 1 or not going.any():
+            break
+        if not going.all():  # finished rows leave the batch
+            keep = going.nonzero().squeeze(1)
+            cache.batch_select_indices(keep)
+            active, tokens, mask, position = active[keep.cpu()], tokens[keep], mask[keep], position[keep]
+        mask = torch.cat([mask, mask.new_ones(mask.shape[0], 1)], dim=1)
+        logits = model(input_ids=tokens[:, None], attention_mask=mask, position_ids=position, **{name: cache},
+                       use_cache=True).logits[:, -1]
+        position = position + 1
+    return out
