@@ -109,8 +109,9 @@ def test_every_forward_position_of_every_model_is_counted_once(setup):
     assert p_long + s_long > MAX_LENGTH
     # batch 1: BASIL's conversation + 3 replies; batch 2: BASIL's again + 1 reply, DOUGH's + 1; LONG: 128 tokens
     rm_positions = 2 * p_basil[0] + sum(s_basil) + p_dough + s_dough + MAX_LENGTH
-    ppl_prompts = chat_inputs(tok, [build_messages(PromptTemplate(), c) for c in contexts])
-    ppl_positions = sum(len(p) + n_tokens(tok, t) + 1 for p, t in zip(ppl_prompts, texts))  # + the end token
+    # the ppl reference: each conversation's prompt once (BASIL's two completions share it), every completion
+    ppl_prompts = chat_inputs(tok, [build_messages(PromptTemplate(), c) for c in (BASIL, DOUGH, LONG)])
+    ppl_positions = sum(map(len, ppl_prompts)) + sum(n_tokens(tok, t) + 1 for t in texts)  # + the end token
 
     meter.start_step()
     reward(RewardBatch(contexts, texts))

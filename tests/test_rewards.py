@@ -135,6 +135,37 @@ def test_reference_scorer_is_the_mean_token_nll_of_the_completion(tmp_path):
         assert value.item() == pytest.approx(nll, rel=1e-4)
 
 
+def test_reference_scorer_shares_each_prompt_skips_repeats_and_matches_the_full_pass():
+    """Best-of-n's perplexity pass: n completions per conversation, some repeated. Each conversation's prompt runs
+    once per batch, a repeated (conversation, completion) once, and the values are the one-row-per-completion full
+    pass's to 1e-5."""
+    from clicks2pref.config.prompt import PromptTemplate
+    from clicks2pref.models.registry import ModelConfig, load_causal_lm
+    from clicks2pref.rewards.ppl import ReferenceScorer
+
+    model, tok = load_causal_lm(ModelConfig(name="tiny-llama"), str(Path.home() / ".cache/clicks2pref"), seed=0)
+    contexts = [[{"role": "user", "content": f"How do I store fresh {plant}?"},
+                 {"role": "assistant", "content": "Keep the stems in water. " * (i + 1)}]
+                for i, plant in enumerate(["basil", "mint", "parsley"])]
+    texts = [GOOD, "1. Why?", "1. Where can I buy seeds in winter?\n2. Is dried as good?", "1. a\n2. b\n3. c"]
+    rows = [(c, texts[(i + j) % 4]) for i, c in enumerate(contexts) for j in range(5)]  # 5 per context, 1 repeated
+    rows.append((contexts[0], GOOD))  # and a repeat away from its group
+    scorer = ReferenceScorer(model, tok, PromptTemplate(), temperature=0.7, batch_size=4)
+    seen = []
+    hook = model.model.register_forward_pre_hook(lambda _, args, kw: seen.append(tuple(kw["input_ids"].shape)),
+                                                 with_kwargs=True)
+    try:
+        got = scorer([c for c, _ in rows], [t for _, t in rows])
+    finally:
+        hook.remove()
+    expected = scorer.full_pass([c for c, _ in rows], [t for _, t in rows])
+    torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5)
+    assert got[0] == got[4] == got[-1]  # the repeats take their first's value
+    passes = [seen[i:i + 2] for i in range(0, len(seen), 2)]  # (prompts, completions) per batch
+    assert sum(p[0][0] for p in passes) == 3  # each conversation's prompt once
+    assert sum(p[1][0] for p in passes) == 12  # 4 distinct completions of each of the 3 conversations
+
+
 def test_diversity_is_one_minus_the_max_pairwise_similarity():
     div = DiversityReward(embedder="lexical", single_score=0.0)
     batch = RewardBatch([CONTEXT] * 3, [

@@ -27,13 +27,19 @@ from clicks2pref.data.prompts import build_messages
 from clicks2pref.models.generate import chat_inputs
 from clicks2pref.models.placement import on_device
 from clicks2pref.rewards.base import RewardBatch, context_key
-from clicks2pref.models.logprobs import completion_logps, mean_nll, pad_prompt_completion
+from clicks2pref.models.logprobs import (completion_logps, left_padded, mean_nll, pad_prompt_completion,
+                                         right_padded)
+from clicks2pref.models.shared_prompt import shared_prompt_logps
 
 
 class ReferenceScorer:
     """(contexts, completions) -> mean token NLL of each completion under a causal LM, on chat prompts.
 
-    `reference_context` wraps every forward pass, e.g. a PEFT model's `disable_adapter` so the policy's
+    Completions of one conversation share its prompt (best-of-n scores n samples per context): each distinct
+    prompt runs once per batch and its completions continue from its cache (`models.shared_prompt
+    .shared_prompt_logps`), and a completion repeated in its conversation is scored once. A batch holds whole
+    conversations, about `batch_size` completions. The values are the full pass's (`full_pass`) to float
+    round-off. `reference_context` wraps every forward pass, e.g. a PEFT model's `disable_adapter` so the policy's
     own weights serve as the reference with no second copy.
     """
 
@@ -48,23 +54,69 @@ class ReferenceScorer:
 
     @torch.no_grad()
     def __call__(self, contexts: Sequence[list[dict]], completions: Sequence[str]) -> Tensor:
-        prompts = chat_inputs(self.tokenizer, [build_messages(self.template, c) for c in contexts])
-        targets = [self.completion_ids(t) for t in completions]
-        order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]) + len(targets[i]))
-        out = torch.empty(len(prompts), dtype=torch.float64)
+        conversations: dict[str, int] = {}  # context key -> its prompt's index
+        first: list[list[dict]] = []
+        pairs: dict[tuple[int, str], int] = {}  # (prompt, completion) -> its distinct item
+        item_of = []
+        for c, text in zip(contexts, completions):
+            key = context_key(c)
+            if key not in conversations:
+                conversations[key] = len(first)
+                first.append(c)
+            item_of.append(pairs.setdefault((conversations[key], text), len(pairs)))
+        prompts = chat_inputs(self.tokenizer, [build_messages(self.template, c) for c in first])
+        items = list(pairs)
+        targets = [self.completion_ids(text) for _, text in items]
+        groups: dict[int, list[int]] = {}
+        for i, (p, _) in enumerate(items):
+            groups.setdefault(p, []).append(i)
+        values = torch.empty(len(items), dtype=torch.float64)
         self.model = on_device(self.model)
         was_training = self.model.training
         self.model.eval()
         device = next(self.model.parameters()).device
+        pad = self.tokenizer.pad_token_id
         with self.reference_context():
-            for start in range(0, len(order), self.batch_size):
-                idx = order[start:start + self.batch_size]
+            for batch in self.batches(groups, prompts):
+                idx = [i for p in batch for i in groups[p]]
+                prompt_ids, prompt_mask = left_padded([prompts[p] for p in batch], pad)
+                place = {p: n for n, p in enumerate(batch)}
+                index = torch.tensor([place[items[i][0]] for i in idx])
+                ids, mask = right_padded([targets[i] for i in idx], pad)
+                logps = shared_prompt_logps(self.model, prompt_ids.to(device), prompt_mask.to(device),
+                                            index.to(device), ids.to(device), mask.to(device), self.temperature)
+                values[torch.tensor(idx)] = mean_nll(logps, mask.to(device)).double().cpu()
+        self.model.train(was_training)
+        return values[torch.tensor(item_of, dtype=torch.long)]
+
+    def batches(self, groups: dict[int, list[int]], prompts: list[list[int]]) -> list[list[int]]:
+        """Prompts by length in batches of whole groups, each batch about `batch_size` completions (a group larger
+        than that is a batch of its own)."""
+        out, batch, rows = [], [], 0
+        for p in sorted(groups, key=lambda p: len(prompts[p])):
+            if batch and rows + len(groups[p]) > self.batch_size:
+                out.append(batch)
+                batch, rows = [], 0
+            batch.append(p)
+            rows += len(groups[p])
+        return out + ([batch] if batch else [])
+
+    @torch.no_grad()
+    def full_pass(self, contexts: Sequence[list[dict]], completions: Sequence[str]) -> Tensor:
+        """The same values, each row prompt + completion in one forward pass (`batch_size` rows at a time): the
+        definition `__call__` is checked against."""
+        prompts = chat_inputs(self.tokenizer, [build_messages(self.template, c) for c in contexts])
+        targets = [self.completion_ids(t) for t in completions]
+        out = torch.empty(len(prompts), dtype=torch.float64)
+        device = next(self.model.parameters()).device
+        with self.reference_context():
+            for start in range(0, len(prompts), self.batch_size):
+                idx = list(range(start, min(start + self.batch_size, len(prompts))))
                 ids, attention, mask = pad_prompt_completion([prompts[i] for i in idx], [targets[i] for i in idx],
                                                              self.tokenizer.pad_token_id)
                 logps, _ = completion_logps(self.model, ids.to(device), attention.to(device), mask.shape[1],
                                             self.temperature)
                 out[torch.tensor(idx)] = mean_nll(logps, mask.to(device)).double().cpu()
-        self.model.train(was_training)
         return out
 
 
