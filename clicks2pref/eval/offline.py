@@ -16,6 +16,7 @@ sit beside the oracle's, so the estimator's bias is measured rather than assumed
 """
 from __future__ import annotations
 
+from functools import partial
 from typing import Optional, Sequence
 
 import numpy as np
@@ -27,7 +28,8 @@ from clicks2pref.errors import ConfigError
 from clicks2pref.eval.ctr import bootstrap_mean
 from clicks2pref.eval.gsb import gsb
 from clicks2pref.models.reward_heads import OUTPUTS, load_reward_model
-from clicks2pref.models.shared_prefix import cached_outputs
+from clicks2pref.models.score_cache import ScoreStore, SuggestionScorer, score_store
+from clicks2pref.models.shared_prefix import rm_outputs
 from clicks2pref.models.similarity import PanelSimilarity
 from clicks2pref.objectives.click_model import (EPS, btrm_attraction, garm_attraction, redundancy_discount,
                                                 similarity_above)
@@ -41,10 +43,12 @@ class ClickModelCTR:
     """A trained reward model read as the click model it was trained in (module docstring)."""
 
     def __init__(self, model, examination: Optional[Sequence[float]] = None, redundancy: bool = True,
-                 batch_size: int = 32):
+                 batch_size: int = 32, store: Optional[ScoreStore] = None):
         self.model, self.kind = model, model.kind
         self.examination = np.asarray(resolve_examination(examination, model, model.kind), dtype=float)
-        self.score = cached_outputs(model, batch_size)
+        # the head's outputs per suggestion, cached (on disk too with a `store`: the model's score cache, which the
+        # best-of rerank and earlier runs filled with the same entries)
+        self.scorer = SuggestionScorer(partial(rm_outputs, model, batch_size=batch_size), store=store)
         self.redundancy = getattr(model, "redundancy", None) if redundancy else None
         self.similarity = PanelSimilarity(self.redundancy["embedder"]) if self.redundancy else None
 
@@ -57,7 +61,7 @@ class ClickModelCTR:
         """Per panel, each shown suggestion's attraction a (GaRM at μ + shift·σ; BTRM has no σ: shift ignored)."""
         flat_c = [c for c, p in zip(contexts, panels) for _ in p[:self.k]]
         flat_s = [s for p in panels for s in p[:self.k]]
-        out = self.score(flat_c, flat_s) if flat_s else {n: torch.zeros(0) for n in OUTPUTS[self.kind]}
+        out = self.score(flat_c, flat_s)
         if self.kind == "btrm":
             a = btrm_attraction(out["reward"])
         else:
@@ -68,6 +72,11 @@ class ClickModelCTR:
             rows.append(a[i:i + n])
             i += n
         return rows
+
+    def score(self, contexts: Sequence[list[dict]], suggestions: Sequence[str]) -> dict[str, torch.Tensor]:
+        """The head's outputs ({"mu", "sigma"} or {"reward"}) per suggestion."""
+        rows = self.scorer.lookup(contexts, suggestions) if suggestions else []
+        return {n: torch.tensor([r[n] for r in rows], dtype=torch.float32) for n in OUTPUTS[self.kind]}
 
     def discounts(self, panels: Sequence[Sequence[str]]) -> list[np.ndarray]:
         """g_k per shown suggestion (1 without a learned redundancy term)."""
@@ -165,7 +174,8 @@ def build_estimators(rm_models: dict[str, str], primary: str, cache_dir=None, tr
     if not rm_models:
         raise ConfigError("needs a trained reward model to estimate CTR without the simulator; add garm or btrm to "
                           "reward_model.kinds", "eval.offline.estimator")
-    estimators = {kind: ClickModelCTR(load_reward_model(folder, cache_dir, trust_remote_code=trust_remote_code))
+    estimators = {kind: ClickModelCTR(load_reward_model(folder, cache_dir, trust_remote_code=trust_remote_code),
+                                      store=score_store(folder))
                   for kind, folder in rm_models.items()}
     return estimators, primary if primary in estimators else next(iter(estimators))
 

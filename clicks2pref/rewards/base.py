@@ -20,7 +20,8 @@ from clicks2pref.data.parsing import Parsed, parse_suggestions
 from clicks2pref.errors import ConfigError, ModelNotFoundError
 from clicks2pref.manifest import verify_given
 from clicks2pref.models.reward_heads import load_reward_model
-from clicks2pref.models.score_cache import SuggestionScorer, context_key  # noqa: F401 (context_key: re-exported)
+from clicks2pref.models.score_cache import context_key  # noqa: F401 (re-exported)
+from clicks2pref.models.score_cache import SuggestionScorer, score_store
 
 @dataclass
 class RewardBatch:
@@ -120,9 +121,13 @@ class RewardResources:
         self.similarities: dict = {}  # embedder -> PanelSimilarity, shared by the components that compare texts
 
     def scorer(self, key, score_fn: Callable) -> "SuggestionScorer":
-        """One cached SuggestionScorer per key, so components scoring with the same model share its cache."""
+        """One cached SuggestionScorer per key, so components scoring with the same model share its cache. A key
+        (kind, path) names a reward model: when it is a trained rm artifact, the cache is its on-disk score cache
+        too (`models.score_cache.score_store`), shared with every other run and evaluation that scores with it."""
         if key not in self._scorers:
-            self._scorers[key] = SuggestionScorer(score_fn)
+            kind, path = key if isinstance(key, tuple) and len(key) == 2 else (None, None)
+            source = path or (self.reward_models.get(kind) if kind else None)
+            self._scorers[key] = SuggestionScorer(score_fn, store=score_store(source))
         return self._scorers[key]
 
     def reward_model(self, kind: str, path: Optional[str] = None):
