@@ -109,6 +109,7 @@ class EvalConfig(HeldOutConfig):
     policies: List[str] = field(default_factory=lambda: ["baseline", "sft", "grpo"])
     reference: str = "baseline"
     gsb: GSBConfig = field(default_factory=GSBConfig)
+    target_half_width: float = 0.005  # the report's panels plan: panels per context a paired CI this narrow needs
     diversity_embedder: str = "minilm-l6"
     calibration: bool = True
     best_of: BestOfConfig = field(default_factory=BestOfConfig)
@@ -122,5 +123,7 @@ class EvalConfig(HeldOutConfig):
                               f"best-of-n chooses among the evaluation's own samples", "best_of.n")
         if not self.policies:
             raise ConfigError("is empty; name at least one of baseline, sft, grpo or a model folder", "policies")
+        if not self.target_half_width > 0:
+            raise ConfigError(f"{self.target_half_width} must be > 0", "target_half_width")
         if self.reference not in self.policies:
             raise ConfigError(f"'{self.reference}' is not in eval.policies {list(self.policies)}", "reference")

@@ -5,6 +5,7 @@ metrics.json, ctr.png; offline: ab_plan.md)."""
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 from clicks2pref.eval.calibration_report import markdown_report, write_report
@@ -13,6 +14,7 @@ from clicks2pref.eval.offline import BASIS
 from clicks2pref.eval.offline_report import COLUMNS as OFFLINE_COLUMNS
 from clicks2pref.eval.offline_report import ab_section, beside_oracle
 from clicks2pref.eval.offline_report import markdown_report as offline_markdown
+from clicks2pref.eval.power import panels_for
 from clicks2pref.loggers import log_metrics, log_table
 
 COLUMNS = ["policy", "oracle_ctr", "ci_low", "ci_high", "lift", "gsb", "format_rate", "distinct_2", "mean_cosine",
@@ -23,6 +25,8 @@ REFERENCE_NOTE = ("canned: the same template questions for every context of a to
                   "canned panel.")
 BEST_OF_COLUMNS = ["policy", "reward", "oracle_ctr", "vs_policy", "vs_ci_low", "vs_ci_high", "reward_spearman",
                    "oracle_best", "contexts"]
+PANEL_COLUMNS = ["pair", "panels", "sd_within", "sd_between", "half_width", "between_share", "half_width_half",
+                 "half_width_double", "panels_needed"]
 ESTIMATED_COLUMNS = ["policy", "est_ctr", "est_lift", "est_lift_low", "est_lift_high", "oracle_lift", "lift_gap"]
 ESTIMATED_NOTE = ("Estimated (model-based: the reward models' click model, as without a simulator) beside the oracle; "
                   "lifts relative to the reference, gap = estimated − oracle lift:")
@@ -51,6 +55,9 @@ def summarize(cfg, measured: dict) -> dict:
     report = {k: measured[k] for k in ("policies", "split", "contexts", "samples_per_context", "examples")}
     report.update(reference=ev.reference, ci=f"{ev.ci_level:.0%}", rows=compare(results, ev.reference, ev, seed),
                   best_of=best_rows, per_context_ctr={n: m["per_context_ctr"] for n, m in results.items()})
+    if measured.get("variance"):
+        report["variance"] = measured["variance"]
+        report["panels"] = panel_plan(measured["variance"], results, ev, seed)
     if measured.get("estimated"):
         report["estimated"] = beside_oracle(measured["estimated"], results, ev.reference, ev.bootstrap_samples,
                                             ev.ci_level, seed)
@@ -58,6 +65,21 @@ def summarize(cfg, measured: dict) -> dict:
         if k in measured:
             report[k] = measured[k]
     return report
+
+
+def panel_plan(variance: dict, results: dict, ev, seed: int) -> list[dict]:
+    """Per paired difference: its CI's half-width at the evaluation's panels per context, the share of its variance
+    between contexts (what more panels cannot remove), the half-width at half and twice the panels, and the panels
+    a half-width of `eval.target_half_width` needs (`clicks2pref.eval.power.panels_for`)."""
+    rows = []
+    for pair in variance["pairs"]:
+        lift = paired(results[pair["policy"]], results[pair["against"]], ev, ev.gsb.margin, seed)
+        half = (lift["ci_high"] - lift["ci_low"]) / 2
+        sd = {f"sd_{k}": None if pair[k] is None else math.sqrt(pair[k]) for k in ("within", "between")}
+        rows.append({"pair": f"{pair['policy']} − {pair['against']}", "panels": pair["panels"], **sd,
+                     "half_width": half,
+                     **panels_for(pair, half, ev.target_half_width, ev.ci_level)})
+    return rows
 
 
 def compare(results: dict, reference: str, ev, seed: int) -> list[dict]:
@@ -147,6 +169,18 @@ def publish(cfg, report: dict, loggers, fresh: bool = True) -> dict:
         print("Best-of-n (vs. a random one of the same n samples; reward ρ = within-context Spearman with the "
               "oracle):\n")
         print(best_table)
+    if report.get("panels"):  # the variance split: how many panels per context the paired differences need
+        plan = markdown_table([{c: "-" if r[c] is None else r[c] for c in PANEL_COLUMNS} for r in report["panels"]],
+                              PANEL_COLUMNS)
+        note = (f"Panels per context (paired differences, panel j against panel j; sd_within/sd_between: standard "
+                f"deviation of the per-panel difference within and between contexts; between_share: of the CI's "
+                f"variance, what more panels cannot remove; panels_needed: for a {ci} half-width of "
+                f"±{ev.target_half_width}, '-' when the between-context part alone is wider):")
+        with open(out_dir / "results.md", "a") as f:
+            f.write(f"\n{note}\n\n{plan}")
+        needs = ", ".join(f"{r['pair']} {r['panels_needed'] or 'more contexts'}" for r in report["panels"])
+        print(f"Panels per context for {ci} paired half-widths of ±{ev.target_half_width} (now "
+              f"{report['samples_per_context']}; the variance split in results.md): {needs}\n")
     if report.get("estimated"):  # the offline estimator's lift beside the oracle's: how far off it is, per method
         est = [{"policy": n, **v} for n, v in report["estimated"].items()]
         est_table = markdown_table(est, ESTIMATED_COLUMNS)

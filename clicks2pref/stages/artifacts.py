@@ -135,7 +135,7 @@ SPECS = {
                            "grpo.micro_batch_size"), "evaluation.json", reads=_evaluated, files=("data.ood_logs",),
                           # the report's settings: every CI, lift and GSB is computed from the stored measurements
                           exclude=("eval.bootstrap_samples", "eval.ci_level", "eval.ci_clusters", "eval.gsb",
-                                   "eval.reference"),
+                                   "eval.reference", "eval.target_half_width"),
                           headline=None),  # reports the oracle on held-out contexts only
     # every step above in this order, each reused when its key matches; not itself a step
     "pipeline": StageSpec((), None, reads=lambda cfg: (), logs=False, pipeline=False,

@@ -27,6 +27,7 @@ from clicks2pref.eval.offline import build_estimators
 from clicks2pref.eval.offline_report import estimated_per_context, evaluate_offline
 from clicks2pref.eval.heldout import heldout_contexts, score_policy, with_ci
 from clicks2pref.eval.policy import baseline_id
+from clicks2pref.eval.power import variance_measurements
 from clicks2pref.eval.results_report import MEASURED, publish, summarize
 from clicks2pref.eval.rm_calibration import calibration_section
 from clicks2pref.eval.reference_panels import nearness_to_canned, score_reference_panels
@@ -81,7 +82,7 @@ def run(cfg, inputs: dict, loggers=()) -> dict:
     measured = {"policies": {name: src[0] for name, src in sources.items()},  # what was evaluated: cache identities
                 "split": ev.split, "contexts": len(contexts), "samples_per_context": ev.samples_per_context,
                 "results": {name: {k: m[k] for k in MEASURED if k in m} for name, m in results.items()},
-                "best_of": best,
+                "best_of": best, "variance": variance_measurements(results, list(ev.policies)),
                 "examples": [{"context": contexts[i], **{n: results[n]["outputs"][i] for n in results}}
                              for i in range(min(5, len(contexts)))]}
 
