@@ -95,7 +95,7 @@ def test_every_forward_position_of_every_model_is_counted_once(setup):
     assert step["grpo/compute/backward_tokens"] == rows + grouped
     assert step["grpo/compute/reward_tokens"] == 0
 
-    # the reward: GaRM over distinct suggestions (3 a batch, grouped by conversation), the ppl reference over
+    # the reward: GaRM over distinct suggestions (grouped by conversation), the ppl reference over
     # whole completions (no reference log-probs given, as outside GRPO's step)
     texts = ["1. Can I freeze basil?\n2. Why?\n3. How long does basil keep?",  # BASIL
              "1. Why?\n2. What goes with basil?",  # BASIL again: "Why?" is scored once
@@ -107,8 +107,9 @@ def test_every_forward_position_of_every_model_is_counted_once(setup):
     p_dough, s_dough = conversation_and_reply(tok, DOUGH, "Which doughs are safe raw?")
     p_long, s_long = conversation_and_reply(tok, LONG, "How do I revive a starter?")
     assert p_long + s_long > MAX_LENGTH
-    # batch 1: BASIL's conversation + 3 replies; batch 2: BASIL's again + 1 reply, DOUGH's + 1; LONG: 128 tokens
-    rm_positions = 2 * p_basil[0] + sum(s_basil) + p_dough + s_dough + MAX_LENGTH
+    # each conversation runs once per call (its replies continue from copies of its cache, a chunk of 3 at a time):
+    # BASIL's conversation + its 4 replies, DOUGH's + 1; LONG: cut to 128 tokens, scored by the full pass
+    rm_positions = p_basil[0] + sum(s_basil) + p_dough + s_dough + MAX_LENGTH
     # the ppl reference: each conversation's prompt once (BASIL's two completions share it), every completion
     ppl_prompts = chat_inputs(tok, [build_messages(PromptTemplate(), c) for c in (BASIL, DOUGH, LONG)])
     ppl_positions = sum(map(len, ppl_prompts)) + sum(n_tokens(tok, t) + 1 for t in texts)  # + the end token
