@@ -54,7 +54,7 @@ def test_the_verdict_names_the_cheapest_method_reaching_grpos_largest_budget(rep
                                           job("dpo_clicks", 800, 0.02, 10))]
     # compute: 100 sampling + 2·b forward + 2·b backward + 50 reward; online_dpo 510, GRPO@3200 1,750
     assert report.verdict(rows) == ("online DPO (own samples, best vs worst)@800 reaches GRPO@3,200's lift "
-                                    "(+0.0300 against +0.0300) at 29% of its compute")
+                                    "(+0.0300 against +0.0300) at 31% of its compute")
     assert report.verdict(rows[:2] + rows[4:]) == "none reaches GRPO@3,200's lift (+0.0300)"
 
 
