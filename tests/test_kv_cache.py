@@ -77,3 +77,22 @@ def test_the_cache_argument_follows_the_installed_transformers():
         cache = getattr(model(input_ids=torch.tensor([[5, 6, 7]]), use_cache=True), name)
         assert cache.get_seq_length() == 3
         assert getattr(model(input_ids=torch.tensor([[8]]), use_cache=True, **{name: cache}), name).get_seq_length() == 4
+
+
+def test_rows_that_finish_leave_in_place_and_only_the_tail_moves():
+    from clicks2pref.models.shared_prompt import tail_into_holes
+
+    going = torch.tensor([True, False, True, False, True, True])  # rows 1 and 3 finished
+    keep = tail_into_holes(going)
+    assert keep.tolist() == [0, 4, 2, 5]  # rows 4 and 5 take the finished rows' places; 0 and 2 stay
+    ours, theirs = PreallocatedLayer(capacity=8), DynamicLayer()
+    for layer in (ours, theirs):
+        layer.update(*_kv(6, 5, 0))
+    buffer = ours._keys.data_ptr()
+    for layer in (ours, theirs):
+        layer.batch_select_indices(keep)
+    _same(ours, theirs)
+    assert ours._keys.data_ptr() == buffer  # cut in place, no new buffer
+    for layer in (ours, theirs):  # decoding goes on in the kept rows
+        layer.update(*_kv(4, 1, 1))
+    _same(ours, theirs)

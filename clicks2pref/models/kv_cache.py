@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import inspect
 
+import torch
 from torch import Tensor
 from transformers import DynamicCache
 from transformers.cache_utils import DynamicLayer
@@ -84,16 +85,28 @@ class PreallocatedLayer(DynamicLayer):
             self._refresh()
 
     def batch_select_indices(self, indices: Tensor) -> None:
-        """Keep the rows `indices` (rows that finished decoding leave the batch): only the filled positions are
-        copied, into a fresh buffer of the same capacity."""
-        if self.is_initialized:
-            indices = indices.to(self._keys.device)
-            keys = self._keys.new_empty(len(indices), *self._keys.shape[1:])
-            values = self._values.new_empty(len(indices), *self._values.shape[1:])
+        """Keep the rows `indices` (row r of the result is row indices[r]). Rows that finished decoding leave the
+        batch this way; only the rows that change place are copied (their filled positions, through a small
+        temporary), and the buffer is cut to the new batch in place, so dropping a few rows of a large batch costs a
+        few rows' copies, not the cache's. Growing the batch copies it whole."""
+        if not self.is_initialized:
+            return
+        indices = indices.to(self._keys.device)
+        n = len(indices)
+        if n > self._keys.shape[0]:
+            keys = self._keys.new_empty(n, *self._keys.shape[1:])
+            values = self._values.new_empty(n, *self._values.shape[1:])
             keys[:, :, :self.length] = self.keys.index_select(0, indices)
             values[:, :, :self.length] = self.values.index_select(0, indices)
             self._keys, self._values = keys, values
-            self._refresh()
+        else:
+            moved = (indices != torch.arange(n, device=indices.device)).nonzero().squeeze(1)
+            if len(moved):
+                source = indices[moved]
+                self._keys[moved, :, :self.length] = self.keys.index_select(0, source)
+                self._values[moved, :, :self.length] = self.values.index_select(0, source)
+            self._keys, self._values = self._keys[:n], self._values[:n]
+        self._refresh()
 
 
 def preallocated_cache(model, capacity: int) -> DynamicCache:

@@ -99,6 +99,16 @@ def shared_prompt_logps(model, prompt_ids: Tensor, prompt_mask: Tensor, index: T
     return token_logps(logits, completion_ids, temperature)[0]
 
 
+def tail_into_holes(going: Tensor) -> Tensor:
+    """The rows to keep, as `batch_select_indices` takes them, when only the rows where `going` is true stay: the
+    first n = going.sum() places keep their rows, except finished ones, which take the going rows beyond n. Only
+    as many rows move as finished (`models.kv_cache.PreallocatedLayer` copies only rows that move)."""
+    n = int(going.sum())
+    keep = torch.arange(n, device=going.device)
+    keep[(~going[:n]).nonzero().squeeze(1)] = going[n:].nonzero().squeeze(1) + n
+    return keep
+
+
 @torch.no_grad()
 def sample_grouped(model, input_ids: Tensor, attention_mask: Tensor, group: int, max_new_tokens: int,
                    eos_ids: Sequence[int], sampler: Callable[[Tensor, Tensor], Tensor], uniforms: Tensor
@@ -108,7 +118,8 @@ def sample_grouped(model, input_ids: Tensor, attention_mask: Tensor, group: int,
 
     The prompts run once (batch = prompts) and their cache is repeated over the group. Each step then runs only the
     rows still decoding: a row that drew an end-of-sequence token leaves the batch with its cache rows, so no
-    forward pass is spent on it (`model.generate` decodes finished rows to the end). Row r's token at step t is
+    forward pass is spent on it (`model.generate` decodes finished rows to the end), and only as many cache rows move
+    as rows finished (`tail_into_holes`). Row r's token at step t is
     `sampler(logits, uniforms[r, t])` (`models.sampling.Sampler`): what a row draws depends on its own prompt and
     numbers only, never on which rows share its batch. The cache is written in place (`models.kv_cache`).
     """
@@ -131,8 +142,8 @@ def sample_grouped(model, input_ids: Tensor, attention_mask: Tensor, group: int,
         going = ~torch.isin(tokens, eos)
         if step == max_new_tokens - 1 or not going.any():
             break
-        if not going.all():  # finished rows leave the batch
-            keep = going.nonzero().squeeze(1)
+        if not going.all():  # finished rows leave the batch: rows still decoding from its end take their places
+            keep = tail_into_holes(going)
             cache.batch_select_indices(keep)
             active, tokens, mask, position = active[keep.cpu()], tokens[keep], mask[keep], position[keep]
         mask = torch.cat([mask, mask.new_ones(mask.shape[0], 1)], dim=1)
