@@ -105,3 +105,11 @@ def test_config_imports_nothing_of_the_library_above_it():
         if bad:
             offenders[name] = bad
     assert not offenders, f"clicks2pref.config modules import the library above them (move the name down): {offenders}"
+
+
+def test_rewards_never_import_the_simulator():
+    """A reward sees texts and trained models only: its rules are the product's own, never the user model's."""
+    for name, tree in MODULES.items():
+        if name.startswith("clicks2pref.rewards"):
+            found = {m for m in _imports(tree, False) if m.startswith("clicks2pref.data.simulator")}
+            assert not found, f"{name} imports {sorted(found)}"
