@@ -71,7 +71,7 @@ def test_a_missing_value_reads_not_yet_measured(copy):
     path.write_text(json.dumps(results))
     claims = tables.render_claims(copy)
     row = next(line for line in claims.splitlines() if line.startswith("| a canned panel"))
-    assert row.endswith("| 0.85 | 0.18 | not yet measured |")  # the other cells still read their values
+    assert row.endswith("| 0.85 | 0.18 | not yet measured | 0.02–0.91 |")  # the other cells still read theirs
 
 
 def test_a_run_not_made_yet_names_the_command_and_the_recorder():

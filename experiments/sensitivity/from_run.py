@@ -95,10 +95,10 @@ def scored(run_dir: Path, artifacts: Path) -> tuple[dict, dict]:
               + f" ({time.time() - start:.0f}s)", flush=True)
     n = len(models)
     values = {f"{c}_holds": record.value(f"holds on {k} of {n}", f"{CLAIM_LABELS[c]}: user models on which the CI "
-                                         "is above 0", RUN, "{}") for c, k in holds.items()}
+                                         "is above 0", RUN, "{:s}") for c, k in holds.items()}
     values["canned_over_ideal_range"] = record.value(
         f"{min(r[1] for r in model_rows):.2f}–{max(r[1] for r in model_rows):.2f}",
-        "the canned panel's share of the ideal across the user models", RUN, "{}")
+        "the canned panel's share of the ideal across the user models", RUN, "{:s}")
     fmt = {c: "{:.4f}" for c in MODEL_COLUMNS[2:]}
     tables = {"user_models": record.table(MODEL_COLUMNS, model_rows, RUN, {"canned / ideal": "{:.2f}", **fmt}),
               "claims": record.table(CLAIM_COLUMNS, claim_rows, RUN, {c: "{:+.4f}" for c in CLAIM_COLUMNS[1:]})}
