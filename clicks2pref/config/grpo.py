@@ -116,13 +116,13 @@ class GRPOConfig:
 class MonitorConfig:
     """The reward-hacking monitor's settings (`clicks2pref.eval.monitor.RewardHackingMonitor`)."""
 
-    probe_contexts: int = 16  # fixed held-out (validation-split) contexts the monitor generates for
+    probe_contexts: int = 32  # fixed held-out (validation-split) contexts the monitor generates for
     eval_every: int = 4  # optimisation steps between evaluations (0 = off)
     patience: int = 2  # diverging evaluations in a row before the flag
     min_delta: float = 0.0  # change that counts as a rise / fall
     stop_on_flag: bool = False  # stop training when the flag is raised
     select: str = "sampled_clicks"  # sampled_clicks: keep the evaluation with the most sampled clicks | last
-    users_per_probe: int = 64  # simulated users each probe panel is shown to (select=sampled_clicks)
+    users_per_probe: int = 512  # simulated users each probe panel is shown to (select=sampled_clicks)
 
     def __post_init__(self):
         at_least("probe_contexts", self.probe_contexts, 1)

@@ -10,7 +10,10 @@ diverging evaluations in a row the monitor flags reward hacking, logs a warning 
 Checkpoint selection (`select: sampled_clicks`) is what a team with live traffic would do: the same
 probe panels are shown to simulated users (`users_per_probe` each) and their *sampled* clicks, never
 the oracle, score each evaluation; the trainable weights of the best one are kept and restored when
-training ends. The oracle values stay in the logs to show what the choice was worth.
+training ends. The oracle values stay in the logs to show what the choice was worth. A selection is
+reported with its power: the kept evaluation's lift over the first one (the weights training started
+from) and that lift's standard error, paired over the probe contexts, so a lift inside its noise reads
+as what it is.
 
 Settings: `grpo.monitor` (clicks2pref.config.grpo.MonitorConfig). The oracle and the click sampler
 arrive as callables from the stage: this module is evaluation code, the only place besides log
@@ -60,6 +63,14 @@ class DivergenceDetector:
                 "history": [{"step": s, "proxy": p, "oracle_ctr": o} for s, p, o in self.history]}
 
 
+def paired_lift(kept: Sequence[float], start: Sequence[float]) -> tuple[float, Optional[float]]:
+    """Mean per-probe difference and its standard error (sample sd / √n; None for one probe): the same probes
+    and the same simulated users' random numbers score both, so the pair's shared noise cancels."""
+    diff = np.asarray(kept, dtype=float) - np.asarray(start, dtype=float)
+    se = float(diff.std(ddof=1) / np.sqrt(len(diff))) if len(diff) > 1 else None
+    return float(diff.mean()), se
+
+
 class RewardHackingMonitor(pl.Callback):
     """Runs the probe evaluation from Lightning hooks; the policy module provides `probe(messages, contexts)`
     -> (completions, proxy rewards), the stage provides `oracle(probe_ids, completions)` -> CTR per probe."""
@@ -70,7 +81,7 @@ class RewardHackingMonitor(pl.Callback):
                  sampled: Optional[Callable[[Sequence, Sequence[str]], float]] = None):
         self.messages, self.contexts, self.ids = list(probe_messages), list(probe_contexts), list(probe_ids)
         self.oracle, self.eval_every, self.patience, self.stop_on_flag = oracle, eval_every, patience, stop_on_flag
-        self.sampled = sampled  # probe ids, completions -> sampled CTR; set = keep the best evaluation's weights
+        self.sampled = sampled  # probe ids, completions -> sampled CTR per probe; set = keep the best evaluation's
         self.detector = DivergenceDetector(patience, min_delta)
         self._last_step = None
         self.best: Optional[dict] = None  # {"step", "sampled_ctr", "oracle_ctr", "state"}
@@ -88,9 +99,11 @@ class RewardHackingMonitor(pl.Callback):
         metrics = {"grpo/monitor/proxy_reward": proxy, "grpo/monitor/oracle_ctr": oracle,
                    "grpo/monitor/hacking_flag": float(self.detector.flagged)}
         if self.sampled is not None:
-            sampled = float(self.sampled(self.ids, completions))
+            per_probe = [float(v) for v in np.atleast_1d(self.sampled(self.ids, completions))]
+            sampled = float(np.mean(per_probe))
             metrics["grpo/monitor/sampled_ctr"] = sampled
-            self.selections.append({"step": step, "sampled_ctr": sampled, "oracle_ctr": oracle})
+            self.selections.append({"step": step, "sampled_ctr": sampled, "oracle_ctr": oracle,
+                                    "per_probe": per_probe})
             if self.best is None or sampled > self.best["sampled_ctr"]:
                 state = {n: p.detach().clone() for n, p in pl_module.named_parameters() if p.requires_grad}
                 self.best = {"step": step, "sampled_ctr": sampled, "oracle_ctr": oracle, "state": state}
@@ -122,15 +135,24 @@ class RewardHackingMonitor(pl.Callback):
             with torch.no_grad():
                 for name, value in self.best["state"].items():
                     params[name].copy_(value)
-            log.info("monitor: restored the weights of step %d (sampled CTR %.4f, the best of %d evaluations)",
-                     self.best["step"], self.best["sampled_ctr"], len(self.selections))
+            chosen = self.selection()
+            log.info("monitor: restored the weights of step %d (sampled CTR %.4f, the best of %d evaluations; lift "
+                     "over step %d %+.4f ± %s s.e.)", self.best["step"], self.best["sampled_ctr"], len(self.selections),
+                     self.selections[0]["step"], chosen["lift"],
+                     "n/a" if chosen["lift_se"] is None else f"{chosen['lift_se']:.4f}")
 
     def selection(self) -> Optional[dict]:
-        """The evaluation whose weights the policy keeps, and every evaluation's sampled and oracle CTR."""
+        """The evaluation whose weights the policy keeps, its sampled lift over the first evaluation with the
+        lift's standard error (`lift_se`, paired over probes) and the oracle's lift beside it, and every
+        evaluation's sampled and oracle CTR."""
         if self.best is None:
             return None
+        kept = next(e for e in self.selections if e["step"] == self.best["step"])
+        lift, se = paired_lift(kept["per_probe"], self.selections[0]["per_probe"])
         return {"step": self.best["step"], "sampled_ctr": self.best["sampled_ctr"],
-                "oracle_ctr": self.best["oracle_ctr"], "evaluations": list(self.selections)}
+                "oracle_ctr": self.best["oracle_ctr"], "lift": lift, "lift_se": se,
+                "oracle_lift": self.best["oracle_ctr"] - self.selections[0]["oracle_ctr"],
+                "evaluations": list(self.selections)}
 
     def state_dict(self) -> dict:
         d = self.detector

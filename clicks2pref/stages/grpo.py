@@ -30,7 +30,6 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Optional
 
-import numpy as np
 import pytorch_lightning as pl
 from hydra.utils import instantiate
 from omegaconf import OmegaConf
@@ -207,8 +206,8 @@ def build_monitor(cfg, sim, template) -> RewardHackingMonitor:
         return sim.oracle_ctr_many([(t, f, parse_suggestions(c, k).suggestions) for (t, f), c in zip(ids, completions)])
 
     def sampled(ids, completions):  # an A/B on simulated users: their sampled clicks, not the oracle
-        panels = [parse_suggestions(c, k).suggestions for c in completions]
-        return float(np.mean(clicked_share(sim, ids, panels, m.users_per_probe, False, random.Random(cfg.seed + 2))))
+        panels = [parse_suggestions(c, k).suggestions for c in completions]  # the same users at every evaluation
+        return clicked_share(sim, ids, panels, m.users_per_probe, False, random.Random(cfg.seed + 2))
 
     return RewardHackingMonitor([build_messages(template, c) for c in probe_contexts], probe_contexts, probe_ids,
                                 oracle, m.eval_every, m.patience, m.min_delta, m.stop_on_flag,
