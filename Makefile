@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 ARGS ?=
 
-.PHONY: install run test test-full lint tables clean own-logs-demo
+.PHONY: install run test test-full chaos lint tables clean own-logs-demo
 
 $(STAMP): setup.cfg pyproject.toml
 	$(PY) -m venv $(VENV)
@@ -31,6 +31,9 @@ test: $(STAMP)  ## the default test run (slow tests skipped)
 
 test-full: $(STAMP)  ## every test, slow ones included
 	$(BIN)/python -m pytest -q -m "" $(ARGS)
+
+chaos: $(STAMP)  ## SIGKILL the smoke pipeline 10 times (random moments, mid-write), resume each time, compare with an uninterrupted run
+	$(BIN)/python tests/chaos.py --kills 10 $(ARGS)
 
 tables:  ## render every results table of README.md and experiments/*/README.md from the results.json files
 	$(PY) experiments/tables.py

@@ -15,6 +15,11 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
+try:
+    import fcntl
+except ImportError:  # Windows: no flock, abandoned temp files stay
+    fcntl = None
+
 import pyarrow as pa
 import pyarrow.parquet as pq
 
@@ -210,22 +215,62 @@ def read_jsonl(path) -> list[dict]:
 
 
 def _atomic_write(path, write: Callable, binary: bool) -> Path:
-    """Run write(file) on a temp file next to `path`, fsync, then os.replace; clean up on failure."""
+    """Run write(file) on a temp file next to `path`, fsync, then os.replace; clean up on failure.
+
+    The temp file is locked (flock) until it has replaced `path`: a process killed mid-write (SIGKILL, no
+    cleanup) leaves an unlocked `.<name>.<random>.tmp`, which the next write of the same path removes."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    _remove_abandoned_temps(path)
+    fd, tmp = _locked_temp(path)
     try:
         with open(fd, "wb" if binary else "w", **({} if binary else {"encoding": "utf-8"})) as f:
             write(f)
             f.flush()
             os.fsync(f.fileno())
-        mode = path.stat().st_mode if path.exists() else 0o666 & ~_umask()
-        os.chmod(tmp, mode & 0o7777)  # mkstemp makes 0600; give the file the usual permissions
-        os.replace(tmp, path)
+            mode = path.stat().st_mode if path.exists() else 0o666 & ~_umask()
+            os.chmod(tmp, mode & 0o7777)  # mkstemp makes 0600; give the file the usual permissions
+            os.replace(tmp, path)  # still open, so still locked: never taken for a killed writer's
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
     return path
+
+
+def _temp_pattern(path: Path) -> str:
+    return f".{globlib.escape(path.name)}.*.tmp"
+
+
+def _locked_temp(path: Path) -> tuple[int, str]:
+    """A new temp file beside `path`, locked by this process (where flock exists)."""
+    while True:
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+        if fcntl is None:
+            return fd, tmp
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        if os.fstat(fd).st_nlink:  # not removed as abandoned between its creation and the lock: ours
+            return fd, tmp
+        os.close(fd)
+
+
+def _remove_abandoned_temps(path: Path) -> None:
+    """Remove the temp files of `path` whose writer died: nobody holds their lock."""
+    if fcntl is None:
+        return
+    for stale in path.parent.glob(_temp_pattern(path)):
+        try:
+            fd = os.open(stale, os.O_RDONLY)
+        except OSError:  # renamed into place or removed meanwhile
+            continue
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            if os.stat(stale).st_ino == os.fstat(fd).st_ino:
+                os.unlink(stale)
+                log.info("removed %s, left by a writer that was killed", stale)
+        except OSError:  # a live writer holds it, or it is gone
+            pass
+        finally:
+            os.close(fd)
 
 
 def _umask() -> int:
