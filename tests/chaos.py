@@ -18,8 +18,9 @@ its writes, rerun the same command after each kill, and check that the kills cos
    every artifact under `artifacts/<stage>/` verifies against its manifest and none was moved aside as corrupt;
    every `*.lock` can be taken at once (the files may stay: filelock does not delete them); no temporary folder or
    file (`.<key>.tmp-*`, `.work-<key>`, an atomic write's `.<name>.*.tmp`) is left in `artifacts/`; every
-   evaluation cache file parses; both runs built the same artifact keys, and every weights and data file in them
-   (`*.safetensors`, `*.jsonl`, ...) and every stage's result file (`sft.json`, ...: what later stages and the
+   evaluation cache file parses and every reward-model score cache passes SQLite's integrity check; both runs
+   built the same artifact keys, and every weights and data file in them (`*.safetensors`, `*.jsonl`, ...) and
+   every stage's result file (`sft.json`, ...: what later stages and the
    reports read) holds the same values. Also printed, not checked: what the kills left in the runs' TMPDIR
    (Lightning's half-written checkpoints).
 
@@ -482,7 +483,7 @@ def compare_evaluations(reference: Path, chaotic: Path) -> list[Check]:
 
 def artifact_checks(artifacts: Path) -> list[Check]:
     problems, corrupt, checked = [], [], 0
-    for stage in sorted(p for p in artifacts.iterdir() if p.is_dir()):
+    for stage in sorted(artifacts / name for name in MARKERS if (artifacts / name).is_dir()):
         for entry in sorted(stage.iterdir()):
             if not entry.is_dir() or entry.name.startswith("."):
                 continue
@@ -509,11 +510,26 @@ def artifact_checks(artifacts: Path) -> list[Check]:
         except (OSError, ValueError) as e:
             unreadable.append(f"{path.name}: {e}")
     unreadable += [f"{p.name}: moved aside as unreadable" for p in (artifacts / "eval").glob("*.corrupt-*")]
+    scores = sorted((artifacts / "scores").rglob("*.sqlite"))
+    for path in scores:  # the reward models' score caches: SQLite commits are atomic, so a kill loses a batch at most
+        unreadable += [f"{path.relative_to(artifacts)}: {problem}" for problem in sqlite_problems(path)]
     return [Check(f"every artifact verifies against its manifest ({checked} artifacts)", not problems, problems),
             Check("no artifact moved aside as corrupt", not corrupt, corrupt),
             Check(f"no lock held ({len(locks)} lock files, each taken at once)", not held, held),
             Check("no temporary folder or file left in artifacts/", not temporary, temporary),
-            Check(f"every evaluation cache file parses ({len(caches)} files)", not unreadable, unreadable)]
+            Check(f"every evaluation cache file parses and every score cache passes SQLite's integrity check "
+                  f"({len(caches)} + {len(scores)} files)", not unreadable, unreadable)]
+
+
+def sqlite_problems(path: Path) -> list[str]:
+    import sqlite3
+
+    try:
+        with sqlite3.connect(f"file:{path}?mode=ro", uri=True) as db:
+            found = [row[0] for row in db.execute("PRAGMA integrity_check")]
+    except sqlite3.Error as e:
+        return [str(e)]
+    return [] if found == ["ok"] else found
 
 
 def digest(path: Path) -> str:
@@ -528,7 +544,7 @@ def artifact_differences(reference: Path, chaotic: Path) -> list[Check]:
     """The same artifact keys in both runs, and in each the same weights (to float32 rounding accumulated over
     training) and the same data files (JSON Lines record by record, numbers to float32 rounding; other formats
     byte for byte). Reports and result files hold timings, so they are left out."""
-    keys = lambda root: {str(p.relative_to(root)) for p in root.glob("*/*")  # noqa: E731
+    keys = lambda root: {str(p.relative_to(root)) for name in MARKERS for p in root.glob(f"{name}/*")  # noqa: E731
                          if p.is_dir() and not p.name.startswith(".") and "." not in p.name}
     a, b = keys(reference), keys(chaotic)
     missing = [f"only in the uninterrupted run: {k}" for k in sorted(a - b)] + \

@@ -113,8 +113,8 @@ def main(argv: list[str] | None = None) -> dict:
         names = list(user_models())
         results = {"runs": {RUN: record.pending(COMMAND, RECORD, "re-scored under each user model, no training")},
                    "values": {},
-                   "tables": {"user_models": record.table(MODEL_COLUMNS, record.pending_rows(names, MODEL_COLUMNS), RUN),
-                              "claims": record.table(CLAIM_COLUMNS, record.pending_rows(names, CLAIM_COLUMNS), RUN)}}
+                   "tables": {name: record.table(columns, record.pending_rows(names, columns), RUN)
+                              for name, columns in (("user_models", MODEL_COLUMNS), ("claims", CLAIM_COLUMNS))}}
         record.write_results(HERE, results)
         return results
     if args.run_dir is None or args.commit is None:
