@@ -88,3 +88,12 @@ def test_a_stage_fingerprints_no_other_stage(tmp_path):
     for stage in artifacts.SPECS:
         others = {f"clicks2pref/stages/{s}.py" for s in artifacts.SPECS if s != stage}
         assert not set(artifacts.code_modules(stage, cfg)) & others, stage
+
+
+def test_a_grpo_training_seed_reuses_every_upstream_artifact(keys):
+    """`grpo.seed` seeds training only: a seed sweep retrains GRPO (and evaluates it) on the same SFT policy,
+    reward models and fusion weights, where the global `seed` would rebuild them all."""
+    before = keys()
+    # (the keys here are computed without upstream inputs; a run's evaluate key folds in grpo's)
+    assert changed(before, keys(overrides=("grpo.seed=2",))) == {"grpo"}
+    assert changed(before, keys(overrides=("seed=2",))) == set(STAGES)

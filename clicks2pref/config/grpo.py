@@ -160,6 +160,9 @@ class GRPOStageConfig(GRPOConfig):
     init: str = "sft"  # sft = start from stage=sft's policy | base = policy.model as it is
     steps: int = 12  # batches of prompts (optimiser steps = steps × num_iterations)
     checkpoint_every_n_steps: int = 4  # Lightning checkpoint (adapters + optimiser) for resuming
+    seed: Optional[int] = None  # training seed (adapter init, prompt order, sampling); null = the global `seed`.
+    # The probe contexts, their users and the evaluation keep the global seed, so training seeds are paired and
+    # reuse every upstream artifact
     monitor: MonitorConfig = field(default_factory=MonitorConfig)
     eval: GRPOEvalConfig = field(default_factory=GRPOEvalConfig)
     rl_logs: RLLogsConfig = field(default_factory=RLLogsConfig)

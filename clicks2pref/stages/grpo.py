@@ -78,7 +78,7 @@ def run(cfg, inputs: dict, loggers=()) -> dict:
 
     # 2. the policy (LoRA on the SFT weights, whose disabled adapters are the reference) and the logged prompts
     start = time.time()
-    pl.seed_everything(cfg.seed, workers=True, verbose=False)
+    pl.seed_everything(training_seed(cfg), workers=True, verbose=False)
     records = load_impressions(artifacts.logs_source(cfg), cfg.data.on_invalid)
     model, tok, template_name, reference = load_policy(cfg, inputs)
     template = cfg.prompt[template_name]
@@ -95,7 +95,8 @@ def run(cfg, inputs: dict, loggers=()) -> dict:
     opt, typed, k = OmegaConf.to_object(cfg.optimizer), OmegaConf.to_object(g), len(cfg.simulator.examination)
     module = build_module(opt, typed, model, tok, reward, k, reference)
     if g.use_vllm:
-        module.rollout = VLLMRollout(model, g.vllm_gpu_memory_utilization, g.vllm_max_model_length, cfg.seed)
+        module.rollout = VLLMRollout(model, g.vllm_gpu_memory_utilization, g.vllm_max_model_length,
+                                     training_seed(cfg))
     # without the simulator the held-out conversations are never prompts: `val` picks checkpoints, `test` evaluates
     trainable = training_records(cfg, records)
     prompts = pair_items(trainable, template, opt, k) if opt.name == "dpo_clicks" else \
@@ -185,6 +186,11 @@ def load_policy(cfg, inputs: dict):
     return model, tok, template, reference
 
 
+def training_seed(cfg) -> int:
+    """What seeds training (`grpo.seed`, else the global seed); probes and evaluations keep the global one."""
+    return cfg.seed if cfg.grpo.seed is None else cfg.grpo.seed
+
+
 def logged_prompts(records: list[dict], template) -> list[dict]:
     """One prompt per distinct logged conversation, in first-seen order."""
     seen: dict[str, dict] = {}
@@ -233,7 +239,7 @@ def fit(cfg, module, prompts: list[dict], monitor, work: Path, loggers, n_steps:
                           "(tests/test_grpo_ddp.py)", "trainer")
     # a manual-optimisation checkpoint holds the weights after the step, which is what resuming wants
     warnings.filterwarnings("ignore", message="Using ModelCheckpoint with manual optimization")
-    trainer.fit(module, datamodule=PromptData(prompts, module.cfg.prompts_per_step, n_steps, cfg.seed),
+    trainer.fit(module, datamodule=PromptData(prompts, module.cfg.prompts_per_step, n_steps, training_seed(cfg)),
                 ckpt_path=resume_checkpoint(work, cfg.ckpt_path, "grpo"), weights_only=True)
     return trainer
 
