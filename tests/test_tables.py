@@ -61,7 +61,8 @@ def test_a_changed_result_fails_the_check(copy, capsys):
     assert tables.main([], root=copy) == 0          # rewriting brings the READMEs back in line
     assert tables.main(["--check"], root=copy) == 0
     readme = (copy / "README.md").read_text()
-    assert "| +0.5000 [+0.0180, +0.0330] |" in readme and "| SFT | 0.5000 [" in readme
+    low, high = (tables._num(x, "+.4f") for x in results["values"]["sft_minus_baseline"]["ci"])
+    assert f"| +0.5000 [{low}, {high}] |" in readme and "| SFT | 0.5000 [" in readme
 
 
 def test_a_missing_value_reads_not_yet_measured(copy):
