@@ -5,6 +5,7 @@ One function so both share checkpoint-resume, validation schedule and metric nam
 from __future__ import annotations
 
 import csv
+import json
 import logging
 import math
 import os
@@ -18,6 +19,7 @@ from pytorch_lightning.callbacks import ModelCheckpoint
 from pytorch_lightning.loggers import CSVLogger
 
 from clicks2pref.config.model import GenerationConfig
+from clicks2pref.data.io import atomic_write_text
 from clicks2pref.errors import NonFiniteLossError
 from clicks2pref.lit.checkpoints import resume_checkpoint
 from clicks2pref.lit.sft_datamodule import SFTDataModule
@@ -55,6 +57,7 @@ def fit_causal_lm(cfg, model, tok, train: list[dict], val: list[dict], tcfg, wor
              **{k: metric(f"{prefix}/{k}") for k in ("train_loss", "val_loss_before", "val_loss",
                                                      "val_format_rate_before", "val_format_rate")},
              "seconds": time.time() - start}
+    stats = finished_stats(work / "fit_stats.json", stats)
     log.info("%s: %d steps in %.0fs; val loss %s -> %s, val format rate %s", prefix, tcfg.max_steps, stats["seconds"],
              fmt(stats.get("val_loss_before")), fmt(stats["val_loss"]), fmt(stats["val_format_rate"]))
     if stats["val_loss"] is not None and not math.isfinite(stats["val_loss"]):
@@ -64,6 +67,21 @@ def fit_causal_lm(cfg, model, tok, train: list[dict], val: list[dict], tcfg, wor
             f"{prefix}: validation loss {fmt(stats.get('val_loss_before'))} -> {stats['val_loss']} after "
             f"{tcfg.max_steps} steps: the weights diverged. Lower {prefix}.train.optimizer.lr, or train in fp32 "
             "(trainer.precision=32; seen with SmolLM2 under trainer=gpu's bf16-mixed)")
+    return stats
+
+
+def finished_stats(path: Path, stats: dict) -> dict:
+    """`stats`, with what a resumed fit could not measure again taken from the finished fit's own record.
+
+    A run killed after its fit finished (while its artifact was being written) resumes from the last checkpoint,
+    where no step is left to run, so the training loss and the validation before the first step are not
+    measured again: the finished fit wrote them to `path`, and they come back from there. A fit that ran writes
+    its record for the next resume."""
+    if path.exists():
+        saved = json.loads(path.read_text())
+        if saved.get("steps") == stats["steps"]:
+            stats = {**stats, **{k: v for k, v in saved.items() if stats.get(k) is None}}
+    atomic_write_text(json.dumps(stats), path)
     return stats
 
 
